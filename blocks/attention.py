@@ -1,0 +1,55 @@
+"""Grouped-query self-attention: MHA (num_kv_heads == num_heads), GQA and MQA (num_kv_heads == 1)
+are all this one block."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Self-attention with an optional KV cache.
+
+    ``qkv`` maps [B, S, D] to (q [B, S, H*Dh], k [B, S, Hkv*Dh], v [B, S, Hkv*Dh]) and ``out``
+    maps [B, S, H*Dh] back to [B, S, D]. ``head_dim`` is independent of the model width."""
+
+    def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, qkv: nn.Module,
+                 out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.qkv, self.out = qkv, out
+        self.dropout, self.layer_idx = dropout, layer_idx
+        self.scale = head_dim**-0.5
+
+    def forward(self, x: torch.Tensor, *, rotate: Callable[[torch.Tensor], torch.Tensor],
+                scores_bias: torch.Tensor, cache=None, start: int = 0,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``scores_bias`` [B, H or 1, S, K] is added to the scaled scores: the mask (0 or a large
+        negative number) plus any position bias. ``start`` is where these tokens go in the cache."""
+        B, S, _ = x.shape
+        q, k, v = self.qkv(x)
+        q = rotate(q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2))  # [B, H, S, Dh]
+        k = rotate(k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2))  # [B, Hkv, S, Dh]
+        v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, Dh]
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, start)  # [B, Hkv, K, Dh]
+        dropout = self.dropout if self.training else 0.0
+        if need_weights:
+            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
+                                               scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads)
+            weights = None
+        y = y.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)  # [B, S, H*Dh]
+        return self.out(y), weights
+
+
+def _attention_with_weights(q, k, v, scores_bias, scale, dropout):
+    """The explicit computation, for callers that asked to see the attention probabilities."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # [B, H, K, Dh]
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + scores_bias  # [B, H, S, K]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, S, K]
+    y = torch.matmul(F.dropout(weights, p=dropout), v)  # [B, H, S, Dh]
+    return y, weights

@@ -1,0 +1,102 @@
+"""Turning what a user hands us (a spec object, a dict, a YAML path or a shipped name) into a
+validated ``ModelSpec``, with errors that name the file, the line and the field path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from composer.errors import RegistryError, SpecError
+from composer.registry import get_registry
+from composer.spec import ModelSpecBase
+
+SpecLike = ModelSpecBase | dict | str | os.PathLike
+
+
+def load_spec(source: SpecLike) -> ModelSpecBase:
+    """Validate ``source`` into a ``ModelSpec``."""
+    registry = get_registry()
+    if isinstance(source, ModelSpecBase):
+        return _check_family(source, None)
+    if isinstance(source, dict):
+        return validate_spec(source)
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        if str(source) not in registry.specs:
+            raise RegistryError(f"no shipped spec named {str(source)!r} and no such file; "
+                                f"shipped specs: {', '.join(sorted(registry.specs))}")
+        path = registry.specs[str(source)][0]
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec is a YAML mapping of fields, got {type(data).__name__}")
+    return validate_spec(data, path=path, node=node)
+
+
+def validate_spec(data: dict[str, Any], *, path: Path | None = None, node: yaml.Node | None = None) -> ModelSpecBase:
+    try:
+        spec = get_registry().spec_class().model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, path, node)) from None
+    return _check_family(spec, path)
+
+
+def _check_family(spec: ModelSpecBase, path: Path | None) -> ModelSpecBase:
+    families = get_registry().families
+    if spec.family is not None and spec.family not in families:
+        where = f"{path}: " if path else ""
+        raise SpecError(f"{where}family: unknown family {spec.family!r}; registered families: "
+                        f"{', '.join(sorted(families)) or 'none'}")
+    return spec
+
+
+def format_validation_error(exc: ValidationError, path: Path | None, node: yaml.Node | None) -> str:
+    lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
+    for err in exc.errors(include_url=False):
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        field = _dotted(loc) or "(top level)"
+        where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
+        got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err['input'])})"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}{field}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def _dotted(loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_of(node: yaml.Node | None, loc) -> int:
+    """The 1-based line of the deepest YAML node on ``loc`` that exists."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == part), None)
+            if child is None:
+                break
+            line = next(k for k, v in node.value if v is child).start_mark.line + 1
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
