@@ -1,0 +1,122 @@
+"""The ``archcomposer`` command line (also ``python -m composer``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from composer.errors import ComposerError
+
+
+def _blocks(spec) -> str:
+    attn = spec.attention
+    heads = f"{attn.num_heads}/{getattr(attn, 'num_kv_heads', attn.num_heads)}h"
+    return (f"{spec.position.kind} | {attn.kind} {heads} | {spec.norm.kind} | {spec.mlp.kind} | "
+            f"{','.join(h.kind for h in spec.heads) or 'hidden states'}")
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or suffix == "T":
+            return f"{n:.1f}{suffix}{unit}" if suffix else f"{n:.0f}{unit}"
+        n /= 1000
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.2f} MiB"
+
+
+def cmd_summary(args) -> int:
+    from composer import build_model, get_registry
+
+    dtype = getattr(torch, args.dtype)
+    width = torch.finfo(dtype).bits // 8
+    names = args.specs or sorted(get_registry().specs)
+    rows = [("spec", "family", "blocks (position | attention | norm | mlp | heads)", "parameters",
+             f"weights ({args.dtype})", f"KV cache/token ({args.dtype})")]
+    for name in names:
+        model = build_model(name, device="meta")
+        spec = model.spec
+        params = model.num_parameters()
+        kv = spec.num_layers * spec.attention.kv_bytes_per_token(width)
+        rows.append((spec.name, spec.family or "-", _blocks(spec), f"{params:,}", _gib(params * width),
+                     f"{kv / 1024:.1f} KiB"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from composer import build_model
+
+    model = build_model(args.spec, seed=args.seed)
+    ids = torch.tensor([args.prompt_ids], dtype=torch.long)
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
+                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    print(f"{model.spec.name} (random weights, seed {args.seed}): prompt {args.prompt_ids} -> "
+          f"generated {out[0, ids.shape[1]:].tolist()}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from composer import load_spec
+
+    for path in args.files:
+        spec = load_spec(path)
+        print(f"{path}: ok ({spec.name}: {_blocks(spec)})")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from composer import get_registry
+
+    print(json.dumps(get_registry().spec_class().model_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archcomposer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("summary", help="build specs on the meta device and tabulate their size")
+    p.add_argument("specs", nargs="*", help="spec names or YAML paths (default: every shipped spec)")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("generate", help="generate tokens from a spec with random weights")
+    p.add_argument("spec", help="spec name or YAML path")
+    p.add_argument("--prompt-ids", type=int, nargs="+", default=[5, 17, 42, 8])
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="validate spec files")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of specs (registered kinds included)")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ComposerError as exc:
+        print(f"archcomposer: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
