@@ -3,7 +3,7 @@
 from composer.build import build_model, init_weights
 from composer.cache import DynamicCache, StaticCache
 from composer.errors import CacheError, CheckpointError, ComposerError, InputError, RegistryError, SpecError
-from composer.family import Family
+from composer.family import Family, TensorMap
 from composer.hookspecs import hookimpl
 from composer.model import ComposedModel
 from composer.registry import get_registry
@@ -13,6 +13,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheError", "CheckpointError", "ComposedModel", "ComposerError", "DynamicCache", "Family", "InputError",
-    "RegistryError", "SpecError", "StaticCache", "build_model", "get_registry", "hookimpl", "init_weights",
+    "RegistryError", "SpecError", "StaticCache", "TensorMap", "build_model", "get_registry", "hookimpl", "init_weights",
     "load_spec",
 ]
