@@ -2,6 +2,7 @@
 
 from composer.build import build_model, init_weights
 from composer.cache import DynamicCache, StaticCache
+from composer.checkpoint import from_pretrained
 from composer.errors import CacheError, CheckpointError, ComposerError, InputError, RegistryError, SpecError
 from composer.family import Family, TensorMap
 from composer.hookspecs import hookimpl
@@ -13,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheError", "CheckpointError", "ComposedModel", "ComposerError", "DynamicCache", "Family", "InputError",
-    "RegistryError", "SpecError", "StaticCache", "TensorMap", "build_model", "get_registry", "hookimpl", "init_weights",
-    "load_spec",
+    "RegistryError", "SpecError", "StaticCache", "TensorMap", "build_model", "from_pretrained", "get_registry",
+    "hookimpl", "init_weights", "load_spec",
 ]

@@ -181,3 +181,10 @@ class ComposedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"spec={self.spec.name!r}"
+
+    def save_pretrained(self, path, *, format: str = "composer", **kwargs):
+        """Write a checkpoint directory: ours (``spec.yaml`` + safetensors) or, with
+        ``format="hf"``, one transformers loads; see ``composer.checkpoint.save_pretrained``."""
+        from composer.checkpoint import save_pretrained
+
+        return save_pretrained(self, path, format=format, **kwargs)
