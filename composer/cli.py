@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
+import typing
 
 import torch
 
-from composer.errors import ComposerError
+from composer.errors import ComposerError, RegistryError
 
 
 def _blocks(spec) -> str:
@@ -80,6 +82,90 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_plugins(args) -> int:
+    from composer import get_registry
+
+    plugins = get_registry().plugins.values()
+    if args.json:
+        print(json.dumps([{"name": p.name, "distribution": p.distribution, "version": p.version,
+                           "registers": p.registered, "error": p.error} for p in plugins], indent=2))
+        return 0
+    rows = [("plugin", "distribution", "version", "registers")]
+    for p in plugins:
+        registers = f"SKIPPED: it {p.error}" if p.error else ", ".join(p.registered) or "nothing"
+        rows.append((p.name, p.distribution or "(in-process)", p.version or "-", registers))
+    _table(rows)
+    return 0
+
+
+def cmd_blocks(args) -> int:
+    from composer import get_registry
+
+    registry = get_registry()
+    if args.section is not None and args.section not in registry.sections:
+        raise RegistryError(f"no section {args.section!r}; sections are {sorted(registry.sections)}")
+    listing = []
+    for section in registry.sections.values():
+        if args.section not in (None, section.name):
+            continue
+        for kind, (cls, source) in registry.kinds[section.name].items():
+            params = [{"name": name, "type": _type_name(f.annotation, f.metadata), "required": f.is_required(),
+                       "default": None if f.is_required() else _default(f)}
+                      for name, f in cls.model_fields.items() if name != "kind"]
+            doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+            listing.append({"section": section.name, "field": section.field, "kind": kind, "source": source,
+                            "description": " ".join(doc.split()), "parameters": params})
+    if args.json:
+        print(json.dumps(listing, indent=2, default=repr))
+        return 0
+    section = None
+    for block in listing:
+        if block["section"] != section:
+            section = block["section"]
+            print(f"{'' if block is listing[0] else chr(10)}{section} (spec field `{block['field']}`)")
+        print(f"  {block['kind']}  [{block['source']}]")
+        if block["description"]:
+            print(f"    {block['description']}")
+        rows = [(p["name"], p["type"], "required" if p["required"] else f"= {json.dumps(p['default'], default=repr)}")
+                for p in block["parameters"]]
+        _table(rows, indent=6)
+    return 0
+
+
+def _table(rows, indent: int = 0) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print(" " * indent + "  ".join([c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]))
+
+
+def _type_name(annotation, metadata=()) -> str:
+    """``float (> 0)``, ``'causal' | 'prefix_lm'``, ``int (> 0) | None``: a field's type for people."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0], args[1:])
+    if origin is typing.Literal:
+        name = " | ".join(repr(a) for a in args)
+    elif origin in (typing.Union, types.UnionType):
+        name = " | ".join(_type_name(a) for a in args)
+    elif annotation is type(None):
+        name = "None"
+    elif origin is not None:
+        name = f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    else:
+        name = getattr(annotation, "__name__", str(annotation))
+    bounds = [f"{op} {getattr(m, attr)}" for m in metadata
+              for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if hasattr(m, attr)]
+    return f"{name} ({', '.join(bounds)})" if bounds else name
+
+
+def _default(field):
+    """The default as JSON data (what a YAML spec would write)."""
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archcomposer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON schema of specs (registered kinds included)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list plugins: distribution, version and what each registers")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("blocks", help="list block kinds per section: parameters (type, default) and source")
+    p.add_argument("section", nargs="?", help="only this section (position, norm, attention, mlp, head, ...)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_blocks)
     return parser
 
 

@@ -1,37 +1,76 @@
 """Hook specifications: what an archcomposer plugin can implement.
 
-A plugin is a module (or object) named by an entry point in the ``archcomposer.plugins`` group,
-with functions decorated by ``composer.hookimpl``. Every hook receives a ``register`` callback
-and returns nothing; all implementations are called (no ``firstresult``), each in isolation: one
-that raises is reported as a warning naming its distribution, and the others still register."""
+A plugin is a module (or any object) with functions decorated by ``composer.hookimpl`` and named
+after the hooks below. It is found through an entry point in the ``archcomposer.plugins`` group
+(``[project.entry-points."archcomposer.plugins"]`` in its ``pyproject.toml``); the built-in
+families enter through the same group. Every hook receives one argument, a ``register`` callback,
+and returns nothing. All implementations of a hook are called (no hook is ``firstresult``), hook
+by hook in the order of this module: every plugin's sections first, then blocks, families, specs,
+so one plugin can register blocks for a section another plugin adds.
 
+Each plugin is called in isolation: one that fails to import, or raises inside a hook, is skipped
+(with a ``RuntimeWarning`` naming its distribution and the error, and everything it had
+registered withdrawn) and the others still register. Claiming a name that another plugin (or the
+core) already holds is a ``composer.RegistryError`` naming both distributions."""
+
+from __future__ import annotations
+
+import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from composer.family import Family
 
 hookspec = pluggy.HookspecMarker("archcomposer")
 hookimpl = pluggy.HookimplMarker("archcomposer")
 
 
 @hookspec
-def register_families(register: Callable[..., None]) -> None:
-    """Register model families: call ``register(family)`` with a ``composer.Family``.
+def register_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Add spec sections: call ``register(name, base)``.
 
-    A family's name is what a spec's ``family`` field names. Two plugins registering the same
-    family name is an error naming both distributions."""
+    ``base`` is the pydantic base class of the new section's kinds (subclass
+    ``composer.spec.Strict``, give it ``kind: str`` and the interface its blocks share, usually an
+    abstract ``build`` method). The spec then has an optional top-level field ``name`` (default
+    None) holding one of the kinds registered for the section with ``register_blocks``; if it
+    defines ``check(spec)``, that runs on every validated spec, like the core sections' checks.
 
-
-@hookspec
-def register_blocks(register: Callable[..., None]) -> None:
-    """Register block kinds: call ``register(section, spec_class)``.
-
-    ``section`` is one of ``position``, ``norm``, ``attention``, ``mlp``, ``head``. ``spec_class``
-    subclasses that section's base (``composer.spec.PositionSpec``, ...) with a
-    ``kind: Literal["name"]`` field and a ``build`` method that returns the ``nn.Module``. The kind
-    then validates in YAML and appears in the JSON schema."""
+    The core model does not wire a new section itself: the plugin's own blocks (whose ``build``
+    receives the whole spec) and families read it. ``name`` must be a Python identifier that is
+    not already a spec field or section; the core sections are ``position``, ``norm``,
+    ``attention``, ``mlp`` and ``head`` (the ``heads`` list)."""
 
 
 @hookspec
-def register_specs(register: Callable[..., None]) -> None:
-    """Register shipped specs: call ``register(name, path)`` with a YAML file, so that
-    ``build_model(name)`` finds it by name."""
+def register_blocks(register: Callable[[str, type[BaseModel]], None]) -> None:
+    """Add block kinds: call ``register(section, spec_class)``.
+
+    ``section`` is a core section (``position``, ``norm``, ``attention``, ``mlp``, ``head``) or one
+    registered with ``register_sections``. ``spec_class`` is the kind's pydantic model: a subclass
+    of that section's base (``composer.spec.PositionSpec``, ``NormSpec``, ``AttentionSpec``,
+    ``MLPSpec``, ``HeadSpec``) with a ``kind: Literal["name"]`` field, its parameters as typed
+    fields, and the section's ``build`` method returning the ``nn.Module``. The kind then
+    validates in YAML (``kind: name``) and appears in ``archcomposer schema`` and
+    ``archcomposer blocks``. A kind name is unique within its section."""
+
+
+@hookspec
+def register_families(register: Callable[[Family], None]) -> None:
+    """Add model families: call ``register(family)`` with a ``composer.Family``.
+
+    The family's ``name`` is what a spec's ``family`` field names; its ``hf_*`` fields (see
+    ``composer.family``) let ``composer.from_pretrained`` read and write its Hugging Face
+    checkpoints. A family name is unique."""
+
+
+@hookspec
+def register_specs(register: Callable[[str, str | os.PathLike[str]], None]) -> None:
+    """Ship specs: call ``register(name, path)`` with the path of a YAML spec file, so
+    ``build_model(name)``, ``archcomposer summary`` and ``archcomposer generate name`` find it by
+    name. The file is read when the spec is used, so it may use the kinds and families of any
+    plugin. A spec name is unique."""
