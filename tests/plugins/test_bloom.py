@@ -1,0 +1,81 @@
+"""BLOOM checkpoints against transformers: every head, ALiBi with head counts that are not a
+power of two, tied and untied LM heads, residuals from the normed input."""
+
+import pytest
+import transformers
+
+from composer import CheckpointError, build_model, from_pretrained
+from tests.plugins.parity import LARGEST, Inputs, check_parity
+
+FAMILY = "bloom"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_largest_difference():
+    yield
+    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+
+
+def config(**overrides):
+    fields = dict(vocab_size=160, hidden_size=40, n_layer=2, n_head=5, pad_token_id=3, bos_token_id=1,
+                  eos_token_id=2, num_labels=3)
+    return transformers.BloomConfig(**{**fields, **overrides})
+
+
+INPUTS = Inputs(vocab_size=160, pad_token_id=3)
+
+
+@pytest.mark.parametrize(("architecture", "head"), [
+    ("BloomForCausalLM", "causal_lm"),
+    ("BloomForSequenceClassification", "sequence_classification"),
+    ("BloomForTokenClassification", "token_classification"),
+    ("BloomForQuestionAnswering", "question_answering"),
+    ("BloomModel", None),
+])
+def test_every_head_matches_transformers(tmp_path, architecture, head):
+    check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(), head=head, inputs=INPUTS)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"n_head": 6, "hidden_size": 48, "tie_word_embeddings": False},
+    {"n_head": 3, "hidden_size": 48, "apply_residual_connection_post_layernorm": True},
+], ids=["6-heads-untied", "3-heads-residual-from-norm"])
+def test_causal_lm_variants_match_transformers(tmp_path, overrides):
+    ours = check_parity(tmp_path, family=FAMILY, architecture="BloomForCausalLM", config=config(**overrides),
+                        head="causal_lm", inputs=INPUTS)
+    assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", True)
+    assert ours.spec.attention.num_heads == overrides["n_head"]
+
+
+def test_qkv_rows_are_permuted_per_head(tmp_path):
+    """HF rows [H, 3, Dh] -> ours [3, H, Dh]: our q rows of head 1 are HF rows 3*Dh .. 4*Dh."""
+    build = transformers.BloomForCausalLM(config()).eval()
+    build.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
+    theirs = build.transformer.h[0].self_attention.query_key_value.weight
+    mine = ours.layers[0].attention.qkv.proj.weight
+    Dh = 8
+    assert (mine[Dh:2 * Dh] == theirs[3 * Dh:4 * Dh]).all()  # q of head 1
+    assert (mine[40 + Dh:40 + 2 * Dh] == theirs[4 * Dh:5 * Dh]).all()  # k of head 1
+
+
+def test_shipped_spec_is_what_the_published_config_translates_to():
+    from composer.plugins.bloom import FAMILY as family
+
+    published = transformers.BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16,
+                                         pad_token_id=3).to_dict()
+    data = family.spec_from_hf_config(published, "BloomForCausalLM")
+    shipped = build_model("bloom-560m", device="meta").spec
+    for key in ("vocab_size", "hidden_size", "num_layers", "pad_token_id", "bos_token_id", "eos_token_id"):
+        assert data[key] == getattr(shipped, key)
+    assert data["attention"]["num_heads"] == shipped.attention.num_heads
+    assert data["mlp"]["intermediate_size"] == shipped.mlp.intermediate_size
+
+
+def test_export_of_a_spec_bloom_cannot_express_names_the_block(tmp_path):
+    spec = build_model("tiny-bloom", device="meta").spec.to_dict()
+    spec["mlp"] = {"kind": "gated", "intermediate_size": 160}
+    model = build_model(spec, seed=0)
+    with pytest.raises(CheckpointError, match=r"mlp.kind = 'gated' has no equivalent in Hugging Face BLOOM"):
+        model.save_pretrained(tmp_path / "out", format="hf")
+    assert not (tmp_path / "out").exists()

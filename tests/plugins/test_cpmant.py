@@ -1,0 +1,80 @@
+"""CPM-Ant checkpoints against transformers: the LM and the bare model, with different numbers
+of position buckets, segments, prompt types and prompt length.
+
+transformers' CPM-Ant takes no attention mask: token id 0 is padding (segment 0, masked out),
+every other token is segment 2; its generate feeds the whole sequence each step. Ours is given
+the equivalent mask (``ids != 0``)."""
+
+import pytest
+import torch
+import transformers
+
+from composer import CheckpointError, build_model, from_pretrained
+from tests.plugins.parity import LARGEST, Inputs, check_parity
+
+FAMILY = "cpm-ant"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_largest_difference():
+    yield
+    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+
+
+CONFIGS = {
+    "32-buckets-4-segments-prompt-3": dict(position_bias_num_buckets=32, position_bias_max_distance=64,
+                                           segment_types=4, prompt_types=4, prompt_length=3),
+    "16-buckets-3-segments-prompt-5": dict(position_bias_num_buckets=16, position_bias_max_distance=40,
+                                           segment_types=3, prompt_types=3, prompt_length=5,
+                                           num_attention_heads=2, dim_head=12),
+}
+
+
+def config(**overrides):
+    fields = dict(vocab_size=160, hidden_size=32, num_attention_heads=4, dim_head=8, dim_ff=64, num_hidden_layers=2,
+                  init_std=0.02)
+    return transformers.CpmAntConfig(**{**fields, **overrides})
+
+
+INPUTS = Inputs(vocab_size=160, pad_token_id=0, seq_len=10)
+
+
+@pytest.mark.parametrize("variant", CONFIGS)
+@pytest.mark.parametrize(("architecture", "head"), [("CpmAntForCausalLM", "causal_lm"), ("CpmAntModel", None)])
+def test_matches_transformers(tmp_path, architecture, head, variant):
+    overrides = CONFIGS[variant]
+    ours = check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(**overrides), head=head,
+                        inputs=INPUTS, reference_mask=False)
+    spec = ours.spec
+    assert spec.position.num_buckets == overrides["position_bias_num_buckets"]
+    assert spec.embedding.segments.num_types == overrides["segment_types"]
+    assert (spec.embedding.prompt.num_types, spec.embedding.prompt.length) == (overrides["prompt_types"],
+                                                                              overrides["prompt_length"])
+    assert spec.attention.mask == "prefix_lm"
+    if head:
+        assert spec.heads[0].shift_labels is False
+
+
+def test_bias_table_keeps_position_buckets_first(tmp_path):
+    reference = transformers.CpmAntForCausalLM(config(**CONFIGS["32-buckets-4-segments-prompt-3"])).eval()
+    reference.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
+    assert torch.equal(ours.position.weight, reference.cpmant.position_bias.relative_attention_bias)
+    assert ours.position.weight.shape == (4 * 4 + 32, 4)
+
+
+def test_shipped_spec_is_what_the_default_config_translates_to():
+    from composer.plugins.cpmant import FAMILY as family
+
+    data = family.spec_from_hf_config(transformers.CpmAntConfig().to_dict(), "CpmAntForCausalLM")
+    data["name"], data["family"] = "cpm-ant-10b", "cpm-ant"
+    ours = build_model(data, device="meta").spec
+    shipped = build_model("cpm-ant-10b", device="meta").spec
+    assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+
+
+def test_export_of_a_prompt_type_transformers_hard_codes_names_the_field(tmp_path):
+    spec = build_model("tiny-cpm-ant", device="meta").spec.to_dict()
+    spec["embedding"]["prompt"]["type"] = 1
+    with pytest.raises(CheckpointError, match=r"embedding.prompt.type = 1 has no equivalent in Hugging Face CPM-Ant"):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")

@@ -1,0 +1,89 @@
+"""Seed-OSS checkpoints against transformers: every head, GQA and MQA, head_dim independent of
+the width, attention_out_bias and mlp_bias on, tied and untied LM heads."""
+
+import pytest
+import transformers
+
+from composer import CheckpointError, build_model, from_pretrained
+from tests.plugins.parity import LARGEST, Inputs, check_parity
+
+FAMILY = "seed-oss"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_largest_difference():
+    yield
+    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+
+
+def config(**overrides):
+    fields = dict(vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=24, pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=3,
+                  max_position_embeddings=256, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+    return transformers.SeedOssConfig(**{**fields, **overrides})
+
+
+INPUTS = Inputs(vocab_size=160, pad_token_id=1)
+
+
+def position_ids(inputs):
+    """transformers' forward counts positions from 0 including pads; ours follows the mask."""
+    return {"position_ids": inputs.position_ids}
+
+
+@pytest.mark.parametrize(("architecture", "head"), [
+    ("SeedOssForCausalLM", "causal_lm"),
+    ("SeedOssForSequenceClassification", "sequence_classification"),
+    ("SeedOssForTokenClassification", "token_classification"),
+    ("SeedOssForQuestionAnswering", "question_answering"),
+    ("SeedOssModel", None),
+])
+def test_every_head_matches_transformers(tmp_path, architecture, head):
+    check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(), head=head, inputs=INPUTS,
+                 hf_kwargs_for_batch=position_ids)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"attention_out_bias": True, "mlp_bias": True},
+    {"num_key_value_heads": 1, "tie_word_embeddings": True, "attention_bias": False},
+], ids=["out-and-mlp-bias", "mqa-tied-no-qkv-bias"])
+def test_causal_lm_variants_match_transformers(tmp_path, overrides):
+    ours = check_parity(tmp_path, family=FAMILY, architecture="SeedOssForCausalLM", config=config(**overrides),
+                        head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    assert ours.spec.attention.out_bias == overrides.get("attention_out_bias", False)
+    assert ours.spec.mlp.bias == overrides.get("mlp_bias", False)
+    assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", False)
+
+
+def test_fused_projections_export_as_separate_tensors(tmp_path):
+    """A spec with fused QKV and gate/up (not Seed-OSS's own layout) still exports: the rows are
+    split into q/k/v and gate/up on the way out and concatenated on the way back."""
+    spec = build_model("tiny-seed-oss", device="meta").spec.to_dict()
+    spec["attention"]["fused_qkv"] = True
+    spec["mlp"]["fused"] = True
+    model = build_model(spec, seed=0)
+    model.save_pretrained(tmp_path / "hf", format="hf")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = INPUTS.single
+    assert (model(ids).logits - reference(ids).logits).abs().max() <= 1e-4
+    back = from_pretrained(tmp_path / "hf")  # HF layout: split projections
+    assert not back.spec.attention.fused_qkv
+    assert (model(ids).logits - back(ids).logits).abs().max() <= 1e-5
+
+
+def test_shipped_spec_is_what_the_published_config_translates_to():
+    from composer.plugins.seed_oss import FAMILY as family
+
+    published = transformers.SeedOssConfig(hidden_size=5120, rope_parameters={"rope_theta": 1e7}).to_dict()
+    data = family.spec_from_hf_config(published, "SeedOssForCausalLM")
+    data["name"], data["family"] = "seed-oss-36b", "seed-oss"
+    ours = build_model(data, device="meta").spec
+    shipped = build_model("seed-oss-36b", device="meta").spec
+    assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+
+
+def test_export_of_a_prefix_lm_spec_names_the_field(tmp_path):
+    spec = build_model("tiny-seed-oss", device="meta").spec.to_dict()
+    spec["attention"]["mask"] = "prefix_lm"
+    with pytest.raises(CheckpointError, match=r"attention.mask = 'prefix_lm' has no equivalent in Hugging Face"):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
