@@ -25,11 +25,11 @@ def load_spec(source: SpecLike) -> ModelSpecBase:
     if isinstance(source, dict):
         return validate_spec(source)
     path = Path(source)
-    if not path.suffix and not path.exists():
-        if str(source) not in registry.specs:
-            raise RegistryError(f"no shipped spec named {str(source)!r} and no such file; "
-                                f"shipped specs: {', '.join(sorted(registry.specs))}")
+    if str(source) in registry.specs and not path.is_file():  # a name may hold dots: llama-3.2-1b
         path = registry.specs[str(source)][0]
+    elif not path.suffix and not path.exists():
+        raise RegistryError(f"no shipped spec named {str(source)!r} and no such file; "
+                            f"shipped specs: {', '.join(sorted(registry.specs))}")
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     text = path.read_text()
