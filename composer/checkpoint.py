@@ -76,16 +76,20 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
                               f"or {HF_CONFIG_FILE} and safetensors files), not a file")
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: no such checkpoint directory")
-    if (directory / SPEC_FILE).is_file():
-        spec = load_spec(directory / SPEC_FILE)
-        maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(_skeleton(spec))]
-        describe = "composer checkpoint"
-    elif (directory / HF_CONFIG_FILE).is_file():
-        spec, maps, describe = _read_hf_config(directory)
-    else:
+    ours, hf = (directory / SPEC_FILE).is_file(), (directory / HF_CONFIG_FILE).is_file()
+    if not (ours or hf):
         _refuse_pickle(directory)
         raise CheckpointError(f"{directory}: not a checkpoint directory: it has neither {SPEC_FILE} (ours) nor "
                               f"{HF_CONFIG_FILE} (Hugging Face)")
+    if not ((directory / WEIGHTS_FILE).is_file() or (directory / INDEX_FILE).is_file()):
+        _refuse_pickle(directory)
+        raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
+    if ours:
+        spec = load_spec(directory / SPEC_FILE)
+        maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(_skeleton(spec))]
+        describe = "composer checkpoint"
+    else:
+        spec, maps, describe = _read_hf_config(directory)
     with _TensorFiles(directory) as files:
         return _load(spec, maps, files, describe=describe, dtype=dtype,
                      device=torch.device(device) if device is not None else None, progress=progress)
@@ -209,7 +213,6 @@ class _TensorFiles:
             self.file_of = None
             self._single = single
         else:
-            _refuse_pickle(directory)
             raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
         self._stack = ExitStack()
         self._handles: dict[Path, Any] = {}
@@ -422,7 +425,8 @@ def _hf_family_for(spec: ModelSpecBase, head: str | None) -> tuple[Family, str, 
         except CheckpointError as exc:
             reasons.append(f"{family.name}: {exc}")
     if len(reasons) == 1:
-        raise CheckpointError(f"spec {spec.name!r} cannot be exported to Hugging Face {reasons[0]}")
+        family, _, reason = reasons[0].partition(": ")
+        raise CheckpointError(f"spec {spec.name!r} (family {family}) cannot be exported to Hugging Face: {reason}")
     raise CheckpointError(f"spec {spec.name!r} has no Hugging Face equivalent in any family:\n  "
                           + "\n  ".join(reasons))
 
