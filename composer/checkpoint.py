@@ -15,6 +15,7 @@ it into place, so an interrupted save leaves no half-written checkpoint."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -136,6 +137,7 @@ def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedMo
     model = _skeleton(spec)
     expected = _own_tensors(model)
     aliases = _aliases(model)
+    maps = _without_absent_prefixes(maps, files)
     _check(spec, maps, expected, files, describe)
     total = sum(files.nbytes(name) for m in maps for name in m.theirs)
     bar = _Progress(f"loading {files.directory.name}", total,
@@ -158,6 +160,22 @@ def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedMo
     if device is not None:
         model.to(device)  # the buffers
     return model.eval()
+
+
+def _without_absent_prefixes(maps: list[TensorMap], files) -> list[TensorMap]:
+    """Many published checkpoints were saved from the bare model, so a head architecture's names
+    lack the base-model prefix (``h.0...`` for ``transformer.h.0...``). Where every absent name
+    under a first component is present without it, read it without it (as transformers does)."""
+    absent: dict[str, list[str]] = {}
+    for name in (n for m in maps for n in m.theirs if n not in files):
+        prefix, dot, rest = name.partition(".")
+        absent.setdefault(prefix, []).append(rest if dot else "")
+    strip = {p for p, rests in absent.items() if all(r and r in files for r in rests)}
+    if not strip:
+        return maps
+    rename = {n: n.partition(".")[2] for m in maps for n in m.theirs
+              if n not in files and n.partition(".")[0] in strip}
+    return [dataclasses.replace(m, theirs=tuple(rename.get(n, n) for n in m.theirs)) for m in maps]
 
 
 def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files, describe: str) -> None:
@@ -294,11 +312,13 @@ _meta_lock = threading.Lock()
 @contextmanager
 def _parameters_on_meta() -> Iterator[None]:
     """Construct modules with their parameters on the meta device (never allocated nor
-    initialised for real) and their buffers computed as usual (prompt ids, tables)."""
+    initialised for real) and their buffers computed as usual (prompt ids, tables). Other
+    threads constructing modules meanwhile are not affected."""
     register = nn.Module.register_parameter
+    builder = threading.get_ident()
 
     def register_on_meta(module, name, param):
-        if param is not None and param.device.type != "meta":
+        if param is not None and param.device.type != "meta" and threading.get_ident() == builder:
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(module, name, param)
 

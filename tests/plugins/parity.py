@@ -3,8 +3,9 @@
 ``check_parity`` builds a tiny random transformers model, saves it, loads it with
 ``composer.from_pretrained`` and compares, in fp32: the head's outputs for one sequence and for a
 left-padded batch, every hidden state and attention map, the loss, greedy generation (causal
-LM), and the logits of transformers reloading our Hugging Face export. The largest difference
-per family is recorded in ``LARGEST`` and printed at the end of each test module."""
+LM), and the logits (and greedy tokens) of transformers reloading our Hugging Face export. The
+largest difference per family is recorded in ``LARGEST`` and printed at the end of each test
+module."""
 
 from __future__ import annotations
 
@@ -164,3 +165,8 @@ def check_export(tmp_path, family, architecture, reference, ours, head, inputs, 
             mine = ours(ids, attention_mask=mask)[field]
         real = None if mask is None or head == "sequence_classification" else mask.bool()
         assert_close(family, f"{architecture} export {field}", mine, theirs, real)
+    if head == "causal_lm":
+        extra = {"attention_mask": torch.ones_like(inputs.single)} if reference_mask else {}
+        with torch.no_grad():
+            theirs = reloaded.generate(inputs.single, max_new_tokens=NEW_TOKENS, do_sample=False, **extra)
+        assert torch.equal(ours.generate(inputs.single, max_new_tokens=NEW_TOKENS), theirs)

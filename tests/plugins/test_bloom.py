@@ -2,10 +2,11 @@
 power of two, tied and untied LM heads, residuals from the normed input."""
 
 import pytest
+import torch
 import transformers
 
 from composer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import LARGEST, Inputs, check_parity
+from tests.plugins.parity import LARGEST, Inputs, build_reference, check_parity
 
 FAMILY = "bloom"
 
@@ -57,6 +58,18 @@ def test_qkv_rows_are_permuted_per_head(tmp_path):
     Dh = 8
     assert (mine[Dh:2 * Dh] == theirs[3 * Dh:4 * Dh]).all()  # q of head 1
     assert (mine[40 + Dh:40 + 2 * Dh] == theirs[4 * Dh:5 * Dh]).all()  # k of head 1
+
+
+def test_checkpoint_saved_from_the_bare_model_loads_into_the_lm(tmp_path):
+    """Published BLOOM checkpoints (bloom-560m) name tensors ``h.0...`` without ``transformer.``
+    while config.json says BloomForCausalLM, as a BloomModel checkpoint with a tied head would."""
+    reference = build_reference("BloomForCausalLM", config())
+    reference.transformer.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config_file.read_text().replace('"BloomModel"', '"BloomForCausalLM"'))
+    ours = from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert (ours(INPUTS.single).logits - reference(INPUTS.single).logits).abs().max() <= 1e-4
 
 
 def test_shipped_spec_is_what_the_published_config_translates_to():
