@@ -18,6 +18,7 @@ transformers.utils.logging.disable_progress_bar()
 TOLERANCE = 1e-4  # max abs difference, fp32
 NEW_TOKENS = 20
 LARGEST: dict[str, float] = {}
+LARGEST_BY_KIND: dict[tuple[str, str], float] = {}
 
 #: The Auto class that reloads an export, by our head kind.
 AUTO_CLASSES = {
@@ -49,8 +50,15 @@ def build_reference(architecture: str, config: transformers.PretrainedConfig, se
     return model
 
 
-def record(family: str, diff: float) -> None:
+def record(family: str, diff: float, what: str = "") -> None:
     LARGEST[family] = max(LARGEST.get(family, 0.0), diff)
+    kind = next((k for k in ("hidden_states", "attentions", "loss") if k in what), "outputs")
+    LARGEST_BY_KIND[family, kind] = max(LARGEST_BY_KIND.get((family, kind), 0.0), diff)
+
+
+def report(family: str) -> str:
+    kinds = ", ".join(f"{kind} {LARGEST_BY_KIND[f, kind]:.3g}" for f, kind in LARGEST_BY_KIND if f == family)
+    return f"{family}: largest max-abs-diff against transformers {LARGEST.get(family, 0.0):.3g} ({kinds})"
 
 
 def assert_close(family: str, what: str, ours: torch.Tensor, theirs: torch.Tensor, where=None) -> None:
@@ -63,7 +71,7 @@ def assert_close(family: str, what: str, ours: torch.Tensor, theirs: torch.Tenso
         where = where.expand_as(ours)
         ours, theirs = ours[where], theirs[where]
     diff = (ours - theirs).abs().max().item() if ours.numel() else 0.0
-    record(family, diff)
+    record(family, diff, what)
     assert diff <= TOLERANCE, f"{what}: max abs diff {diff:.3g} > {TOLERANCE}"
 
 

@@ -6,7 +6,7 @@ import torch
 import transformers
 
 from composer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import LARGEST, Inputs, build_reference, check_parity
+from tests.plugins.parity import Inputs, build_reference, check_parity, report
 
 FAMILY = "bloom"
 
@@ -14,7 +14,7 @@ FAMILY = "bloom"
 @pytest.fixture(scope="module", autouse=True)
 def report_largest_difference():
     yield
-    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+    print("\n" + report(FAMILY))
 
 
 def config(**overrides):

@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from composer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import LARGEST, Inputs, check_parity
+from tests.plugins.parity import Inputs, check_parity, report
 
 FAMILY = "cpm-ant"
 
@@ -18,7 +18,7 @@ FAMILY = "cpm-ant"
 @pytest.fixture(scope="module", autouse=True)
 def report_largest_difference():
     yield
-    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+    print("\n" + report(FAMILY))
 
 
 CONFIGS = {

@@ -2,10 +2,11 @@
 than 0.5 (in ``rope_parameters``), tied and untied LM heads."""
 
 import pytest
+import torch
 import transformers
 
-from composer import CheckpointError, build_model
-from tests.plugins.parity import LARGEST, Inputs, check_parity
+from composer import CheckpointError, build_model, from_pretrained
+from tests.plugins.parity import Inputs, build_reference, check_parity, report
 
 FAMILY = "glm-4"
 
@@ -13,7 +14,7 @@ FAMILY = "glm-4"
 @pytest.fixture(scope="module", autouse=True)
 def report_largest_difference():
     yield
-    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+    print("\n" + report(FAMILY))
 
 
 def config(partial_rotary_factor=0.5, **overrides):
@@ -56,6 +57,15 @@ def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
     assert ours.spec.position.fraction == factor
     assert ours.spec.attention.num_kv_heads == overrides.get("num_key_value_heads", 2)
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", False)
+
+
+def test_sharded_transformers_checkpoint_loads(tmp_path):
+    reference = build_reference("GlmForCausalLM", config())
+    reference.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    ours = from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert (ours(INPUTS.single).logits - reference(INPUTS.single).logits).abs().max() <= 1e-4
 
 
 def test_shipped_spec_is_what_the_default_config_translates_to():

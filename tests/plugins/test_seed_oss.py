@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from composer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import LARGEST, Inputs, check_parity
+from tests.plugins.parity import Inputs, check_parity, report
 
 FAMILY = "seed-oss"
 
@@ -13,7 +13,7 @@ FAMILY = "seed-oss"
 @pytest.fixture(scope="module", autouse=True)
 def report_largest_difference():
     yield
-    print(f"\n{FAMILY}: largest max-abs-diff against transformers {LARGEST.get(FAMILY, 0.0):.3g}")
+    print("\n" + report(FAMILY))
 
 
 def config(**overrides):
