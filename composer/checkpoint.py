@@ -289,9 +289,8 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 
 
 def _refuse_pickle(path: Path) -> None:
-    candidates = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) \
-        if path.is_dir() else []
-    pickles = [p for p in candidates if p.suffix in PICKLE_SUFFIXES or p.name.endswith(".bin.index.json")]
+    found = [path] if path.is_file() else sorted(path.iterdir()) if path.is_dir() else []
+    pickles = [p for p in found if p.suffix in PICKLE_SUFFIXES]
     if pickles:
         raise CheckpointError(
             f"{pickles[0]} is a pickle checkpoint; archcomposer reads only safetensors, because unpickling can "
@@ -299,7 +298,7 @@ def _refuse_pickle(path: Path) -> None:
             f"  python -c \"import torch; from safetensors.torch import save_file; "
             f"save_file(torch.load('{pickles[0].name}', weights_only=True), 'model.safetensors', "
             f"metadata={{'format': 'pt'}})\"\n"
-            f"or load it with transformers and save_pretrained(..., safe_serialization=True)")
+            f"or load it with transformers and save_pretrained it (transformers writes safetensors)")
 
 
 # ---------------------------------------------------------------------------------------------
