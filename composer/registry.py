@@ -229,7 +229,7 @@ class Registry:
         """Register a plugin object in this process only (tests, notebooks) and call its hooks now;
         returns its name. Unlike an entry point, any failure raises ``RegistryError`` here. Pair it
         with ``unregister`` in a ``finally``."""
-        name = name or getattr(plugin, "__name__", None) or type(plugin).__qualname__
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self.plugins:
             raise RegistryConflict(f"plugin name {name!r} is already registered, by {self.plugins[name].source}")
         try:
@@ -272,13 +272,14 @@ class Registry:
                 try:
                     impl.function(*[register for _ in impl.argnames])
                 except Exception as exc:
-                    if isinstance(exc, RegistryConflict):
-                        raise
-                    message = f"raised in {hook}: {type(exc).__name__}: {exc}"
                     if strict:
                         self.unregister(info.name)
-                        raise RegistryError(f"{info.source} {message}") from exc
-                    self._skip(info, message)
+                        if isinstance(exc, RegistryError):  # it names the plugin already
+                            raise
+                        raise RegistryError(f"{info.source} raised in {hook}: {type(exc).__name__}: {exc}") from exc
+                    if isinstance(exc, RegistryConflict):
+                        raise
+                    self._skip(info, f"raised in {hook}: {type(exc).__name__}: {exc}")
 
     def _register_callback(self, hook: str, info: PluginInfo) -> Callable[..., None]:
         add = {"register_sections": self.add_section, "register_blocks": self.add_kind,
