@@ -95,7 +95,9 @@ class ComposedModel(nn.Module):
         visible = self._visibility(B, S_all, K, past, P, prefix_mask, device) & key_mask[:, None, :]  # [B, S_all, K]
         pos = self.position(query_pos, key_pos, None if segments is None else segments[:, past:T], segments)
         min_value = torch.finfo(x.dtype).min
-        scores_bias = torch.zeros(visible.shape, device=device).masked_fill(~visible, min_value)[:, None]  # [B,1,S,K]
+        bias_dtype = torch.promote_types(x.dtype, torch.float32)  # holds finfo(x.dtype).min, fp64 included
+        scores_bias = torch.zeros(visible.shape, dtype=bias_dtype, device=device)
+        scores_bias = scores_bias.masked_fill(~visible, min_value)[:, None]  # [B, 1, S, K]
         if pos.bias is not None:
             scores_bias = (scores_bias + pos.bias).clamp(min=min_value)  # [B, H, S, K]
         scores_bias = scores_bias.to(x.dtype)
