@@ -1,0 +1,174 @@
+"""KV caches: decoding with a cache computes what one forward over the whole sequence computes.
+
+The property runs over specs drawn across every block kind (tests/strategies.py). For a causal
+model the reference is one forward without a cache. For a prefix_lm model (CPM-Ant's contract)
+the context must be the first forward; the reference is one forward over context + continuation
+with ``prefix_mask`` marking the context, and decoding may feed one or several tokens per step.
+
+The contract is stated in fp32 (max abs difference 1e-5, which is rounding); the same property in
+fp64 with a tolerance of 1e-10 shows that what is left is rounding, not logic."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from composer import CacheError, DynamicCache, StaticCache, build_model
+from tests.strategies import spec_dicts
+
+TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}  # max abs difference of logits
+OBSERVED = {dtype: {"max_abs_diff": 0.0, "examples": 0} for dtype in TOLERANCES}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_largest_difference():
+    """Prints the largest difference seen (visible with ``pytest -s``)."""
+    yield
+    for dtype, seen in OBSERVED.items():
+        if seen["examples"]:
+            print(f"\ncache equivalence ({dtype}): largest max-abs-diff {seen['max_abs_diff']:.3g} "
+                  f"over {seen['examples']} examples")
+
+
+def stepwise_logits(model, ids, cuts, cache):
+    """Logits of feeding ``ids`` [B, S] to ``model`` in chunks ending at ``cuts``, with ``cache``."""
+    pieces, start = [], 0
+    for end in cuts:
+        out = model(ids[:, start:end], past_key_values=cache, use_cache=True)
+        assert out.past_key_values is cache
+        pieces.append(out.logits)
+        start = end
+    assert cache.get_seq_length() == model.prompt_length + ids.shape[1]
+    return torch.cat(pieces, dim=1)  # [B, S, V]
+
+
+@st.composite
+def chunk_ends(draw, length: int, first: int) -> list[int]:
+    """Increasing chunk ends after a first chunk of ``first`` tokens, the last one ``length``."""
+    inner = draw(st.sets(st.integers(first + 1, length - 1))) if length - first > 1 else set()
+    return [first, *sorted(inner), length]
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@given(spec=spec_dicts(), data=st.data())
+@torch.no_grad()
+def test_cached_decoding_equals_one_full_forward(dtype, spec, data):
+    model = build_model(spec, seed=data.draw(st.integers(0, 2**16), label="seed"), dtype=dtype)
+    length = data.draw(st.integers(2, 9), label="length")
+    first = data.draw(st.integers(1, length - 1), label="first chunk (prefill or context)")
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="ids seed"))
+    ids = torch.randint(0, spec["vocab_size"], (2, length), generator=generator)
+
+    if model.prefix_lm:
+        prefix_mask = (torch.arange(length) < first).long().expand(2, length)
+        reference = model(ids, prefix_mask=prefix_mask, use_cache=False).logits
+    else:
+        reference = model(ids, use_cache=False).logits
+
+    one_token_steps = list(range(first, length + 1))
+    chunked = data.draw(chunk_ends(length, first), label="chunk ends")
+    static_room = model.prompt_length + length + data.draw(st.integers(0, 3), label="unused static slots")
+    for cuts in (one_token_steps, chunked):
+        for cache in (DynamicCache(), StaticCache(max_length=static_room)):
+            logits = stepwise_logits(model, ids, cuts, cache)
+            diff = (logits - reference).abs().max().item()
+            OBSERVED[dtype]["max_abs_diff"] = max(OBSERVED[dtype]["max_abs_diff"], diff)
+            assert diff <= TOLERANCES[dtype], f"{type(cache).__name__}, chunks ending at {cuts}: max abs diff {diff}"
+    OBSERVED[dtype]["examples"] += 1
+
+
+@torch.no_grad()
+def test_prefix_lm_context_is_bidirectional_and_continuation_causal():
+    """The context (first forward) sees later context tokens; a continuation token is not seen by
+    anything before it. Guards the property above against a prefix_lm that is silently causal."""
+    model = build_model("tiny-cpm-ant", seed=0)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    changed = ids.clone()
+    changed[0, 2] = 40
+    prefix = torch.tensor([[1, 1, 1, 0, 0]])
+    a = model(ids, prefix_mask=prefix).logits
+    b = model(changed, prefix_mask=prefix).logits
+    assert not torch.allclose(a[:, :2], b[:, :2])  # earlier context sees a later context token
+    changed = ids.clone()
+    changed[0, 3] = 40
+    c = model(changed, prefix_mask=prefix).logits
+    torch.testing.assert_close(a[:, :3], c[:, :3], rtol=0, atol=0)  # the context does not see the continuation
+    assert not torch.allclose(a[:, 3:], c[:, 3:])
+
+
+@torch.no_grad()
+def test_causal_model_does_not_see_the_future():
+    model = build_model("tiny-glm-4", seed=0)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    changed = ids.clone()
+    changed[0, 3] = 40
+    a, b = model(ids).logits, model(changed).logits
+    torch.testing.assert_close(a[:, :3], b[:, :3], rtol=0, atol=0)
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+
+
+def test_prefix_mask_is_refused_by_a_causal_model():
+    from composer import InputError
+
+    model = build_model("tiny-glm-4", seed=0)
+    with pytest.raises(InputError, match="prefix_mask is only meaningful"):
+        model(torch.tensor([[5, 6]]), prefix_mask=torch.tensor([[1, 0]]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the caches on their own
+
+
+def kv(batch=2, heads=3, length=4, dim=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, heads, length, dim, generator=generator),
+            torch.randn(batch, heads, length, dim, generator=generator))
+
+
+def test_dynamic_cache_concatenates_per_layer():
+    cache = DynamicCache()
+    (k0, v0), (k1, v1), (k2, v2) = kv(seed=0), kv(seed=1), kv(length=1, seed=2)
+    cache.update(0, k0, v0, 0)
+    cache.update(1, k1, v1, 0)
+    k, v = cache.update(0, k2, v2, 4)
+    torch.testing.assert_close(k, torch.cat([k0, k2], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(v, torch.cat([v0, v2], dim=2), rtol=0, atol=0)
+    assert len(cache) == 2
+    assert cache.get_seq_length() == 5  # layer 0 decides
+
+
+def test_static_cache_writes_in_place_and_keeps_its_shape():
+    cache = StaticCache(max_length=6)
+    (k0, v0), (k1, v1) = kv(length=4, seed=0), kv(length=1, seed=1)
+    k, v = cache.update(0, k0, v0, 0)
+    assert k.shape == (2, 3, 6, 5)
+    k, v = cache.update(0, k1, v1, 4)
+    assert k.shape == (2, 3, 6, 5) and cache.get_seq_length() == 5
+    torch.testing.assert_close(k[:, :, :5], torch.cat([k0, k1], dim=2), rtol=0, atol=0)
+    torch.testing.assert_close(v[:, :, :5], torch.cat([v0, v1], dim=2), rtol=0, atol=0)
+    assert not k[:, :, 5:].any()
+
+
+@pytest.mark.parametrize("cache", [DynamicCache(), StaticCache(max_length=4)], ids=type)
+def test_reorder_keeps_the_chosen_rows(cache):
+    k0, v0 = kv(batch=3, length=2)
+    cache.update(0, k0, v0, 0)
+    cache.reorder(torch.tensor([2, 0]))
+    torch.testing.assert_close(cache.keys[0][:, :, :2], k0[[2, 0]], rtol=0, atol=0)
+    torch.testing.assert_close(cache.values[0][:, :, :2], v0[[2, 0]], rtol=0, atol=0)
+
+
+def test_static_cache_refuses_a_step_past_its_capacity():
+    with pytest.raises(CacheError, match="at least 1"):
+        StaticCache(max_length=0)
+    model = build_model("tiny-seed-oss", seed=0)
+    cache = StaticCache(max_length=4)
+    model(torch.tensor([[5, 6, 7]]), past_key_values=cache)
+    with pytest.raises(CacheError, match=r"holds 4 tokens but this step needs 5"):
+        model(torch.tensor([[8, 9]]), past_key_values=cache)
+
+
+def test_static_cache_counts_the_prompt_tokens():
+    model = build_model("tiny-cpm-ant", seed=0)  # 3 prompt tokens
+    with pytest.raises(CacheError, match=r"holds 4 tokens but this step needs 5"):
+        model(torch.tensor([[5, 6]]), past_key_values=StaticCache(max_length=4))

@@ -1,0 +1,19 @@
+"""Test-wide settings.
+
+Hypothesis profiles: ``ci`` (the default) keeps the property tests fast and reproducible;
+``thorough`` runs many more examples with fresh randomness. Select with
+``ARCHCOMPOSER_HYPOTHESIS_PROFILE=thorough python -m pytest``.
+
+Third-party archcomposer plugins installed in the environment are not loaded (this
+distribution's own built-in families still are), so the suite does not depend on what else is
+installed; a test that needs autoloading sets the variable itself."""
+
+import os
+
+from hypothesis import settings
+
+os.environ.setdefault("ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD", "1")
+
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("ARCHCOMPOSER_HYPOTHESIS_PROFILE", "ci"))

@@ -1,0 +1,181 @@
+"""Hypothesis strategies for archcomposer specs.
+
+``spec_dicts()`` draws a valid spec (a plain dict, as a YAML file would hold) over every built-in
+block kind. Valid shapes are constructed, never filtered: ``num_kv_heads`` is drawn first and
+``num_heads`` is a multiple of it; a rotary ``fraction`` is drawn among those that give an even
+whole number of channels for the drawn ``head_dim``; bucket counts are built from the number of
+exact buckets wanted. Each section has its own strategy so a caller can combine or restrict them
+(``positions=("alibi",)``, ``heads=("question_answering",)``, ``masks=("prefix_lm",)``).
+
+Weights built from these specs use ``initializer_range`` = c / sqrt(hidden_size) with c in [1, 1.5]:
+attention scores and logits then have a spread of about c**2 and c whatever the width. The usual
+0.02 would make attention nearly uniform in a tiny model, so a position or cache bug would move
+the logits by less than any tolerance; a fixed large std would make wide draws so sharp that fp32
+rounding alone exceeds 1e-5.
+
+This module imports only hypothesis, so it can be reused outside the test tree."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+POSITIONS = ("none", "rope", "partial_rope", "alibi", "bucket_bias")
+NORMS = ("layernorm", "rmsnorm")
+ATTENTIONS = ("gqa",)
+MLPS = ("gated", "plain")
+HEADS = ("causal_lm", "sequence_classification", "token_classification", "question_answering")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+MASKS = ("causal", "prefix_lm")
+
+#: Every kind the strategies can draw, by spec section (a meta-test compares it with the registry).
+KINDS = {"position": POSITIONS, "norm": NORMS, "attention": ATTENTIONS, "mlp": MLPS, "head": HEADS}
+
+
+# ---------------------------------------------------------------------------------------------
+# position
+
+
+def _rotary_fractions(head_dim: int) -> list[float]:
+    """Fractions k/8 (exact in binary) for which fraction * head_dim is an even number >= 2."""
+    return [k / 8 for k in range(1, 9) if head_dim * k % 16 == 0]
+
+
+def head_dims(position: str) -> st.SearchStrategy[int]:
+    """head_dim values valid for a position kind: any for bias schemes (odd ones included), even
+    for rope, and for partial_rope ones that admit several rotary fractions."""
+    if position == "rope":
+        return st.sampled_from([2, 4, 6, 8, 12])
+    if position == "partial_rope":
+        return st.sampled_from([4, 8, 12, 16, 24])
+    return st.integers(1, 12)
+
+
+@st.composite
+def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False) -> dict:
+    """A ``position`` section of ``kind``. ``segments``: embedding.segments is set, so a bucket
+    bias may use segment-pair buckets."""
+    if kind in ("none", "alibi"):
+        return {"kind": kind}
+    if kind == "rope":
+        return {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0]))}
+    if kind == "partial_rope":
+        return {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0])),
+                "fraction": draw(st.sampled_from(_rotary_fractions(head_dim))),
+                "interleaved": draw(st.booleans())}
+    if kind == "bucket_bias":
+        bidirectional = draw(st.booleans())
+        exact = draw(st.integers(1, 4))  # buckets // (4 if bidirectional else 2)
+        num_buckets = exact * (4 if bidirectional else 2) + draw(st.integers(0, 3 if bidirectional else 1))
+        return {"kind": kind, "num_buckets": num_buckets, "max_distance": exact + draw(st.integers(1, 12)),
+                "bidirectional": bidirectional, "segments": segments and draw(st.booleans())}
+    raise ValueError(f"no strategy for position kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# attention, norm, mlp
+
+
+@st.composite
+def attention_specs(draw, *, head_dim: int, mask: str = "causal") -> dict:
+    """A ``gqa`` section: MHA, GQA or MQA. Returns the section; ``num_heads * head_dim`` is the
+    model width when ``head_dim`` is left out (the caller sets hidden_size accordingly)."""
+    num_kv_heads = draw(st.integers(1, 3))
+    num_heads = num_kv_heads * draw(st.integers(1, 3))
+    spec = {"kind": "gqa", "num_heads": num_heads, "head_dim": head_dim, "qkv_bias": draw(st.booleans()),
+            "out_bias": draw(st.booleans()), "fused_qkv": draw(st.booleans()),
+            "dropout": draw(st.sampled_from([0.0, 0.1])), "mask": mask}
+    if num_kv_heads != num_heads or draw(st.booleans()):  # MHA may leave num_kv_heads to its default
+        spec["num_kv_heads"] = num_kv_heads
+    return spec
+
+
+@st.composite
+def norm_specs(draw, kinds: Sequence[str] = NORMS) -> dict:
+    kind = draw(st.sampled_from(kinds))
+    spec = {"kind": kind, "eps": draw(st.sampled_from([1e-5, 1e-6]))}
+    if kind == "layernorm":
+        spec["bias"] = draw(st.booleans())
+    return spec
+
+
+@st.composite
+def mlp_specs(draw, kinds: Sequence[str] = MLPS) -> dict:
+    kind = draw(st.sampled_from(kinds))
+    spec = {"kind": kind, "intermediate_size": draw(st.integers(4, 32)),
+            "activation": draw(st.sampled_from(ACTIVATIONS)), "bias": draw(st.booleans())}
+    if kind == "gated":
+        spec["fused"] = draw(st.booleans())
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# heads and embedding
+
+
+@st.composite
+def head_specs(draw, kind: str) -> dict:
+    if kind == "causal_lm":
+        return {"kind": kind, "bias": draw(st.booleans()), "shift_labels": draw(st.booleans())}
+    if kind in ("sequence_classification", "token_classification"):
+        return {"kind": kind, "num_labels": draw(st.integers(1, 3)), "bias": draw(st.booleans())}
+    if kind == "question_answering":
+        return {"kind": kind, "bias": draw(st.booleans())}
+    raise ValueError(f"no strategy for head kind {kind!r}")
+
+
+@st.composite
+def embedding_specs(draw, *, cpm_ant: bool) -> dict:
+    """``cpm_ant``: prompt tokens and segments (CPM-Ant); otherwise each option is drawn."""
+    spec: dict = {"norm": draw(st.booleans())}
+    if cpm_ant or draw(st.booleans()):
+        num_types = draw(st.integers(1, 4))
+        spec["segments"] = {"num_types": num_types, "token_segment": draw(st.integers(0, num_types - 1))}
+    if cpm_ant or draw(st.booleans()):
+        num_types = draw(st.integers(1, 3))
+        spec["prompt"] = {"num_types": num_types, "length": draw(st.integers(1, 3)),
+                          "type": draw(st.integers(0, num_types - 1))}
+    spec["tied"] = "prompt" not in spec and draw(st.booleans())
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole spec
+
+
+@st.composite
+def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[str] = ("causal_lm",),
+               masks: Sequence[str] = MASKS, cpm_ant: bool | None = None, max_layers: int = 2) -> dict:
+    """A valid spec dict. ``positions`` and ``masks``: the kinds to draw from. ``heads``: the heads
+    the spec lists, in order (empty: the bare trunk). ``cpm_ant``: force (True) or forbid (False)
+    a CPM-Ant-style model (prompt, segments, prefix_lm mask); None draws it."""
+    position = draw(st.sampled_from(positions))
+    cpm_ant = draw(st.booleans()) if cpm_ant is None else cpm_ant
+    mask = "prefix_lm" if cpm_ant else draw(st.sampled_from(masks))
+    embedding = draw(embedding_specs(cpm_ant=cpm_ant))
+    head_dim = draw(head_dims(position))
+    attention = draw(attention_specs(head_dim=head_dim, mask=mask))
+    # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
+    # alone moves the logits by about 1e-5.
+    if attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # head_dim left to its default
+        hidden_size = attention["num_heads"] * attention.pop("head_dim")
+    else:
+        hidden_size = draw(st.integers(8, 24))
+    return {
+        "name": "hypothesis",
+        "vocab_size": draw(st.integers(16, 48)),
+        "hidden_size": hidden_size,
+        "num_layers": draw(st.integers(1, max_layers)),
+        "max_positions": 64,
+        "pad_token_id": 0,
+        "initializer_range": round(draw(st.sampled_from([1.0, 1.25, 1.5])) / math.sqrt(hidden_size), 4),
+        "embedding": embedding,
+        "position": draw(position_specs(position, head_dim=head_dim, segments="segments" in embedding)),
+        "attention": attention,
+        "norm": draw(norm_specs()),
+        "mlp": draw(mlp_specs()),
+        "residual": {"from_norm": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.1]))},
+        "heads": [draw(head_specs(kind)) for kind in heads],
+    }
