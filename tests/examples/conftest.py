@@ -1,0 +1,38 @@
+"""Fixtures for the example plugin's tests."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import composer
+from composer.testing import registered
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "archcomposer-llama"
+
+
+@pytest.fixture(scope="package", autouse=True)
+def one_thread():
+    """Tiny models: several threads per matmul on a small, busy machine only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="package")
+def llama_plugin():
+    """The example plugin, registered in this process from its source tree (unless it is
+    installed and already loaded through its entry point)."""
+    if "llama" in composer.get_registry().families:
+        yield
+        return
+    sys.path.insert(0, str(EXAMPLE / "src"))
+    try:
+        import archcomposer_llama.plugin
+
+        with registered(archcomposer_llama.plugin, "llama"):
+            yield
+    finally:
+        sys.path.remove(str(EXAMPLE / "src"))
