@@ -56,10 +56,10 @@ class ComposedModel(nn.Module):
         head_spec = self._head_spec(head)
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids or inputs_embeds")
-        B, S = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
-        device = (input_ids if input_ids is not None else inputs_embeds).device
         if input_ids is not None:
             self._check_ids(input_ids)
+        B, S = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
         if use_cache is None:
             use_cache = head_spec is None or head_spec.returns_cache
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)
