@@ -6,13 +6,18 @@ Hypothesis profiles: ``ci`` (the default) keeps the property tests fast and repr
 
 Third-party archcomposer plugins installed in the environment are not loaded (this
 distribution's own built-in families still are), so the suite does not depend on what else is
-installed; a test that needs autoloading sets the variable itself."""
+installed; a test that needs autoloading sets the variable itself.
+
+torch runs on one thread: the models here are tiny, and on a small shared machine a second
+thread makes each forward spin-wait, up to 50x slower than one thread."""
 
 import os
 
+import torch
 from hypothesis import settings
 
 os.environ.setdefault("ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD", "1")
+torch.set_num_threads(1)
 
 settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True, print_blob=True)
 settings.register_profile("thorough", max_examples=300, deadline=None, print_blob=True)

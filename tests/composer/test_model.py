@@ -1,0 +1,335 @@
+"""ComposedModel.forward: padding, the output contract of each head, hidden states, attention
+probabilities, logits_to_keep, inputs_embeds, parameter counts and argument errors.
+
+Specs are drawn across every block kind (tests/strategies.py); expected values are computed here
+from the inputs and the model's weights (cross-entropy, pooling, the LM projection), never taken
+from the code under test."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from composer import InputError, build_model, load_spec
+from composer import outputs as out_types
+from tests.strategies import HEADS, spec_dicts
+
+ATOL = 1e-5
+OUTPUT_CLASS = {
+    None: out_types.BaseModelOutputWithPast,
+    "causal_lm": out_types.CausalLMOutputWithPast,
+    "sequence_classification": out_types.SequenceClassifierOutputWithPast,
+    "token_classification": out_types.TokenClassifierOutput,
+    "question_answering": out_types.QuestionAnsweringModelOutput,
+}
+
+
+def draw_model(data, **strategy_kwargs):
+    spec = data.draw(spec_dicts(**strategy_kwargs), label="spec")
+    return spec, build_model(spec, seed=data.draw(st.integers(0, 2**16), label="seed"))
+
+
+def left_padded_batch(data, vocab_size: int, *, rows: int = 3):
+    """ids [B, S] with garbage (not pad_token_id) left of each row's real tokens, the mask, and
+    the real rows. The first row is full length, the others shorter."""
+    length = data.draw(st.integers(2, 7), label="length")
+    lengths = [length] + [data.draw(st.integers(1, length - 1), label="row length") for _ in range(rows - 1)]
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16), label="ids seed"))
+    ids = torch.randint(1, vocab_size, (rows, length), generator=generator)
+    mask = torch.stack([(torch.arange(length) >= length - n).long() for n in lengths])  # [B, S]
+    return ids, mask, [ids[i, length - n:] for i, n in enumerate(lengths)]
+
+
+# ---------------------------------------------------------------------------------------------
+# padding
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_left_padded_rows_get_the_logits_they_get_alone(data):
+    spec, model = draw_model(data)
+    ids, mask, rows = left_padded_batch(data, spec["vocab_size"])
+    batch = model(ids, attention_mask=mask).logits
+    for i, row in enumerate(rows):
+        alone = model(row[None]).logits
+        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=ATOL, rtol=0)
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_explicit_position_ids_equal_the_implied_ones(data):
+    spec, model = draw_model(data)
+    ids, mask, _ = left_padded_batch(data, spec["vocab_size"])
+    implied = model(ids, attention_mask=mask).logits
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    explicit = model(ids, attention_mask=mask, position_ids=position_ids).logits
+    real = mask.bool()
+    torch.testing.assert_close(explicit[real], implied[real], atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the output of each head
+
+
+def expected_loss(kind: str, spec: dict, out, ids: torch.Tensor, labels: dict) -> torch.Tensor:
+    """The loss transformers' heads compute, from the output's own logits."""
+    if kind == "causal_lm":
+        logits, target = out.logits, labels["labels"]
+        if spec["heads"][0]["shift_labels"]:
+            logits, target = logits[:, :-1], target[:, 1:]
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+    if kind == "sequence_classification":
+        if spec["heads"][0]["num_labels"] == 1:
+            return F.mse_loss(out.logits.squeeze(), labels["labels"].squeeze())
+        return F.cross_entropy(out.logits, labels["labels"])
+    if kind == "token_classification":
+        return F.cross_entropy(out.logits.flatten(0, 1), labels["labels"].flatten(), ignore_index=-100)
+    start, end = labels["start_positions"], labels["end_positions"]
+    return (F.cross_entropy(out.start_logits, start) + F.cross_entropy(out.end_logits, end)) / 2
+
+
+def draw_labels(data, kind: str, spec: dict, batch: int, length: int) -> dict:
+    """Labels for ``kind``; per-token labels ignore some positions (-100) but never the last one,
+    so that some position is scored (length >= 2 when causal_lm shifts)."""
+    ints = st.integers
+    if kind in ("causal_lm", "token_classification"):
+        classes = spec["vocab_size"] if kind == "causal_lm" else spec["heads"][0]["num_labels"]
+        values = data.draw(st.lists(ints(-1, classes - 1), min_size=batch * length, max_size=batch * length),
+                           label="labels")
+        labels = torch.tensor(values).view(batch, length)
+        labels[:, -1] = labels[:, -1].clamp(min=0)
+        return {"labels": labels.masked_fill(labels < 0, -100)}
+    num_labels = spec["heads"][0].get("num_labels")
+    if kind == "sequence_classification":
+        if num_labels == 1:
+            return {"labels": torch.randn(batch)}
+        return {"labels": torch.tensor(data.draw(st.lists(ints(0, num_labels - 1), min_size=batch, max_size=batch)))}
+    positions = st.lists(ints(0, length - 1), min_size=batch, max_size=batch)
+    return {"start_positions": torch.tensor(data.draw(positions)), "end_positions": torch.tensor(data.draw(positions))}
+
+
+@pytest.mark.parametrize("kind", [*HEADS, None])
+@given(data=st.data())
+@torch.no_grad()
+def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
+    spec, model = draw_model(data, heads=(kind,) if kind else ())
+    batch, length = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(2, 6), label="length")
+    ids = torch.randint(1, spec["vocab_size"], (batch, length))
+    out = model(ids)
+    assert type(out) is OUTPUT_CLASS[kind]
+    assert type(out).__name__ == OUTPUT_CLASS[kind].__name__
+    D = spec["hidden_size"]
+    num_labels = spec["heads"][0].get("num_labels") if kind else None
+    shapes = {
+        None: {"last_hidden_state": (batch, length, D)},
+        "causal_lm": {"logits": (batch, length, spec["vocab_size"])},
+        "sequence_classification": {"logits": (batch, num_labels)},
+        "token_classification": {"logits": (batch, length, num_labels)},
+        "question_answering": {"start_logits": (batch, length), "end_logits": (batch, length)},
+    }[kind]
+    for name, shape in shapes.items():
+        assert out[name].shape == shape, name
+
+    # past_key_values: present iff use_cache, for the heads whose output has the field
+    has_cache_field = "past_key_values" in {f for f in out.__dataclass_fields__}
+    assert has_cache_field == (kind in (None, "causal_lm", "sequence_classification"))
+    if has_cache_field:
+        assert out.past_key_values.get_seq_length() == model.prompt_length + length
+        assert "past_key_values" in out.keys()
+        without = model(ids, use_cache=False)
+        assert without.past_key_values is None and "past_key_values" not in without.keys()
+        assert len(without.to_tuple()) == len(out.to_tuple()) - 1
+    assert "loss" not in out.keys()
+    assert not any(name in out.keys() for name in ("hidden_states", "attentions"))
+
+    if kind is None:
+        return
+    labels = draw_labels(data, kind, spec, batch, length)
+    if kind == "question_answering":  # the loss needs both positions
+        assert model(ids, start_positions=labels["start_positions"]).loss is None
+    with_loss = model(ids, **labels)
+    assert with_loss.loss.shape == () and list(with_loss.keys())[0] == "loss" and with_loss[0] is with_loss.loss
+    torch.testing.assert_close(with_loss.loss, expected_loss(kind, spec, with_loss, ids, labels), atol=ATOL, rtol=1e-5)
+    as_tuple = model(ids, return_dict=False, **labels)
+    assert type(as_tuple) is tuple and len(as_tuple) == len(with_loss.to_tuple())
+    for mine, theirs in zip(with_loss.to_tuple(), as_tuple):
+        if isinstance(mine, torch.Tensor):
+            torch.testing.assert_close(theirs, mine, rtol=0, atol=0)
+        else:
+            assert type(theirs) is type(mine) and theirs.get_seq_length() == mine.get_seq_length()
+
+
+@torch.no_grad()
+def test_sequence_classification_reads_the_last_non_pad_token():
+    spec = load_spec("tiny-glm-4").to_dict()
+    spec["heads"] = [{"kind": "sequence_classification", "num_labels": 3}]
+    model = build_model(spec, seed=0)
+    pad = spec["pad_token_id"]
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, pad, pad], [9, pad, pad, pad]])
+    mask = (ids != pad).long()
+    out = model(ids, attention_mask=mask, output_hidden_states=True)
+    proj = model.heads["sequence_classification"].proj
+    last = [3, 1, 0]
+    expected = torch.stack([proj(out.hidden_states[-1][i, j]) for i, j in enumerate(last)])
+    torch.testing.assert_close(out.logits, expected, rtol=0, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# hidden states and attention probabilities
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_hidden_states_and_attentions(data):
+    spec, model = draw_model(data)
+    ids, mask, _ = left_padded_batch(data, spec["vocab_size"])
+    B, S = ids.shape
+    out = model(ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+    L, H, D = spec["num_layers"], spec["attention"]["num_heads"], spec["hidden_size"]
+    real = mask.bool()
+
+    # hidden_states: the embedding output, one per layer, the last after the final norm
+    assert len(out.hidden_states) == L + 1 and all(h.shape == (B, S, D) for h in out.hidden_states)
+    embedded = model.embedding.tokens.weight[ids]  # [B, S, D]
+    if model.embedding.segments is not None:
+        embedded = embedded + model.embedding.segments.weight[torch.where(real, model.token_segment, 0)]
+    torch.testing.assert_close(out.hidden_states[0][real], model.embedding.norm(embedded)[real], rtol=0, atol=ATOL)
+    last = out.hidden_states[-1][real]  # final norm with its initial unit scale and zero shift
+    if spec["norm"]["kind"] == "rmsnorm":
+        torch.testing.assert_close(last.pow(2).mean(-1), torch.ones(len(last)), rtol=0, atol=1e-3)
+    else:
+        torch.testing.assert_close(last.mean(-1), torch.zeros(len(last)), rtol=0, atol=1e-4)
+        torch.testing.assert_close(last.var(-1, unbiased=False), torch.ones(len(last)), rtol=0, atol=1e-3)
+    proj = model.heads["causal_lm"].proj
+    torch.testing.assert_close(out.logits, proj(out.hidden_states[-1]), rtol=0, atol=ATOL)
+
+    # attentions: [B, H, S, S], rows are distributions over the keys each query may see
+    assert len(out.attentions) == L and all(a.shape == (B, H, S, S) for a in out.attentions)
+    position = torch.arange(S)
+    may_see = real[:, None, :] & (position[None, :, None] >= position[None, None, :])  # [B, S, S]
+    if model.prefix_lm:  # the whole first forward is context
+        may_see = real[:, None, :].expand(B, S, S)
+    for a in out.attentions:
+        a = a.permute(0, 2, 1, 3)[real]  # [real queries, H, S]
+        assert (a[~may_see[real][:, None, :].expand_as(a)] == 0).all()
+        if model.prompt_length:  # the prompt's columns are dropped from what is returned
+            assert (a.sum(-1) <= 1 + 1e-5).all()
+        else:
+            torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), rtol=0, atol=1e-5)
+
+    # asking for the probabilities takes the explicit path; it computes the same thing
+    torch.testing.assert_close(out.logits, model(ids, attention_mask=mask).logits, rtol=0, atol=ATOL)
+
+
+@torch.no_grad()
+def test_attentions_while_decoding_cover_the_cache():
+    model = build_model("tiny-cpm-ant", seed=0)  # 3 prompt tokens stay in the cache
+    out = model(torch.tensor([[5, 6, 7], [8, 9, 10]]), use_cache=True)
+    step = model(torch.tensor([[11], [12]]), past_key_values=out.past_key_values, output_attentions=True)
+    assert [a.shape for a in step.attentions] == [(2, 4, 1, 3 + 3 + 1)] * 2
+    torch.testing.assert_close(step.attentions[0].sum(-1), torch.ones(2, 4, 1), rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_bare_trunk_returns_the_final_hidden_states():
+    spec = load_spec("tiny-bloom").to_dict()
+    spec["heads"] = []
+    model = build_model(spec, seed=0)
+    ids = torch.tensor([[5, 6, 7]])
+    out = model(ids, output_hidden_states=True)
+    assert type(out) is out_types.BaseModelOutputWithPast
+    assert out.last_hidden_state is out.hidden_states[-1]
+    assert list(out.keys()) == ["last_hidden_state", "past_key_values", "hidden_states"]
+    with pytest.raises(InputError, match="this model's heads are none"):
+        model(ids, head="causal_lm")
+
+
+# ---------------------------------------------------------------------------------------------
+# logits_to_keep, inputs_embeds
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_logits_to_keep(data):
+    spec, model = draw_model(data)
+    S = data.draw(st.integers(1, 6), label="length")
+    ids = torch.randint(0, spec["vocab_size"], (2, S))
+    full = model(ids).logits
+    keep = data.draw(st.integers(0, S), label="logits_to_keep")
+    kept = model(ids, logits_to_keep=keep).logits
+    torch.testing.assert_close(kept, full[:, -keep:] if keep else full, rtol=0, atol=ATOL)
+    index = torch.tensor(data.draw(st.lists(st.integers(0, S - 1), min_size=1, max_size=S), label="indices"))
+    torch.testing.assert_close(model(ids, logits_to_keep=index).logits, full[:, index], rtol=0, atol=ATOL)
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_inputs_embeds_equal_input_ids(data):
+    spec, model = draw_model(data)
+    ids, mask, _ = left_padded_batch(data, spec["vocab_size"])
+    by_ids = model(ids, attention_mask=mask).logits
+    by_embeds = model(inputs_embeds=model.embedding.tokens(ids), attention_mask=mask).logits
+    torch.testing.assert_close(by_embeds, by_ids, rtol=0, atol=ATOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def expected_parameters(spec) -> int:
+    """Parameters a spec describes, counted from its fields (tied weights once)."""
+    D, V, L, a = spec.hidden_size, spec.vocab_size, spec.num_layers, spec.attention
+    H, Hkv, Dh = a.num_heads, a.num_kv_heads, a.head_dim
+    norm = D * (2 if spec.norm.kind == "layernorm" and spec.norm.bias else 1)
+    emb = spec.embedding
+    total = spec.num_embeddings * D + (emb.segments.num_types * D if emb.segments else 0) + (norm if emb.norm else 0)
+    qkv = (H + 2 * Hkv) * Dh
+    attention = D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
+    m, I = spec.mlp, spec.mlp.intermediate_size
+    if m.kind == "gated":
+        mlp = 3 * D * I + ((2 * I + D) if m.bias else 0)
+    else:
+        mlp = 2 * D * I + ((I + D) if m.bias else 0)
+    total += L * (attention + mlp + 2 * norm) + norm
+    if spec.position.kind == "bucket_bias":
+        pairs = emb.segments.num_types**2 if spec.position.segments else 0
+        total += (pairs + spec.position.num_buckets) * H
+    for head in spec.heads:
+        outputs = {"causal_lm": V, "question_answering": 2}.get(head.kind) or head.num_labels
+        tied = head.kind == "causal_lm" and emb.tied
+        total += (0 if tied else D * outputs) + (outputs if head.bias else 0)
+    return total
+
+
+@given(spec=spec_dicts(heads=HEADS))
+def test_parameter_count_follows_the_spec(spec):
+    model = build_model(spec, device="meta")
+    assert model.num_parameters() == expected_parameters(load_spec(spec))
+    if spec["embedding"]["tied"]:
+        assert model.heads["causal_lm"].proj.weight is model.embedding.tokens.weight
+
+
+# ---------------------------------------------------------------------------------------------
+# argument errors
+
+
+@pytest.fixture(scope="module")
+def glm():
+    return build_model("tiny-glm-4", seed=0)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, "exactly one of input_ids or inputs_embeds"),
+    ({"input_ids": torch.tensor([[1, 2]]), "inputs_embeds": torch.zeros(1, 2, 64)}, "exactly one of"),
+    ({"input_ids": torch.tensor([1, 2])}, r"input_ids must be \[batch, seq\], got shape \(2,\)"),
+    ({"input_ids": torch.tensor([[1, 256]])}, r"input_ids must lie in \[0, vocab_size=256\), got values in \[1, 256\]"),
+    ({"input_ids": torch.tensor([[-1, 2]])}, r"got values in \[-1, 2\]"),
+    ({"input_ids": torch.tensor([[1, 2]]), "attention_mask": torch.ones(1, 3)},
+     r"attention_mask has shape \(1, 3\); expected \(1, 2\)"),
+    ({"input_ids": torch.tensor([[1, 2]]), "head": "question_answering"},
+     r"head='question_answering': this model's heads are \['causal_lm'\]"),
+])
+def test_bad_arguments_raise_input_error(glm, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        glm(**kwargs)
