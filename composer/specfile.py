@@ -37,7 +37,9 @@ def load_spec(source: SpecLike) -> ModelSpecBase:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SpecError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping of fields, got {type(data).__name__}")
     return validate_spec(data, path=path, node=node)
@@ -64,6 +66,8 @@ def format_validation_error(exc: ValidationError, path: Path | None, node: yaml.
     lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # the tag field itself: position.kind
+            loc.append(err["ctx"]["discriminator"].strip("'"))
         field = _dotted(loc) or "(top level)"
         where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
         got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err['input'])})"
@@ -85,6 +89,8 @@ def _line_of(node: yaml.Node | None, loc) -> int:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             child = next((v for k, v in node.value if k.value == part), None)
+            if child is None and any(k.value == "kind" and getattr(v, "value", None) == part for k, v in node.value):
+                continue  # a discriminated union's tag in the path (mlp.gated.bias): the same mapping
             if child is None:
                 break
             line = next(k for k, v in node.value if v is child).start_mark.line + 1
