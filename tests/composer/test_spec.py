@@ -1,0 +1,175 @@
+"""The spec schema: what validates, what is refused and how the error names the field (and, for a
+file, the line)."""
+
+import copy
+import json
+import typing
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+from hypothesis import given
+
+from composer import RegistryError, SpecError, build_model, get_registry, load_spec
+from composer.spec import BUILTIN_KINDS
+from tests.strategies import HEADS, KINDS, spec_dicts
+
+BASE = {
+    "name": "t", "vocab_size": 32, "hidden_size": 16, "num_layers": 1, "max_positions": 32,
+    "position": {"kind": "rope"},
+    "attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2},
+    "norm": {"kind": "rmsnorm"},
+    "mlp": {"kind": "gated", "intermediate_size": 32},
+    "heads": [{"kind": "causal_lm"}],
+}
+
+
+def changed(**sections) -> dict:
+    """BASE with top-level keys replaced and section fields merged (None deletes a key)."""
+    spec = copy.deepcopy(BASE)
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key].update(value)
+        else:
+            spec[key] = value
+    return spec
+
+
+def test_every_builtin_kind_is_drawn_by_the_strategies():
+    builtin = {section: {typing.get_args(cls.model_fields["kind"].annotation)[0] for cls in classes}
+               for section, classes in BUILTIN_KINDS.items()}
+    assert builtin == {section: set(kinds) for section, kinds in KINDS.items()}
+    assert all(set(kinds) <= set(get_registry().kinds[section]) for section, kinds in KINDS.items())
+
+
+@given(spec=spec_dicts(heads=HEADS))
+def test_drawn_specs_validate_and_round_trip(spec):
+    loaded = load_spec(spec)
+    assert load_spec(loaded.to_dict()) == loaded
+    assert load_spec(json.loads(json.dumps(loaded.to_dict()))) == loaded
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        loaded.hidden_size = 1
+
+
+def test_defaults_are_filled_in():
+    spec = load_spec(changed(attention={"num_kv_heads": None}))
+    assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (4, 4)
+    assert spec.position.theta == 10000.0 and spec.attention.mask == "causal"
+
+
+def test_a_yaml_file_round_trips(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    assert load_spec(path) == load_spec(BASE) == load_spec(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid specs: the error names the field path and the values
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (changed(position={"kind": "rpoe"}),
+     r"position\.kind: Input tag 'rpoe' found using 'kind' does not match any of the expected tags: "
+     r"'none', 'rope', 'partial_rope', 'alibi', 'bucket_bias'"),
+    (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\]\.kind: Input tag 'causal_lmm'"),
+    (changed(attention={"num_head": 4}), r"attention\.num_head: Extra inputs are not permitted \(got 4\)"),
+    (changed(position={"thetaa": 2.0}), r"position\.rope\.thetaa: Extra inputs are not permitted"),
+    (changed(layers=2), r"\n  layers: Extra inputs are not permitted"),
+    (changed(attention={"num_heads": 12, "num_kv_heads": 5}),
+     r"attention: num_heads \(12\) must be divisible by num_kv_heads \(5\)"),
+    (changed(attention={"head_dim": 5}), r"position\.kind 'rope' needs an even attention\.head_dim, got 5"),
+    (changed(position={"kind": "partial_rope", "fraction": 0.3}, attention={"head_dim": 16}),
+     r"position\.fraction \(0\.3\) \* attention\.head_dim \(16\) = 4\.8 must be an even whole number"),
+    (changed(position={"kind": "partial_rope", "fraction": 0.25}, attention={"head_dim": 12}),
+     r"position\.fraction \(0\.25\) \* attention\.head_dim \(12\) = 3\.0 must be an even whole number"),
+    (changed(embedding={"tied": True, "prompt": {"num_types": 2, "length": 3, "type": 1}}),
+     r"embedding\.tied cannot be true with embedding\.prompt"),
+    (changed(position={"kind": "bucket_bias", "segments": True}),
+     r"position\.segments is true but embedding\.segments is not set"),
+    (changed(position={"kind": "bucket_bias", "num_buckets": 3}), r"position\.num_buckets \(3\) is too small"),
+    (changed(position={"kind": "bucket_bias", "num_buckets": 32, "max_distance": 8}),
+     r"position\.max_distance \(8\) must exceed the 8 exact buckets"),
+    (changed(attention={"num_heads": 3, "num_kv_heads": None}),
+     r"hidden_size \(16\) is not divisible by attention\.num_heads \(3\); set attention\.head_dim"),
+    (changed(embedding={"segments": {"num_types": 2, "token_segment": 2}}),
+     r"embedding\.segments: Value error, token_segment \(2\) must be < num_types \(2\)|"
+     r"embedding\.segments: token_segment \(2\) must be < num_types \(2\)"),
+    (changed(mlp={"activation": "swish"}), r"mlp\.gated\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
+                                             r"'relu' \(got 'swish'\)"),
+    (changed(heads=[{"kind": "causal_lm"}, {"kind": "causal_lm"}]), r"heads lists a kind more than once"),
+    (changed(pad_token_id=32), r"pad_token_id \(32\) must be in \[0, vocab_size=32\)"),
+    (changed(hidden_size=0), r"hidden_size: Input should be greater than 0 \(got 0\)"),
+    (changed(family="no-such-family"), r"family: unknown family 'no-such-family'; registered families: .*glm-4"),
+    ({k: v for k, v in BASE.items() if k != "norm"}, r"\n  norm: Field required"),
+])
+def test_invalid_spec_names_the_field(spec, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(spec)
+    with pytest.raises(SpecError, match=message):
+        build_model(spec, device="meta")
+
+
+def test_unknown_names_are_registry_errors():
+    with pytest.raises(RegistryError, match=r"no shipped spec named 'tiny-glm4' and no such file; shipped specs: .*"
+                                            r"tiny-glm-4"):
+        load_spec("tiny-glm4")
+
+
+def test_a_missing_file_is_a_spec_error(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+YAML_WITH_ERRORS = """\
+# a comment
+name: bad
+vocab_size: 32
+hidden_size: 16
+num_layers: 1
+max_positions: 32
+position:
+  kind: rpoe
+attention: {kind: gqa, num_heads: 4, num_kv_heads: 2, heads_dim: 4}
+norm: {kind: rmsnorm}
+mlp:
+  kind: gated
+  intermediate_size: -3
+heads:
+  - {kind: causal_lm}
+"""
+
+
+def test_a_file_error_reports_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(YAML_WITH_ERRORS)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert message.startswith(f"invalid spec {path} (3 error(s)):")
+    assert f"{path}:8: position.kind: Input tag 'rpoe'" in message
+    assert f"{path}:9: attention.heads_dim: Extra inputs are not permitted" in message
+    assert f"{path}:13: mlp.gated.intermediate_size: Input should be greater than 0 (got -3)" in message
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: x\nposition: {kind: rope\nnorm: {}\n", r"bad\.yaml:3: not valid YAML: "),
+    ("name: x\n  vocab_size: 3\n", r"bad\.yaml:2: not valid YAML: "),
+    ("- just\n- a list\n", r"bad\.yaml: a spec is a YAML mapping of fields, got list"),
+])
+def test_a_file_that_is_not_a_mapping_is_a_spec_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message):
+        load_spec(Path(path))
+
+
+def test_errors_are_raised_before_any_tensor_is_allocated(monkeypatch):
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a tensor was allocated for an invalid spec")
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", refuse)
+    with pytest.raises(SpecError):
+        build_model(changed(attention={"num_heads": 12, "num_kv_heads": 5}))
