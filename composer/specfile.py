@@ -66,8 +66,6 @@ def format_validation_error(exc: ValidationError, path: Path | None, node: yaml.
     lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # the tag field itself: position.kind
-            loc.append(err["ctx"]["discriminator"].strip("'"))
         field = _dotted(loc) or "(top level)"
         where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
         got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err['input'])})"

@@ -70,9 +70,9 @@ def test_a_yaml_file_round_trips(tmp_path):
 
 @pytest.mark.parametrize(("spec", "message"), [
     (changed(position={"kind": "rpoe"}),
-     r"position\.kind: Input tag 'rpoe' found using 'kind' does not match any of the expected tags: "
+     r"\n  position: Input tag 'rpoe' found using 'kind' does not match any of the expected tags: "
      r"'none', 'rope', 'partial_rope', 'alibi', 'bucket_bias'"),
-    (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\]\.kind: Input tag 'causal_lmm'"),
+    (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\]: Input tag 'causal_lmm' found using 'kind'"),
     (changed(attention={"num_head": 4}), r"attention\.num_head: Extra inputs are not permitted \(got 4\)"),
     (changed(position={"thetaa": 2.0}), r"position\.rope\.thetaa: Extra inputs are not permitted"),
     (changed(layers=2), r"\n  layers: Extra inputs are not permitted"),
@@ -147,7 +147,7 @@ def test_a_file_error_reports_file_and_line(tmp_path):
         load_spec(path)
     message = str(info.value)
     assert message.startswith(f"invalid spec {path} (3 error(s)):")
-    assert f"{path}:8: position.kind: Input tag 'rpoe'" in message
+    assert f"{path}:7: position: Input tag 'rpoe' found using 'kind'" in message
     assert f"{path}:9: attention.heads_dim: Extra inputs are not permitted" in message
     assert f"{path}:13: mlp.gated.intermediate_size: Input should be greater than 0 (got -3)" in message
 
