@@ -371,18 +371,25 @@ def _is_own(ep: EntryPoint) -> bool:
 
 
 _registry: Registry | None = None
+_loading: Registry | None = None
 _lock = threading.RLock()
 
 
 def get_registry() -> Registry:
     """The process-wide registry, with plugins loaded on first use."""
-    global _registry
+    global _registry, _loading
     if _registry is None:
         with _lock:
+            if _loading is not None:
+                raise RegistryError("get_registry() was called while plugins are loading (from a plugin's import or "
+                                    "hook); a hook must only call its register callback")
             if _registry is None:
-                registry = Registry()
-                registry.load_plugins()
-                _registry = registry
+                _loading = Registry()
+                try:
+                    _loading.load_plugins()
+                    _registry = _loading
+                finally:
+                    _loading = None
     return _registry
 
 

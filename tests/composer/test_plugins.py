@@ -563,3 +563,19 @@ def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
     assert main(["blocks", "positon"]) == 2
     assert "no section 'positon'; sections are ['attention', 'head', 'mlp', 'norm', 'position']" in \
         capsys.readouterr().err
+
+
+def test_a_plugin_that_uses_the_registry_while_loading_is_skipped(autoload, tmp_path):
+    make_dist(tmp_path, "acme-eager", "acme_eager", """
+        import composer
+        from composer import hookimpl
+
+        @hookimpl
+        def register_specs(register):
+            composer.load_spec("tiny-glm-4")
+    """)
+    autoload.syspath_prepend(str(tmp_path))
+    with pytest.warns(RuntimeWarning, match=r"'acme-eager' 1.0\) is skipped: it raised in register_specs: RegistryError: "
+                                            r"get_registry\(\) was called while plugins are loading"):
+        registry = get_registry()
+    assert registry.plugins["acme_eager"].error
