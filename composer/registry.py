@@ -162,7 +162,8 @@ class Registry:
             for other, other_source in self.families.values():
                 if model_type in other.hf_model_types:
                     raise RegistryConflict(f"Hugging Face model_type {model_type!r} is claimed by family "
-                                           f"{other.name!r} of {other_source} and by family {family.name!r} of {source}")
+                                           f"{other.name!r} of {other_source} and by family {family.name!r} of "
+                                           f"{source}")
         self.families[family.name] = (family, source)
         return ("family", family.name)
 
@@ -223,7 +224,7 @@ class Registry:
         if wanted and not disabled and wanted - found:
             warnings.warn(f"{PLUGINS_ENV} names {sorted(wanted - found)}, which no installed distribution provides; "
                           f"installed plugins: {sorted(ep.name for ep in candidates)}", RuntimeWarning, stacklevel=2)
-        self._call_hooks(list(self.plugins.values()), strict=False)
+        self._call_hooks(set(self.plugins), strict=False)
 
     def register(self, plugin: object, name: str | None = None) -> str:
         """Register a plugin object in this process only (tests, notebooks) and call its hooks now;
@@ -236,8 +237,8 @@ class Registry:
             self._register_object(plugin, name)
         except Exception as exc:
             raise RegistryError(f"plugin {name!r} cannot be registered: {exc}") from exc
-        info = self.plugins[name] = PluginInfo(name)
-        self._call_hooks([info], strict=True)
+        self.plugins[name] = PluginInfo(name)
+        self._call_hooks({name}, strict=True)
         return name
 
     def unregister(self, plugin: object | str) -> None:
@@ -260,13 +261,13 @@ class Registry:
             self.pm.unregister(name=name)
             raise RegistryError(f"{exc} (the hooks are {', '.join(HOOKS)}; is one misspelled?)") from None
 
-    def _call_hooks(self, plugins: list[PluginInfo], strict: bool) -> None:
-        """Call each hook of ``plugins``, hook by hook (all sections before any block). A plugin
-        that raises is skipped with a warning, or (``strict``) withdrawn and the error raised."""
+    def _call_hooks(self, names: set[str], strict: bool) -> None:
+        """Call each hook of the plugins ``names``, hook by hook (all sections before any block). A
+        plugin that raises is skipped with a warning, or (``strict``) withdrawn and the error raised."""
         for hook in HOOKS:
             for impl in getattr(self.pm.hook, hook).get_hookimpls():
                 info = self.plugins.get(impl.plugin_name)
-                if info is None or info not in plugins or info.error:
+                if impl.plugin_name not in names or info is None or info.error:
                     continue
                 register = self._register_callback(hook, info)
                 try:
@@ -288,7 +289,6 @@ class Registry:
         def register(*args: Any, **kwargs: Any) -> None:
             info.entries.append(add(*args, **kwargs, source=info.source))
 
-        register.__doc__ = getattr(hookspecs, hook).__doc__
         return register
 
     def _skip(self, info: PluginInfo, error: str) -> None:

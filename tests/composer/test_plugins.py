@@ -189,7 +189,7 @@ def test_register_blocks_adds_a_kind_to_yaml_schema_and_errors(tmp_path):
         model = composer.build_model(path, seed=0)
         assert isinstance(model.spec.position, MirroredAlibi)
         assert "mirrored_alibi" in json.dumps(registry.spec_class().model_json_schema())
-        with pytest.raises(SpecError, match=r"'none', 'rope', 'partial_rope', 'alibi', 'bucket_bias', 'mirrored_alibi'"):
+        with pytest.raises(SpecError, match=r"'partial_rope', 'alibi', 'bucket_bias', 'mirrored_alibi'"):
             composer.load_spec(glm_with(position={"kind": "mirrored_alibbi"}))
     finally:
         registry.unregister(name)
@@ -575,7 +575,7 @@ def test_a_plugin_that_uses_the_registry_while_loading_is_skipped(autoload, tmp_
             composer.load_spec("tiny-glm-4")
     """)
     autoload.syspath_prepend(str(tmp_path))
-    with pytest.warns(RuntimeWarning, match=r"'acme-eager' 1.0\) is skipped: it raised in register_specs: RegistryError: "
-                                            r"get_registry\(\) was called while plugins are loading"):
+    with pytest.warns(RuntimeWarning, match=r"'acme-eager' 1.0\) is skipped: it raised in register_specs: "
+                                            r"RegistryError: get_registry\(\) was called while plugins are loading"):
         registry = get_registry()
     assert registry.plugins["acme_eager"].error

@@ -95,7 +95,8 @@ def test_sliding_window_matches_mistral(tmp_path, window):
                                                                                         "LlamaForCausalLM"))
     full = composer.from_pretrained(tmp_path)
     spec = full.spec.to_dict()
-    ours = composer.build_model({**spec, "attention": {**spec["attention"], "kind": "sliding_window", "window": window}})
+    windowed = {**spec["attention"], "kind": "sliding_window", "window": window}
+    ours = composer.build_model({**spec, "attention": windowed})
     ours.load_state_dict(full.state_dict())
     ids = INPUTS.single  # [1, 9]
     with torch.no_grad():

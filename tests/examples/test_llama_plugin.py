@@ -110,7 +110,8 @@ def test_commands_list_the_plugin_and_its_blocks_and_the_env_var_hides_it(venv, 
     hidden = run(venv, "-m", "composer", "validate", str(tmp_path / "my-llama.yaml"),
                  ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD="1")
     assert hidden.returncode == 2
-    assert "position: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" in hidden.stderr
+    assert "position: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" \
+        in hidden.stderr
     assert "Traceback" not in hidden.stderr
 
 
@@ -122,7 +123,7 @@ def test_the_plugins_own_test_suite_passes_where_it_is_installed(venv):
 
 
 def test_the_core_never_imports_the_example():
-    for path in [*(ROOT / "composer").rglob("*.py"), *(ROOT / "blocks").rglob("*.py"), *(ROOT / "plugins").rglob("*.py")]:
+    for path in [path for folder in ("composer", "blocks", "plugins") for path in (ROOT / folder).rglob("*.py")]:
         assert "archcomposer_llama" not in path.read_text(), path
     assert "archcomposer-llama" not in (ROOT / "pyproject.toml").read_text()
 

@@ -30,7 +30,8 @@ def test_llama_3_2_1b_has_the_published_size():
 @settings(max_examples=8, deadline=None, derandomize=True)
 @given(spec_strategy("tiny-llama", num_layers=st.integers(1, 3),
                      attention={"kind": "sliding_window", "window": st.integers(1, 6)},
-                     position=st.sampled_from([{"kind": "rope"}, {"kind": "llama3_rope", "original_max_positions": 8}])))
+                     position=st.sampled_from([{"kind": "rope"},
+                                               {"kind": "llama3_rope", "original_max_positions": 8}])))
 def test_sliding_window_caches_like_a_full_forward(spec):
     check_cache_equivalence(spec, prompt_length=5, new_tokens=4)
     check_output_contract(spec, seq_len=7)
