@@ -1,0 +1,98 @@
+"""The command line: the installed ``archcomposer`` script and ``python -m composer`` (one
+subprocess each), and the subcommands in process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from composer import build_model, get_registry
+from composer.cli import main
+
+PUBLISHED = {
+    "bloom-560m": 559_214_592,
+    "bloom-176b": 176_247_271_424,
+    "glm-4-9b": 9_399_951_360,
+    "seed-oss-36b": 36_151_104_512,
+    "cpm-ant-10b": 9_517_453_312,
+}
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD": "1"})
+
+
+def test_summary_script_lists_every_shipped_spec_with_its_parameter_count():
+    script = Path(sys.executable).with_name("archcomposer")
+    result = run(str(script), "summary")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in get_registry().specs:
+        count = PUBLISHED.get(name) or build_model(name, device="meta").num_parameters()
+        row = next((line for line in lines if line.split()[:1] == [name]), None)
+        assert row is not None, f"{name} missing from:\n{result.stdout}"
+        assert f" {count:,} " in row
+
+
+def test_validate_module_exits_2_naming_the_file_line_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nvocab_size: 32\nhidden_size: 16\nnum_layers: 1\nmax_positions: 8\n"
+                   "position: {kind: rpoe}\nattention: {kind: gqa, num_heads: 4}\nnorm: {kind: rmsnorm}\n"
+                   "mlp: {kind: gated, intermediate_size: 8}\n")
+    result = run(sys.executable, "-m", "composer", "validate", str(bad))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"archcomposer: error: invalid spec {bad} (1 error(s)):")
+    assert f"{bad}:6: position: Input tag 'rpoe' found using 'kind' does not match any of the expected tags" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_accepts_good_files_and_stops_at_a_missing_one(capsys, tmp_path):
+    from composer.specs import __file__ as specs_init
+
+    good = Path(specs_init).with_name("tiny-glm-4.yaml")
+    assert main(["validate", str(good)]) == 0
+    assert capsys.readouterr().out.startswith(f"{good}: ok (tiny-glm-4: partial_rope | gqa 4/2h | rmsnorm |")
+    assert main(["validate", str(good), str(tmp_path / "missing.yaml")]) == 2
+    captured = capsys.readouterr()
+    assert "missing.yaml: no such spec file" in captured.err
+
+
+def test_summary_of_named_specs_in_float32(capsys):
+    assert main(["summary", "tiny-bloom", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    count = build_model("tiny-bloom", device="meta").num_parameters()
+    assert "weights (float32)" in out and f"{count:,}" in out and "bloom-560m" not in out
+
+
+def test_generate_prints_the_tokens_generate_returns(capsys):
+    import torch
+
+    assert main(["generate", "tiny-seed-oss", "--prompt-ids", "5", "6", "--max-new-tokens", "3", "--seed", "2"]) == 0
+    expected = build_model("tiny-seed-oss", seed=2).generate(torch.tensor([[5, 6]]), max_new_tokens=3)[0, 2:]
+    assert capsys.readouterr().out.strip().endswith(f"prompt [5, 6] -> generated {expected.tolist()}")
+
+
+def test_schema_is_json_listing_the_kinds(capsys):
+    assert main(["schema"]) == 0
+    text = capsys.readouterr().out
+    schema = json.loads(text)
+    assert schema["title"] == "ModelSpec"
+    for kind in ("rope", "partial_rope", "alibi", "bucket_bias", "layernorm", "rmsnorm", "gated", "plain"):
+        assert f'"{kind}"' in text
+
+
+def test_unknown_spec_name_exits_2(capsys):
+    assert main(["summary", "no-such-spec"]) == 2
+    assert "no shipped spec named 'no-such-spec'" in capsys.readouterr().err
+
+
+def test_a_missing_subcommand_is_a_usage_error():
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
