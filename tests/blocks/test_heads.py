@@ -1,0 +1,108 @@
+"""Task heads against transformers' loss functions (transformers.loss.loss_utils) and pooling
+rule (the last token that is not the pad token)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers.loss.loss_utils import (
+    ForCausalLMLoss,
+    ForQuestionAnsweringLoss,
+    ForSequenceClassificationLoss,
+    ForTokenClassification,
+)
+
+from composer.blocks.heads import CausalLMHead, QuestionAnsweringHead, SequenceClassificationHead, TokenClassificationHead
+
+B, S, D = 3, 5, 8
+
+
+def hidden(seed=0):
+    return torch.randn(B, S, D, generator=torch.Generator().manual_seed(seed))
+
+
+def labels_with_ignored(classes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (B, S), generator=generator)
+    labels[0, 1] = labels[2, 3] = -100
+    return labels
+
+
+@torch.no_grad()
+def test_causal_lm_loss_equals_transformers_shifted_and_unshifted():
+    head = CausalLMHead(proj=torch.nn.Linear(D, 11), shift_labels=True)
+    labels = labels_with_ignored(11)
+    out = head(hidden(), labels=labels)
+    assert out["logits"].shape == (B, S, 11)
+    torch.testing.assert_close(out["loss"], ForCausalLMLoss(out["logits"], labels, vocab_size=11), rtol=0, atol=0)
+    unshifted = CausalLMHead(proj=head.proj, shift_labels=False)(hidden(), labels=labels)
+    torch.testing.assert_close(unshifted["loss"], F.cross_entropy(out["logits"].flatten(0, 1), labels.flatten(),
+                                                                  ignore_index=-100), rtol=0, atol=0)
+
+
+@given(keep=st.integers(0, S), indices=st.lists(st.integers(0, S - 1), min_size=1, max_size=S))
+@torch.no_grad()
+def test_causal_lm_logits_to_keep(keep, indices):
+    head = CausalLMHead(proj=torch.nn.Linear(D, 7))
+    full = head(hidden())["logits"]
+    torch.testing.assert_close(head(hidden(), logits_to_keep=keep)["logits"], full[:, -keep:] if keep else full,
+                               rtol=0, atol=0)
+    index = torch.tensor(indices)
+    torch.testing.assert_close(head(hidden(), logits_to_keep=index)["logits"], full[:, index], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("num_labels", "problem_type", "labels"), [
+    (1, None, torch.randn(B)),
+    (3, None, torch.tensor([0, 2, 1])),
+    (3, None, torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]])),
+    (3, "regression", torch.randn(B, 3)),
+    (3, "single_label_classification", torch.tensor([2, 2, 0])),
+    (2, "multi_label_classification", torch.tensor([[1.0, 0], [0, 1], [1, 1]])),
+])
+@torch.no_grad()
+def test_sequence_classification_loss_equals_transformers(num_labels, problem_type, labels):
+    head = SequenceClassificationHead(proj=torch.nn.Linear(D, num_labels), pad_token_id=0, problem_type=problem_type)
+    ids = torch.tensor([[4, 5, 6, 7, 8], [4, 5, 0, 0, 0], [0, 0, 4, 5, 0]])
+    out = head(hidden(), input_ids=ids, labels=labels)
+    logits = head.proj(hidden())
+    last = [4, 1, 3]  # the last token that is not the pad token, whatever the padding side
+    torch.testing.assert_close(out["logits"], logits[torch.arange(B), last], rtol=0, atol=0)
+    config = SimpleNamespace(num_labels=num_labels, problem_type=problem_type)
+    torch.testing.assert_close(out["loss"], ForSequenceClassificationLoss(labels, out["logits"], config),
+                               rtol=0, atol=0)
+
+
+def test_sequence_classification_without_pad_token():
+    head = SequenceClassificationHead(proj=torch.nn.Linear(D, 2), pad_token_id=None)
+    one = hidden()[:1]
+    torch.testing.assert_close(head(one, input_ids=torch.ones(1, S, dtype=torch.long))["logits"],
+                               head.proj(one)[:, -1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs the spec's pad_token_id"):
+        head(hidden(), input_ids=torch.ones(B, S, dtype=torch.long))
+
+
+@torch.no_grad()
+def test_token_classification_equals_transformers_and_drops_out_only_while_training():
+    head = TokenClassificationHead(proj=torch.nn.Linear(D, 4), dropout=0.5).eval()
+    labels = labels_with_ignored(4)
+    out = head(hidden(), labels=labels)
+    torch.testing.assert_close(out["logits"], head.proj(hidden()), rtol=0, atol=0)
+    torch.testing.assert_close(out["loss"], ForTokenClassification(out["logits"], labels, SimpleNamespace(num_labels=4)),
+                               rtol=0, atol=0)
+    assert not torch.equal(head.train()(hidden())["logits"], out["logits"])
+
+
+@torch.no_grad()
+def test_question_answering_equals_transformers_and_ignores_positions_outside():
+    head = QuestionAnsweringHead(proj=torch.nn.Linear(D, 2))
+    start, end = torch.tensor([0, 4, 9]), torch.tensor([2, 99, 4])  # 9 and 99 lie outside the 5 tokens
+    out = head(hidden(), start_positions=start, end_positions=end)
+    logits = head.proj(hidden())
+    torch.testing.assert_close(out["start_logits"], logits[..., 0], rtol=0, atol=0)
+    torch.testing.assert_close(out["end_logits"], logits[..., 1], rtol=0, atol=0)
+    expected = ForQuestionAnsweringLoss(out["start_logits"], out["end_logits"], start, end)
+    torch.testing.assert_close(out["loss"], expected, rtol=0, atol=0)
+    assert head(hidden(), start_positions=start)["loss"] is None

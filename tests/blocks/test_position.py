@@ -1,0 +1,171 @@
+"""Position schemes against the reference implementations in transformers: BLOOM's ALiBi slopes
+and tensor, T5's and CPM-Ant's relative-position buckets and biases, GLM-4's interleaved partial
+rotary embedding and Seed-OSS's rotate-half one."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import CpmAntConfig, GlmConfig, SeedOssConfig, T5Config
+from transformers.models.bloom.modeling_bloom import _get_alibi_slopes, build_alibi_tensor
+from transformers.models.cpmant.modeling_cpmant import CpmAntSegmentPositionEmbedding
+from transformers.models.glm import modeling_glm as glm
+from transformers.models.seed_oss import modeling_seed_oss as seed_oss
+from transformers.models.t5.modeling_t5 import T5Attention
+
+from composer.blocks.position import ALiBi, BucketBias, NoPosition, Rotary, alibi_slopes, relative_position_bucket
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# ALiBi
+
+
+@pytest.mark.parametrize("num_heads", range(1, 41))
+def test_alibi_slopes_equal_bloom(num_heads):
+    torch.testing.assert_close(alibi_slopes(num_heads), _get_alibi_slopes(num_heads, torch.device("cpu")),
+                               rtol=0, atol=0)
+
+
+@given(num_heads=st.integers(1, 12), lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3))
+def test_alibi_bias_equals_bloom_at_real_tokens(num_heads, lengths):
+    S = max(lengths)
+    mask = torch.stack([(torch.arange(S) >= S - n).long() for n in lengths])  # left padding, [B, S]
+    key_pos = (mask.cumsum(-1) - 1).clamp(min=0)  # what the model passes
+    bias = ALiBi(num_heads=num_heads)(key_pos[:, -1:], key_pos).bias  # [B, H, 1, S]
+    reference = build_alibi_tensor(mask, num_heads, torch.float32).view(len(lengths), num_heads, 1, S)
+    real = mask.bool()[:, None, None, :].expand_as(bias)
+    torch.testing.assert_close(bias[real], reference[real], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# relative-position buckets
+
+
+@st.composite
+def bucket_settings(draw, bidirectional=None):
+    bidirectional = draw(st.booleans()) if bidirectional is None else bidirectional
+    exact = draw(st.integers(1, 16))
+    num_buckets = exact * (4 if bidirectional else 2) + draw(st.integers(0, 3 if bidirectional else 1))
+    return {"num_buckets": num_buckets, "max_distance": exact + draw(st.integers(1, 300)),
+            "bidirectional": bidirectional}
+
+
+@given(settings=bucket_settings())
+def test_relative_position_bucket_equals_t5(settings):
+    relative = torch.arange(-3 * settings["max_distance"], 3 * settings["max_distance"] + 1)[None, :]
+    ours = relative_position_bucket(relative, **settings)
+    theirs = T5Attention._relative_position_bucket(relative, **settings)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@given(settings=bucket_settings(bidirectional=True))
+def test_relative_position_bucket_equals_cpm_ant(settings):
+    relative = torch.arange(-3 * settings["max_distance"], 3 * settings["max_distance"] + 1, dtype=torch.int32)
+    ours = relative_position_bucket(relative, **settings)
+    theirs = CpmAntSegmentPositionEmbedding._position_bucket(None, relative, num_buckets=settings["num_buckets"],
+                                                              max_distance=settings["max_distance"])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+@given(settings=bucket_settings(), heads=st.integers(1, 4), q=st.integers(1, 6), past=st.integers(0, 40))
+def test_bucket_bias_equals_t5_compute_bias(settings, heads, q, past):
+    config = T5Config(num_heads=heads, relative_attention_num_buckets=settings["num_buckets"],
+                      relative_attention_max_distance=settings["max_distance"],
+                      is_decoder=not settings["bidirectional"], d_model=8, d_kv=2)
+    reference = T5Attention(config, has_relative_attention_bias=True)
+    ours = BucketBias(num_heads=heads, **settings)
+    with torch.no_grad():
+        ours.weight.copy_(randn(settings["num_buckets"], heads))
+        reference.relative_attention_bias.weight.copy_(ours.weight)
+    K = past + q
+    query_pos = (torch.arange(q) + past)[None]  # decoding q tokens after `past` cached ones
+    bias = ours(query_pos, torch.arange(K)[None]).bias  # [1, H, q, K]
+    torch.testing.assert_close(bias, reference.compute_bias(q, K, past_seen_tokens=past), rtol=0, atol=0)
+
+
+@given(settings=bucket_settings(bidirectional=True), heads=st.integers(1, 4), segments=st.integers(1, 4),
+       data=st.data())
+def test_bucket_bias_with_segments_equals_cpm_ant(settings, heads, segments, data):
+    config = CpmAntConfig(num_attention_heads=heads, position_bias_num_buckets=settings["num_buckets"],
+                          position_bias_max_distance=settings["max_distance"], segment_types=segments)
+    reference = CpmAntSegmentPositionEmbedding(config)
+    ours = BucketBias(num_heads=heads, num_segments=segments, **settings)
+    with torch.no_grad():
+        ours.weight.copy_(randn(segments * segments + settings["num_buckets"], heads))
+        reference.relative_attention_bias.copy_(ours.weight)
+    B, S = 2, data.draw(st.integers(1, 8), label="length")
+    seg = torch.tensor(data.draw(st.lists(st.integers(0, segments - 1), min_size=B * S, max_size=B * S))).view(B, S)
+    pos = torch.arange(S).expand(B, S)
+    bias = ours(pos, pos, seg, seg).bias  # [B, H, S, S]
+    torch.testing.assert_close(bias, reference(pos.int(), pos.int(), seg.int(), seg.int()), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# rotary embeddings
+
+
+@st.composite
+def rotary_settings(draw):
+    head_dim = draw(st.sampled_from([4, 8, 16, 24, 32]))
+    fraction = draw(st.sampled_from([k / 8 for k in range(1, 9) if head_dim * k % 16 == 0]))
+    return head_dim, fraction, draw(st.sampled_from([100.0, 10000.0, 1e6]))
+
+
+def positions(draw_list):
+    return torch.tensor(draw_list)[None]  # [1, S]
+
+
+@given(settings=rotary_settings(), pos=st.lists(st.integers(0, 4000), min_size=1, max_size=6),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_interleaved_partial_rotary_equals_glm(settings, pos, dtype):
+    head_dim, fraction, theta = settings
+    config = GlmConfig(hidden_size=64, num_attention_heads=4, head_dim=head_dim, max_position_embeddings=8192,
+                       rope_parameters={"rope_type": "default", "rope_theta": theta,
+                                        "partial_rotary_factor": fraction})
+    q, k = randn(1, 3, len(pos), head_dim, seed=1, dtype=dtype), randn(1, 2, len(pos), head_dim, seed=2, dtype=dtype)
+    cos, sin = glm.GlmRotaryEmbedding(config)(q, positions(pos))
+    q_ref, k_ref = glm.apply_rotary_pos_emb(q, k, cos, sin)
+    rotate = Rotary(head_dim=head_dim, rotary_dim=int(head_dim * fraction), theta=theta,
+                    interleaved=True)(positions(pos), positions(pos)).rotate
+    torch.testing.assert_close(rotate(q), q_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k), k_ref, rtol=1e-6, atol=1e-6)
+
+
+@given(settings=rotary_settings(), pos=st.lists(st.integers(0, 4000), min_size=1, max_size=6),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]))
+def test_rotate_half_rotary_equals_seed_oss_on_the_rotated_channels(settings, pos, dtype):
+    """Full width (fraction 1) is Seed-OSS; a partial width applies the same rotation to the
+    first channels and passes the others through (GPT-NeoX, Phi)."""
+    head_dim, fraction, theta = settings
+    width = int(head_dim * fraction)
+    config = SeedOssConfig(hidden_size=64, num_attention_heads=4, head_dim=width, max_position_embeddings=8192,
+                           rope_parameters={"rope_type": "default", "rope_theta": theta})
+    q, k = randn(1, 3, len(pos), head_dim, seed=1, dtype=dtype), randn(1, 2, len(pos), head_dim, seed=2, dtype=dtype)
+    cos, sin = seed_oss.SeedOssRotaryEmbedding(config)(q, positions(pos))
+    q_rot, k_rot = seed_oss.apply_rotary_pos_emb(q[..., :width], k[..., :width], cos, sin)
+    rotate = Rotary(head_dim=head_dim, rotary_dim=width, theta=theta,
+                    interleaved=False)(positions(pos), positions(pos)).rotate
+    torch.testing.assert_close(rotate(q), torch.cat([q_rot, q[..., width:]], -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k), torch.cat([k_rot, k[..., width:]], -1), rtol=1e-6, atol=1e-6)
+
+
+@given(interleaved=st.booleans(), shift=st.integers(0, 100))
+def test_rotary_scores_depend_only_on_relative_position(interleaved, shift):
+    rotary = Rotary(head_dim=8, rotary_dim=8, theta=100.0, interleaved=interleaved)
+    q, k = randn(1, 1, 1, 8, seed=1), randn(1, 1, 1, 8, seed=2)
+
+    def score(q_pos, k_pos):
+        return (rotary(torch.tensor([[q_pos]]), None).rotate(q) * rotary(torch.tensor([[k_pos]]), None).rotate(k)).sum()
+
+    torch.testing.assert_close(score(7 + shift, 3 + shift), score(7, 3), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(score(7, 3), score(7, 5), rtol=1e-4, atol=1e-4)
+
+
+def test_no_position_is_the_identity_without_bias():
+    x = randn(1, 2, 3, 4)
+    encoding = NoPosition()(torch.arange(3)[None], torch.arange(3)[None])
+    assert encoding.bias is None and encoding.rotate(x) is x
