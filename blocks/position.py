@@ -42,12 +42,15 @@ class Rotary(nn.Module):
         super().__init__()
         self.head_dim, self.rotary_dim, self.interleaved, self.theta = head_dim, rotary_dim, interleaved, theta
 
+    def inv_freq(self, device) -> torch.Tensor:
+        """The rotation frequencies [R/2]. Subclasses rescale them (Llama 3's long-context RoPE)."""
+        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float, device=device) / self.rotary_dim
+        return 1.0 / (self.theta**exponents)
+
     def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
         # Frequencies are recomputed in fp32 (a few dozen values) so casting the model to bf16
         # cannot round them, as it would a buffer.
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float, device=query_pos.device) / self.rotary_dim
-        inv_freq = 1.0 / (self.theta**exponents)  # [R/2]
-        freqs = query_pos[..., None].float() * inv_freq  # [B, S, R/2]
+        freqs = query_pos[..., None].float() * self.inv_freq(query_pos.device)  # [B, S, R/2]
         if self.interleaved:
             freqs = freqs.repeat_interleave(2, dim=-1)  # [B, S, R] pairs (f0, f0, f1, f1, ...)
         else:

@@ -4,10 +4,9 @@ and already-built submodules, and never read a spec."""
 import math
 
 import torch
-from torch import nn
 
 from composer.blocks.attention import Attention
-from composer.blocks.position import PositionEncoding
+from composer.blocks.position import Rotary
 
 
 def llama3_inv_freq(*, head_dim: int, theta: float, factor: float, low_freq_factor: float,
@@ -26,33 +25,21 @@ def llama3_inv_freq(*, head_dim: int, theta: float, factor: float, low_freq_fact
     return torch.where(medium, smoothed, scaled)  # [D/2]
 
 
-class Llama3Rotary(nn.Module):
+class Llama3Rotary(Rotary):
     """Rotary embedding over the whole head, rotating the two halves, with Llama 3.1's scaled
     frequencies (Llama 3.1, 3.2 and 3.3)."""
 
     def __init__(self, *, head_dim: int, theta: float, factor: float, low_freq_factor: float,
                  high_freq_factor: float, original_max_positions: int):
-        super().__init__()
-        self.head_dim = head_dim
-        self.scaling = {"theta": theta, "factor": factor, "low_freq_factor": low_freq_factor,
+        super().__init__(head_dim=head_dim, rotary_dim=head_dim, theta=theta, interleaved=False)
+        self.scaling = {"factor": factor, "low_freq_factor": low_freq_factor,
                         "high_freq_factor": high_freq_factor, "original_max_positions": original_max_positions}
 
-    def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
-        # In fp32 from plain floats on every call (a few dozen values), so casting the model to
-        # bf16 cannot round the frequencies, as it would a buffer.
-        inv_freq = llama3_inv_freq(head_dim=self.head_dim, device=query_pos.device, **self.scaling)  # [D/2]
-        freqs = query_pos[..., None].float() * inv_freq  # [B, S, D/2]
-        freqs = torch.cat((freqs, freqs), dim=-1)  # [B, S, D]
-        cos, sin = freqs.cos()[:, None], freqs.sin()[:, None]  # [B, 1, S, D]
-
-        def rotate(x: torch.Tensor) -> torch.Tensor:  # x: [B, H, S, D]
-            x1, x2 = x.chunk(2, dim=-1)
-            return x * cos.to(x.dtype) + torch.cat((-x2, x1), dim=-1) * sin.to(x.dtype)
-
-        return PositionEncoding(rotate, None)
+    def inv_freq(self, device) -> torch.Tensor:
+        return llama3_inv_freq(head_dim=self.head_dim, theta=self.theta, device=device, **self.scaling)  # [D/2]
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, " + ", ".join(f"{k}={v}" for k, v in self.scaling.items())
+        return f"head_dim={self.head_dim}, theta={self.theta}, " + ", ".join(f"{k}={v}" for k, v in self.scaling.items())
 
 
 class SlidingWindowAttention(Attention):
