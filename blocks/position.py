@@ -143,6 +143,9 @@ class BucketBias(nn.Module):
         self.bidirectional, self.num_segments = bidirectional, num_segments
         self.weight = nn.Parameter(torch.empty(num_segments * num_segments + num_buckets, num_heads))
 
+    def init_weights(self, std: float, generator: torch.Generator | None = None) -> None:
+        self.weight.data.normal_(0.0, std, generator=generator)
+
     def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
         relative = key_pos[:, None, :] - query_pos[:, :, None]  # [B, Q, K]
         buckets = relative_position_bucket(relative, num_buckets=self.num_buckets,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from composer.blocks.position import BucketBias
 from composer.model import ComposedModel
 from composer.specfile import SpecLike, load_spec
 
@@ -32,15 +31,17 @@ def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str
 
 @torch.no_grad()
 def init_weights(model: nn.Module, *, std: float, generator: torch.Generator | None = None) -> None:
-    """Normal(0, std) for projections, embeddings and bias tables; zero biases; unit norm scales."""
+    """Normal(0, std) for projections and embeddings, zero biases, unit norm scales. A block with
+    parameters of its own kind (a bias table, say) initialises them in an ``init_weights(std,
+    generator)`` method, which is called instead."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if hasattr(module, "init_weights") and module is not model:
+            module.init_weights(std, generator)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.normal_(0.0, std, generator=generator)
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
-        elif isinstance(module, BucketBias):
-            module.weight.normal_(0.0, std, generator=generator)
-        elif hasattr(module, "weight") and isinstance(module.weight, nn.Parameter) and module.weight.dim() == 1:
+        elif isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() == 1:
             module.weight.fill_(1.0)  # norms
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
