@@ -76,7 +76,7 @@ def test_bucket_bias_equals_t5_compute_bias(settings, heads, q, past):
     config = T5Config(num_heads=heads, relative_attention_num_buckets=settings["num_buckets"],
                       relative_attention_max_distance=settings["max_distance"],
                       is_decoder=not settings["bidirectional"], d_model=8, d_kv=2)
-    reference = T5Attention(config, has_relative_attention_bias=True)
+    reference = T5Attention(config, has_relative_attention_bias=True, layer_idx=0)
     ours = BucketBias(num_heads=heads, **settings)
     with torch.no_grad():
         ours.weight.copy_(randn(settings["num_buckets"], heads))

@@ -10,7 +10,7 @@ fp64 with a tolerance of 1e-10 shows that what is left is rounding, not logic.""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from composer import CacheError, DynamicCache, StaticCache, build_model
@@ -50,6 +50,7 @@ def chunk_ends(draw, length: int, first: int) -> list[int]:
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
 @given(spec=spec_dicts(), data=st.data())
 @torch.no_grad()
 def test_cached_decoding_equals_one_full_forward(dtype, spec, data):

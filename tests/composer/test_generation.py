@@ -4,7 +4,7 @@ one by one; sampling is reproducible and respects top-k and top-p."""
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from composer import InputError, build_model, load_spec
@@ -33,6 +33,7 @@ def full_forward_logits(model, sequence: torch.Tensor, prompt_length: int) -> to
     return model(inputs, prefix_mask=prefix_mask, use_cache=False).logits[:, prompt_length - 1:]
 
 
+@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
 @given(data=st.data())
 def test_greedy_is_the_argmax_of_one_full_forward_with_either_cache(data):
     _, model, ids = draw_model_and_prompt(data)
@@ -46,6 +47,7 @@ def test_greedy_is_the_argmax_of_one_full_forward_with_either_cache(data):
     assert (chosen >= logits.max(-1).values - NEAR_TIE).all()
 
 
+@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
 @given(data=st.data())
 def test_left_padded_batch_generates_what_each_row_generates_alone(data):
     spec, model, _ = draw_model_and_prompt(data)
@@ -131,6 +133,31 @@ def test_sampled_tokens_lie_in_the_top_k_and_the_nucleus(data):
     chosen = probs.gather(-1, by_p[:, ids.shape[1]:, None])
     mass_before = (probs * (probs > chosen + 1e-6)).sum(-1)  # of the tokens more likely than the sampled one
     assert (mass_before < top_p + 1e-4).all()
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [
+    (1.0, None, None), (0.7, 4, None), (1.0, None, 0.8), (1.5, 5, 0.6), (1.0, 3, 0.999), (2.0, 10, 0.5),
+])
+def test_sampling_distribution_equals_transformers_warpers(temperature, top_k, top_p):
+    """Draw many times from one row of logits: the tokens drawn are exactly those transformers'
+    temperature -> top-k -> top-p warpers keep, at their probabilities."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from composer.generation import _sample
+
+    logits = torch.tensor([[2.0, 1.6, 1.3, 1.0, 0.8, 0.5, 0.2, -0.1]])  # every kept token has p >= 0.02
+    warped = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_k is not None:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p is not None:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    expected = warped.softmax(-1)[0]
+    draws = 20000
+    generator = torch.Generator().manual_seed(0)
+    tokens = _sample(logits.expand(draws, -1), temperature, top_k, top_p, generator)  # [draws]
+    frequency = torch.bincount(tokens, minlength=logits.shape[-1]).float() / draws
+    assert set(tokens.unique().tolist()) == set(torch.nonzero(expected).flatten().tolist())
+    torch.testing.assert_close(frequency, expected, rtol=0, atol=0.015)
 
 
 def test_zero_new_tokens_returns_the_prompt():

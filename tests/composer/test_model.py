@@ -8,7 +8,7 @@ from the code under test."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from composer import InputError, build_model, load_spec
@@ -45,6 +45,7 @@ def left_padded_batch(data, vocab_size: int, *, rows: int = 3):
 # padding
 
 
+@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
 @given(data=st.data())
 @torch.no_grad()
 def test_left_padded_rows_get_the_logits_they_get_alone(data):
