@@ -2,7 +2,7 @@
 
 Hypothesis profiles: ``ci`` (the default) keeps the property tests fast and reproducible;
 ``thorough`` runs many more examples with fresh randomness. The central properties (cache
-equivalence, padding, greedy decoding) run four times the profile's count. Select with
+equivalence, padding, greedy decoding) run that count once per position scheme. Select with
 ``ARCHCOMPOSER_HYPOTHESIS_PROFILE=thorough python -m pytest``.
 
 Third-party archcomposer plugins installed in the environment are not loaded (this

@@ -4,11 +4,11 @@ one by one; sampling is reproducible and respects top-k and top-p."""
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from composer import InputError, build_model, load_spec
-from tests.strategies import spec_dicts
+from tests.strategies import POSITIONS, spec_dicts
 
 NEAR_TIE = 1e-4  # a greedy token must have the largest full-forward logit, up to rounding
 
@@ -33,10 +33,10 @@ def full_forward_logits(model, sequence: torch.Tensor, prompt_length: int) -> to
     return model(inputs, prefix_mask=prefix_mask, use_cache=False).logits[:, prompt_length - 1:]
 
 
-@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
+@pytest.mark.parametrize("position", POSITIONS)
 @given(data=st.data())
-def test_greedy_is_the_argmax_of_one_full_forward_with_either_cache(data):
-    _, model, ids = draw_model_and_prompt(data)
+def test_greedy_is_the_argmax_of_one_full_forward_with_either_cache(position, data):
+    _, model, ids = draw_model_and_prompt(data, positions=(position,))
     new = data.draw(st.integers(1, 6), label="max_new_tokens")
     dynamic = model.generate(ids, max_new_tokens=new, eos_token_id=[])
     static = model.generate(ids, max_new_tokens=new, eos_token_id=[], cache="static")
@@ -47,10 +47,10 @@ def test_greedy_is_the_argmax_of_one_full_forward_with_either_cache(data):
     assert (chosen >= logits.max(-1).values - NEAR_TIE).all()
 
 
-@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
+@pytest.mark.parametrize("position", POSITIONS)
 @given(data=st.data())
-def test_left_padded_batch_generates_what_each_row_generates_alone(data):
-    spec, model, _ = draw_model_and_prompt(data)
+def test_left_padded_batch_generates_what_each_row_generates_alone(position, data):
+    spec, model, _ = draw_model_and_prompt(data, positions=(position,))
     length = data.draw(st.integers(2, 5), label="length")
     lengths = [length, data.draw(st.integers(1, length - 1), label="short row")]
     ids = torch.randint(1, spec["vocab_size"], (2, length))

@@ -8,12 +8,12 @@ from the code under test."""
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from composer import InputError, build_model, load_spec
 from composer import outputs as out_types
-from tests.strategies import HEADS, spec_dicts
+from tests.strategies import HEADS, POSITIONS, spec_dicts
 
 ATOL = 1e-5
 OUTPUT_CLASS = {
@@ -45,11 +45,11 @@ def left_padded_batch(data, vocab_size: int, *, rows: int = 3):
 # padding
 
 
-@settings(max_examples=4 * settings().max_examples)  # a central property: more examples
+@pytest.mark.parametrize("position", POSITIONS)
 @given(data=st.data())
 @torch.no_grad()
-def test_left_padded_rows_get_the_logits_they_get_alone(data):
-    spec, model = draw_model(data)
+def test_left_padded_rows_get_the_logits_they_get_alone(position, data):
+    spec, model = draw_model(data, positions=(position,))
     ids, mask, rows = left_padded_batch(data, spec["vocab_size"])
     batch = model(ids, attention_mask=mask).logits
     for i, row in enumerate(rows):
