@@ -6,6 +6,7 @@ import json
 import typing
 from pathlib import Path
 
+import hypothesis
 import pydantic
 import pytest
 import yaml
@@ -41,6 +42,37 @@ def test_every_builtin_kind_is_drawn_by_the_strategies():
                for section, classes in BUILTIN_KINDS.items()}
     assert builtin == {section: set(kinds) for section, kinds in KINDS.items()}
     assert all(set(kinds) <= set(get_registry().kinds[section]) for section, kinds in KINDS.items())
+
+
+COVERAGE = {
+    **{f"position {kind}": (lambda kind: lambda s: s["position"]["kind"] == kind)(kind) for kind in KINDS["position"]},
+    **{f"norm {kind}": (lambda kind: lambda s: s["norm"]["kind"] == kind)(kind) for kind in KINDS["norm"]},
+    **{f"mlp {kind}": (lambda kind: lambda s: s["mlp"]["kind"] == kind)(kind) for kind in KINDS["mlp"]},
+    "partial rope, fraction not 1/2, not interleaved": lambda s: s["position"]["kind"] == "partial_rope"
+    and s["position"]["fraction"] not in (0.5, 1.0) and not s["position"]["interleaved"],
+    "alibi, heads not a power of two": lambda s: s["position"]["kind"] == "alibi"
+    and s["attention"]["num_heads"] in (3, 6, 9),
+    "unidirectional buckets": lambda s: s["position"]["kind"] == "bucket_bias" and not s["position"]["bidirectional"],
+    "segment buckets": lambda s: s["position"]["kind"] == "bucket_bias" and s["position"]["segments"],
+    "MQA": lambda s: s["attention"].get("num_kv_heads") == 1 and s["attention"]["num_heads"] > 1,
+    "GQA": lambda s: 1 < s["attention"].get("num_kv_heads", 1) < s["attention"]["num_heads"],
+    "MHA by default": lambda s: "num_kv_heads" not in s["attention"] and s["attention"]["num_heads"] > 1,
+    "fused qkv with bias": lambda s: s["attention"]["fused_qkv"] and s["attention"]["qkv_bias"],
+    "fused gated mlp": lambda s: s["mlp"].get("fused") is True,
+    "tied": lambda s: s["embedding"]["tied"],
+    "embedding norm": lambda s: s["embedding"]["norm"],
+    "residual from norm": lambda s: s["residual"]["from_norm"],
+    "CPM-Ant style": lambda s: "prompt" in s["embedding"] and "segments" in s["embedding"]
+    and s["attention"]["mask"] == "prefix_lm",
+    "prefix_lm without prompt": lambda s: s["attention"]["mask"] == "prefix_lm" and "prompt" not in s["embedding"],
+    "odd head_dim": lambda s: s["attention"].get("head_dim", 2) % 2 == 1,
+}
+
+
+@pytest.mark.parametrize("case", COVERAGE)
+def test_the_strategies_reach(case):
+    no_shrinking = hypothesis.settings(max_examples=2000, database=None, phases=[hypothesis.Phase.generate])
+    hypothesis.find(spec_dicts(), COVERAGE[case], settings=no_shrinking)
 
 
 @given(spec=spec_dicts(heads=HEADS))
