@@ -15,7 +15,12 @@ from transformers.loss.loss_utils import (
     ForTokenClassification,
 )
 
-from composer.blocks.heads import CausalLMHead, QuestionAnsweringHead, SequenceClassificationHead, TokenClassificationHead
+from composer.blocks.heads import (
+    CausalLMHead,
+    QuestionAnsweringHead,
+    SequenceClassificationHead,
+    TokenClassificationHead,
+)
 
 B, S, D = 3, 5, 8
 
@@ -90,8 +95,8 @@ def test_token_classification_equals_transformers_and_drops_out_only_while_train
     labels = labels_with_ignored(4)
     out = head(hidden(), labels=labels)
     torch.testing.assert_close(out["logits"], head.proj(hidden()), rtol=0, atol=0)
-    torch.testing.assert_close(out["loss"], ForTokenClassification(out["logits"], labels, SimpleNamespace(num_labels=4)),
-                               rtol=0, atol=0)
+    expected = ForTokenClassification(out["logits"], labels, SimpleNamespace(num_labels=4))
+    torch.testing.assert_close(out["loss"], expected, rtol=0, atol=0)
     assert not torch.equal(head.train()(hidden())["logits"], out["logits"])
 
 

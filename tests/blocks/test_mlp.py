@@ -40,8 +40,8 @@ def test_fused_gated_mlp_equals_glm():
 def test_split_gated_mlp_equals_cpm_ant():
     reference = CpmAntDenseGatedACT(CpmAntConfig(hidden_size=D, dim_ff=I))
     down = torch.nn.Linear(I, D, bias=False)
-    ours = GatedMLP(activation="gelu", down=down,
-                    gate_up=SplitProjection(gate=torch.nn.Linear(D, I, bias=False), up=torch.nn.Linear(D, I, bias=False)))
+    gate_up = SplitProjection(gate=torch.nn.Linear(D, I, bias=False), up=torch.nn.Linear(D, I, bias=False))
+    ours = GatedMLP(activation="gelu", down=down, gate_up=gate_up)
     ours.gate_up.gate.weight.copy_(reference.w_0.weight)
     ours.gate_up.up.weight.copy_(reference.w_1.weight)
     torch.testing.assert_close(ours(x()), down(reference(x())), rtol=0, atol=0)

@@ -20,7 +20,8 @@ def inputs(dim, dtype, seed, scale):
 
 
 @given(dim=st.integers(1, 48), dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-       eps=st.sampled_from([1e-5, 1e-6, 1.5625e-7]), seed=st.integers(0, 1000), scale=st.sampled_from([1e-3, 1.0, 50.0]))
+       eps=st.sampled_from([1e-5, 1e-6, 1.5625e-7]), seed=st.integers(0, 1000),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]))
 def test_rmsnorm_equals_glm_and_cpm_ant(dim, dtype, eps, seed, scale):
     x, weight = inputs(dim, dtype, seed, scale)
     ours = RMSNorm(dim=dim, eps=eps).to(dtype)

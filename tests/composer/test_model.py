@@ -73,7 +73,7 @@ def test_explicit_position_ids_equal_the_implied_ones(data):
 # the output of each head
 
 
-def expected_loss(kind: str, spec: dict, out, ids: torch.Tensor, labels: dict) -> torch.Tensor:
+def expected_loss(kind: str, spec: dict, out, labels: dict) -> torch.Tensor:
     """The loss transformers' heads compute, from the output's own logits."""
     if kind == "causal_lm":
         logits, target = out.logits, labels["labels"]
@@ -151,7 +151,7 @@ def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
         assert model(ids, start_positions=labels["start_positions"]).loss is None
     with_loss = model(ids, **labels)
     assert with_loss.loss.shape == () and list(with_loss.keys())[0] == "loss" and with_loss[0] is with_loss.loss
-    torch.testing.assert_close(with_loss.loss, expected_loss(kind, spec, with_loss, ids, labels), atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(with_loss.loss, expected_loss(kind, spec, with_loss, labels), atol=ATOL, rtol=1e-5)
     as_tuple = model(ids, return_dict=False, **labels)
     assert type(as_tuple) is tuple and len(as_tuple) == len(with_loss.to_tuple())
     for mine, theirs in zip(with_loss.to_tuple(), as_tuple):
