@@ -640,3 +640,16 @@ def fused_or_split(ours: str, fused: bool, param: str, theirs: dict[str, str], s
         return [TensorMap(f"{ours}.{part}.{param}", name) for part, name in theirs.items()]
     return [TensorMap(f"{ours}.proj.{param}", tuple(theirs.values()), to_ours=lambda *parts: torch.cat(parts),
                       to_theirs=lambda t: tuple(t.split(sizes)))]
+
+
+def head_tensors(spec: ModelSpecBase, names: dict[str, dict[str, str]]) -> list[TensorMap]:
+    """Tensor maps for the spec's heads, from ``names``: head kind -> {our tensor under
+    ``heads.<kind>.`` -> theirs}. A bias is mapped only where the head has one, and a causal-LM
+    head tied to the embedding maps nothing (the embedding matrix is the head)."""
+    maps = []
+    for head in spec.heads:
+        if head.kind == "causal_lm" and spec.embedding.tied:
+            continue
+        maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in names[head.kind].items()
+                 if ours.endswith("weight") or head.bias]
+    return maps

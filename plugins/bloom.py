@@ -5,7 +5,7 @@ Hugging Face BLOOM (``model_type: bloom``) stores the fused QKV projection per h
 rows are permuted both ways. The MLP is always 4x wide with biases; the GELU is the tanh one."""
 
 from composer import Family, TensorMap, hookimpl
-from composer.checkpoint import heads_from_hf, hf_head_config, require
+from composer.checkpoint import head_tensors, heads_from_hf, hf_head_config, require
 
 NAME = "BLOOM"
 
@@ -115,11 +115,7 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
                 TensorMap(f"{ours}.mlp.up.{p}", f"{theirs}.mlp.dense_h_to_4h.{p}"),
                 TensorMap(f"{ours}.mlp.down.{p}", f"{theirs}.mlp.dense_4h_to_h.{p}"),
             ]
-    for head in spec.heads:
-        if head.kind == "causal_lm" and spec.embedding.tied:
-            continue  # the embedding matrix
-        maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in HEAD_TENSORS[head.kind].items()]
-    return maps
+    return maps + head_tensors(spec, HEAD_TENSORS)
 
 
 FAMILY = Family(

@@ -5,8 +5,8 @@ as ``gate_up_proj`` (rows ``[gate | up]``, as ours), no output or MLP bias, and 
 fraction of each head in ``rope_parameters.partial_rotary_factor`` (default 0.5)."""
 
 from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, heads_from_hf, hf_head_config,
-                                 require)
+from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, head_tensors,
+                                 heads_from_hf, hf_head_config, require)
 
 NAME = "GLM"
 
@@ -112,12 +112,7 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
         for p in ("weight", "bias")[: 1 + a.qkv_bias]:
             maps += fused_or_split(f"{ours}.attention.qkv", a.fused_qkv, p,
                                    {n: f"{theirs}.self_attn.{n}_proj.{p}" for n in "qkv"}, qkv_sizes)
-    for head in spec.heads:
-        if head.kind == "causal_lm" and spec.embedding.tied:
-            continue  # the embedding matrix
-        maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in HEAD_TENSORS[head.kind].items()
-                 if ours.endswith("weight") or head.bias]
-    return maps
+    return maps + head_tensors(spec, HEAD_TENSORS)
 
 
 FAMILY = Family(

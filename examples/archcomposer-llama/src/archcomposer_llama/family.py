@@ -6,8 +6,8 @@ Hugging Face Llama keeps separate q/k/v/o and gate/up/down projections under ``m
 ``composer.plugins.seed_oss``."""
 
 from composer import CheckpointError, Family, TensorMap
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, heads_from_hf, hf_head_config,
-                                 require)
+from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, head_tensors,
+                                 heads_from_hf, hf_head_config, require)
 
 NAME = "Llama"
 
@@ -138,12 +138,7 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
                                    {n: f"{theirs}.mlp.{n}_proj.{p}" for n in ("gate", "up")},
                                    [m.intermediate_size] * 2)
             maps.append(TensorMap(f"{ours}.mlp.down.{p}", f"{theirs}.mlp.down_proj.{p}"))
-    for head in spec.heads:
-        if head.kind == "causal_lm" and spec.embedding.tied:
-            continue  # the embedding matrix
-        maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in HEAD_TENSORS[head.kind].items()
-                 if ours.endswith("weight") or head.bias]
-    return maps
+    return maps + head_tensors(spec, HEAD_TENSORS)
 
 
 FAMILY = Family(
