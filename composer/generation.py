@@ -28,6 +28,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if do_sample and temperature <= 0:
         raise InputError(f"temperature must be > 0 when sampling, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"top_k must be >= 1 (or None for no top-k filtering), got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
         raise InputError(f"top_p must be in (0, 1], got {top_p}")
     eos = spec.eos_token_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) \
@@ -66,7 +68,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
 
 def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
     logits = logits / temperature  # [B, V]
-    if top_k is not None and top_k > 0:
+    if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # [B, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:

@@ -58,8 +58,15 @@ class ComposedModel(nn.Module):
             raise InputError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
             self._check_ids(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.spec.hidden_size:
+            raise InputError(f"inputs_embeds must be [batch, seq, hidden_size={self.spec.hidden_size}], "
+                             f"got shape {tuple(inputs_embeds.shape)}")
         B, S = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
+        if prefix_mask is not None and tuple(prefix_mask.shape) != (B, S):
+            raise InputError(f"prefix_mask has shape {tuple(prefix_mask.shape)}; expected ({B}, {S}), like the input")
+        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
+            raise InputError("labels need the logits of every position: leave logits_to_keep at 0")
         if use_cache is None:
             use_cache = head_spec is None or head_spec.returns_cache
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)

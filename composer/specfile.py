@@ -49,7 +49,7 @@ def validate_spec(data: dict[str, Any], *, path: Path | None = None, node: yaml.
     try:
         spec = get_registry().spec_class().model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(exc, path, node)) from None
+        raise SpecError(format_validation_error(exc, data, path, node)) from None
     return _check_family(spec, path)
 
 
@@ -62,16 +62,34 @@ def _check_family(spec: ModelSpecBase, path: Path | None) -> ModelSpecBase:
     return spec
 
 
-def format_validation_error(exc: ValidationError, path: Path | None, node: yaml.Node | None) -> str:
+def format_validation_error(exc: ValidationError, data: Any, path: Path | None, node: yaml.Node | None) -> str:
     lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after"))]
-        field = _dotted(loc) or "(top level)"
+        loc = _input_path(data, err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append("kind")  # the tag field is what is wrong (or missing), not the section
         where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
-        got = "" if err["type"] in ("missing", "value_error") else f" (got {_short(err['input'])})"
+        got = "" if err["type"] in ("missing", "value_error", "union_tag_not_found") \
+            else f" (got {_short(err['ctx']['tag'] if err['type'] == 'union_tag_invalid' else err['input'])})"
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}{field}: {msg}{got}")
+        # Cross-field rules have no single field: their messages name the fields involved.
+        lines.append(f"  {where}{_dotted(loc) + ': ' if loc else ''}{msg}{got}")
     return "\n".join(lines)
+
+
+def _input_path(data: Any, loc) -> list:
+    """``loc`` as a path into the input: without pydantic's validator steps and without the
+    union tags it inserts (``mlp.gated.bias`` is ``mlp.bias`` in the file)."""
+    path = []
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        if isinstance(data, dict) and part not in data and data.get("kind") == part:
+            continue
+        path.append(part)
+        data = data.get(part) if isinstance(data, dict) else \
+            data[part] if isinstance(data, list) and isinstance(part, int) and part < len(data) else None
+    return path
 
 
 def _dotted(loc) -> str:
@@ -87,8 +105,6 @@ def _line_of(node: yaml.Node | None, loc) -> int:
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             child = next((v for k, v in node.value if k.value == part), None)
-            if child is None and any(k.value == "kind" and getattr(v, "value", None) == part for k, v in node.value):
-                continue  # a discriminated union's tag in the path (mlp.gated.bias): the same mapping
             if child is None:
                 break
             line = next(k for k, v in node.value if v is child).start_mark.line + 1

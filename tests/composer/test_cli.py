@@ -47,7 +47,7 @@ def test_validate_module_exits_2_naming_the_file_line_and_field(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith(f"archcomposer: error: invalid spec {bad} (1 error(s)):")
-    assert f"{bad}:6: position: Input tag 'rpoe' found using 'kind' does not match any of the expected tags" \
+    assert f"{bad}:6: position.kind: Input tag 'rpoe' found using 'kind' does not match any of the expected tags" \
         in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -169,6 +169,7 @@ def test_zero_new_tokens_returns_the_prompt():
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"max_new_tokens": -1}, r"max_new_tokens must be >= 0, got -1"),
     ({"do_sample": True, "temperature": 0.0}, r"temperature must be > 0 when sampling, got 0.0"),
+    ({"do_sample": True, "top_k": 0}, r"top_k must be >= 1 \(or None for no top-k filtering\), got 0"),
     ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
     ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
     ({"cache": "paged"}, r"cache must be 'dynamic' or 'static', got 'paged'"),

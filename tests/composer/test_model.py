@@ -330,7 +330,18 @@ def glm():
      r"attention_mask has shape \(1, 3\); expected \(1, 2\)"),
     ({"input_ids": torch.tensor([[1, 2]]), "head": "question_answering"},
      r"head='question_answering': this model's heads are \['causal_lm'\]"),
+    ({"inputs_embeds": torch.zeros(1, 2, 63)}, r"inputs_embeds must be \[batch, seq, hidden_size=64\], got shape \(1, 2, 63\)"),
+    ({"input_ids": torch.tensor([[1, 2]]), "labels": torch.tensor([[1, 2]]), "logits_to_keep": 1},
+     "labels need the logits of every position"),
 ])
 def test_bad_arguments_raise_input_error(glm, kwargs, message):
     with pytest.raises(InputError, match=message):
         glm(**kwargs)
+
+
+def test_prefix_mask_is_checked():
+    cpm = build_model("tiny-cpm-ant", seed=0)
+    with pytest.raises(InputError, match=r"prefix_mask has shape \(1, 3\); expected \(1, 2\)"):
+        cpm(torch.tensor([[5, 6]]), prefix_mask=torch.ones(1, 3))
+    with pytest.raises(InputError, match="prefix_mask is only meaningful for a spec with attention.mask: prefix_lm"):
+        build_model("tiny-glm-4", seed=0)(torch.tensor([[5, 6]]), prefix_mask=torch.ones(1, 2))

@@ -180,7 +180,7 @@ def test_register_blocks_adds_a_kind_to_yaml_schema_and_errors(tmp_path):
     path = tmp_path / "mirrored.yaml"
     path.write_text(Path(registry.specs["tiny-glm-4"][0]).read_text().replace("kind: partial_rope, theta: 10000.0, "
                     "fraction: 0.5, interleaved: true", "kind: mirrored_alibi"))
-    with pytest.raises(SpecError, match="position: Input tag 'mirrored_alibi' found using 'kind' does not match"):
+    with pytest.raises(SpecError, match="position.kind: Input tag 'mirrored_alibi' found using 'kind' does not match"):
         composer.load_spec(path)
     name = registry.register(BlockPlugin())
     try:

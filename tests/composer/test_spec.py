@@ -102,11 +102,11 @@ def test_a_yaml_file_round_trips(tmp_path):
 
 @pytest.mark.parametrize(("spec", "message"), [
     (changed(position={"kind": "rpoe"}),
-     r"\n  position: Input tag 'rpoe' found using 'kind' does not match any of the expected tags: "
+     r"\n  position.kind: Input tag 'rpoe' found using 'kind' does not match any of the expected tags: "
      r"'none', 'rope', 'partial_rope', 'alibi', 'bucket_bias'"),
-    (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\]: Input tag 'causal_lmm' found using 'kind'"),
+    (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\].kind: Input tag 'causal_lmm' found using 'kind'"),
     (changed(attention={"num_head": 4}), r"attention\.num_head: Extra inputs are not permitted \(got 4\)"),
-    (changed(position={"thetaa": 2.0}), r"position\.rope\.thetaa: Extra inputs are not permitted"),
+    (changed(position={"thetaa": 2.0}), r"position\.thetaa: Extra inputs are not permitted"),
     (changed(layers=2), r"\n  layers: Extra inputs are not permitted"),
     (changed(attention={"num_heads": 12, "num_kv_heads": 5}),
      r"attention: num_heads \(12\) must be divisible by num_kv_heads \(5\)"),
@@ -127,7 +127,7 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(embedding={"segments": {"num_types": 2, "token_segment": 2}}),
      r"embedding\.segments: Value error, token_segment \(2\) must be < num_types \(2\)|"
      r"embedding\.segments: token_segment \(2\) must be < num_types \(2\)"),
-    (changed(mlp={"activation": "swish"}), r"mlp\.gated\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
+    (changed(mlp={"activation": "swish"}), r"mlp\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
                                              r"'relu' \(got 'swish'\)"),
     (changed(heads=[{"kind": "causal_lm"}, {"kind": "causal_lm"}]), r"heads lists a kind more than once"),
     (changed(pad_token_id=32), r"pad_token_id \(32\) must be in \[0, vocab_size=32\)"),
@@ -179,9 +179,9 @@ def test_a_file_error_reports_file_and_line(tmp_path):
         load_spec(path)
     message = str(info.value)
     assert message.startswith(f"invalid spec {path} (3 error(s)):")
-    assert f"{path}:7: position: Input tag 'rpoe' found using 'kind'" in message
+    assert f"{path}:8: position.kind: Input tag 'rpoe' found using 'kind'" in message
     assert f"{path}:9: attention.heads_dim: Extra inputs are not permitted" in message
-    assert f"{path}:13: mlp.gated.intermediate_size: Input should be greater than 0 (got -3)" in message
+    assert f"{path}:13: mlp.intermediate_size: Input should be greater than 0 (got -3)" in message
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -110,7 +110,7 @@ def test_commands_list_the_plugin_and_its_blocks_and_the_env_var_hides_it(venv, 
     hidden = run(venv, "-m", "composer", "validate", str(tmp_path / "my-llama.yaml"),
                  ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD="1")
     assert hidden.returncode == 2
-    assert "position: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" \
+    assert "position.kind: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" \
         in hidden.stderr
     assert "Traceback" not in hidden.stderr
 
