@@ -6,12 +6,23 @@ import torch
 from composer.errors import CacheError
 
 
-class DynamicCache:
-    """Grows by concatenation; holds exactly the tokens seen so far."""
-
+class _Cache:
+    """Per-layer key and value tensors, and what every cache does with them."""
     def __init__(self):
         self.keys: list[torch.Tensor] = []  # per layer, k: [B, Hkv, S, Dh]
         self.values: list[torch.Tensor] = []
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
+        self.keys = [k.index_select(0, index) for k in self.keys]
+        self.values = [v.index_select(0, index) for v in self.values]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class DynamicCache(_Cache):
+    """Grows by concatenation; holds exactly the tokens seen so far."""
 
     def get_seq_length(self) -> int:
         return self.keys[0].shape[-2] if self.keys else 0
@@ -29,19 +40,11 @@ class DynamicCache:
             self.values[layer_idx] = torch.cat([self.values[layer_idx], v], dim=-2)
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
     def __repr__(self) -> str:
         return f"DynamicCache(layers={len(self)}, seq_length={self.get_seq_length()})"
 
 
-class StaticCache:
+class StaticCache(_Cache):
     """Preallocated to ``max_length`` tokens, so decoding steps keep fixed shapes (as gpt-fast).
     Buffers are allocated on the first update, with that update's batch, heads, dtype and device.
     Attention sees all ``max_length`` slots; slots not written yet are masked out."""
@@ -49,9 +52,8 @@ class StaticCache:
     def __init__(self, max_length: int):
         if max_length < 1:
             raise CacheError(f"StaticCache max_length must be at least 1, got {max_length}")
+        super().__init__()  # per layer, k: [B, Hkv, max_length, Dh]
         self.max_length = max_length
-        self.keys: list[torch.Tensor] = []  # per layer, k: [B, Hkv, max_length, Dh]
-        self.values: list[torch.Tensor] = []
         self.length = 0
 
     def get_seq_length(self) -> int:
@@ -74,13 +76,6 @@ class StaticCache:
         if layer_idx == 0:
             self.length = end
         return self.keys[layer_idx], self.values[layer_idx]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.keys = [k.index_select(0, index) for k in self.keys]
-        self.values = [v.index_select(0, index) for v in self.values]
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
     def __repr__(self) -> str:
         return f"StaticCache(layers={len(self)}, seq_length={self.length}, max_length={self.max_length})"
