@@ -8,6 +8,7 @@ from composer.errors import CacheError
 
 class _Cache:
     """Per-layer key and value tensors, and what every cache does with them."""
+
     def __init__(self):
         self.keys: list[torch.Tensor] = []  # per layer, k: [B, Hkv, S, Dh]
         self.values: list[torch.Tensor] = []
