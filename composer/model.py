@@ -75,39 +75,13 @@ class ComposedModel(nn.Module):
         S_all, T = S + P, past + S + P  # tokens this step; tokens seen including this step
         K = cache.key_length(T) if cache is not None else T  # key slots attention sees
 
-        # Which keys are real tokens, and their positions.
-        prompt_ones = torch.ones(B, self.prompt_length, dtype=torch.bool, device=device)
-        if attention_mask is None:
-            key_mask = torch.ones(B, T, dtype=torch.bool, device=device)
-        else:
-            key_mask = torch.cat([prompt_ones, attention_mask.to(device).bool()], dim=1)
-            if key_mask.shape != (B, T):
-                raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                                 f"({B}, {T - self.prompt_length}): one entry per past and current token")
-        key_pos = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        if position_ids is not None:
-            position_ids = position_ids.to(device).expand(B, S) + self.prompt_length
-            key_pos = torch.cat([key_pos[:, : T - S], position_ids], dim=1)
-        query_pos = key_pos[:, past:]  # [B, S_all]
-        segments = None
-        if self.token_segment is not None:
-            segments = torch.where(key_mask, self.token_segment, 0)  # [B, T]
-            segments[:, : self.prompt_length] = 0
-        if K > T:  # static cache: slots not written yet are masked out
-            key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)
-            key_pos = nn.functional.pad(key_pos, (0, K - T))
-            segments = nn.functional.pad(segments, (0, K - T)) if segments is not None else None
-
-        x = self._embed(input_ids, inputs_embeds, P, None if segments is None else segments[:, past:T])  # [B, S_all, D]
+        key_mask, key_pos, segments = self._key_layout(B, S, T, K, past, attention_mask, position_ids, device)
+        query_pos = key_pos[:, past:T]  # [B, S_all]
+        query_seg = None if segments is None else segments[:, past:T]
+        x = self._embed(input_ids, inputs_embeds, P, query_seg)  # [B, S_all, D]
         visible = self._visibility(B, S_all, K, past, P, prefix_mask, device) & key_mask[:, None, :]  # [B, S_all, K]
-        pos = self.position(query_pos, key_pos, None if segments is None else segments[:, past:T], segments)
-        min_value = torch.finfo(x.dtype).min
-        bias_dtype = torch.promote_types(x.dtype, torch.float32)  # holds finfo(x.dtype).min, fp64 included
-        scores_bias = torch.zeros(visible.shape, dtype=bias_dtype, device=device)
-        scores_bias = scores_bias.masked_fill(~visible, min_value)[:, None]  # [B, 1, S, K]
-        if pos.bias is not None:
-            scores_bias = (scores_bias + pos.bias).clamp(min=min_value)  # [B, H, S, K]
-        scores_bias = scores_bias.to(x.dtype)
+        pos = self.position(query_pos, key_pos, query_seg, segments)
+        scores_bias = _scores_bias(visible, pos.bias, x.dtype)  # [B, H or 1, S_all, K]
 
         hidden_states, attentions = [], []
         for layer in self.layers:
@@ -150,6 +124,32 @@ class ComposedModel(nn.Module):
         if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.spec.vocab_size):
             raise InputError(f"input_ids must lie in [0, vocab_size={self.spec.vocab_size}), got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+
+    def _key_layout(self, B, S, T, K, past, attention_mask, position_ids, device):
+        """For each of the K key slots: is it a real token ([B, K] bool), its position ([B, K])
+        and its segment ([B, K], or None without segments). Positions count real tokens, so
+        padding does not shift them; ``position_ids`` overrides this step's."""
+        if attention_mask is None:
+            key_mask = torch.ones(B, T, dtype=torch.bool, device=device)
+        else:
+            prompt = torch.ones(B, self.prompt_length, dtype=torch.bool, device=device)
+            key_mask = torch.cat([prompt, attention_mask.to(device).bool()], dim=1)  # [B, T]
+            if key_mask.shape != (B, T):
+                raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                                 f"({B}, {T - self.prompt_length}): one entry per past and current token")
+        key_pos = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        if position_ids is not None:
+            position_ids = position_ids.to(device).expand(B, S) + self.prompt_length
+            key_pos = torch.cat([key_pos[:, : T - S], position_ids], dim=1)
+        segments = None
+        if self.token_segment is not None:
+            segments = torch.where(key_mask, self.token_segment, 0)  # [B, T]; prompt and pads: segment 0
+            segments[:, : self.prompt_length] = 0
+        if K > T:  # static cache: slots not written yet are masked out
+            key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)
+            key_pos = nn.functional.pad(key_pos, (0, K - T))
+            segments = nn.functional.pad(segments, (0, K - T)) if segments is not None else None
+        return key_mask, key_pos, segments
 
     def _embed(self, input_ids, inputs_embeds, P, segment_ids):
         if P:
@@ -197,3 +197,15 @@ class ComposedModel(nn.Module):
         from composer.checkpoint import save_pretrained
 
         return save_pretrained(self, path, format=format, **kwargs)
+
+
+def _scores_bias(visible: torch.Tensor, position_bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """What attention adds to its scaled scores: the position bias where ``visible`` [B, S, K],
+    the dtype's most negative number elsewhere. Returns [B, H or 1, S, K] in ``dtype``."""
+    min_value = torch.finfo(dtype).min
+    bias_dtype = torch.promote_types(dtype, torch.float32)  # holds finfo(dtype).min, fp64 included
+    scores_bias = torch.zeros(visible.shape, dtype=bias_dtype, device=visible.device)
+    scores_bias = scores_bias.masked_fill(~visible, min_value)[:, None]  # [B, 1, S, K]
+    if position_bias is not None:
+        scores_bias = (scores_bias + position_bias).clamp(min=min_value)  # [B, H, S, K]
+    return scores_bias.to(dtype)
