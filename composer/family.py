@@ -1,5 +1,5 @@
-"""A model family: the knowledge that connects a published architecture to specs (its shipped
-specs, and, for checkpoint import/export, its Hugging Face config and weight names).
+"""A model family: the knowledge that connects a published architecture to specs (for
+checkpoint import/export, its Hugging Face config and weight names).
 
 A family that reads and writes Hugging Face checkpoints sets the four ``hf_*`` fields below and
 nothing else; ``composer.checkpoint`` does the file handling (safetensors, sharding, memory
@@ -66,7 +66,6 @@ class Family:
 
     name: the value of a spec's ``family`` field.
     description: one line for ``archcomposer plugins``.
-    specs: names of the shipped specs of this family.
     hf_model_types: ``model_type`` values of Hugging Face ``config.json`` this family reads; the
         first is the one it writes.
     hf_architectures: each Hugging Face architecture (a ``config.json`` ``architectures`` entry)
@@ -76,7 +75,6 @@ class Family:
 
     name: str
     description: str = ""
-    specs: tuple[str, ...] = ()
     hf_model_types: tuple[str, ...] = ()
     hf_architectures: Mapping[str, str | None] = field(default_factory=dict)
     spec_from_hf_config: SpecFromHFConfig | None = None

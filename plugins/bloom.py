@@ -121,7 +121,6 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
 FAMILY = Family(
     name="bloom",
     description="BLOOM: ALiBi, embedding LayerNorm, fused per-head QKV, plain GELU MLP, tied LM head",
-    specs=("bloom-560m", "bloom-176b", "tiny-bloom"),
     hf_model_types=("bloom",),
     hf_architectures=ARCHITECTURES,
     spec_from_hf_config=spec_from_hf_config,

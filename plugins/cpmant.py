@@ -117,7 +117,6 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
 FAMILY = Family(
     name="cpm-ant",
     description="CPM-Ant: bucketed relative bias with segments, prompt tokens, prefix-LM mask, GeGLU",
-    specs=("cpm-ant-10b", "tiny-cpm-ant"),
     hf_model_types=("cpmant",),
     hf_architectures=ARCHITECTURES,
     spec_from_hf_config=spec_from_hf_config,

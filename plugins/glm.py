@@ -118,7 +118,6 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
 FAMILY = Family(
     name="glm-4",
     description="GLM-4: partial interleaved RoPE, GQA, RMSNorm, fused gate/up SwiGLU, QKV bias",
-    specs=("glm-4-9b", "tiny-glm-4"),
     hf_model_types=("glm",),
     hf_architectures=ARCHITECTURES,
     spec_from_hf_config=spec_from_hf_config,

@@ -124,7 +124,6 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
 FAMILY = Family(
     name="seed-oss",
     description="Seed-OSS: full RoPE, GQA, separate QKV/out bias flags, SwiGLU, head_dim independent of width",
-    specs=("seed-oss-36b", "tiny-seed-oss"),
     hf_model_types=("seed_oss",),
     hf_architectures=ARCHITECTURES,
     spec_from_hf_config=spec_from_hf_config,

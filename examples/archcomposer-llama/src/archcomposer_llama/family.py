@@ -144,7 +144,6 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
 FAMILY = Family(
     name="llama",
     description="Llama 2/3: RoPE (Llama 3.1 scaled), GQA, RMSNorm, SwiGLU; Hugging Face LlamaFor*",
-    specs=("llama-3.2-1b", "tiny-llama", "tiny-llama-swa"),
     hf_model_types=("llama",),
     hf_architectures=ARCHITECTURES,
     spec_from_hf_config=spec_from_hf_config,

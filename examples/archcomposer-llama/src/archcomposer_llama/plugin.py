@@ -23,5 +23,5 @@ def register_families(register):
 
 @hookimpl
 def register_specs(register):
-    for name in FAMILY.specs:
-        register(name, SPECS / f"{name}.yaml")
+    for path in sorted(SPECS.glob("*.yaml"), key=lambda p: p.stem):
+        register(path.stem, path)
