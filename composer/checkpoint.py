@@ -653,3 +653,31 @@ def head_tensors(spec: ModelSpecBase, names: dict[str, dict[str, str]]) -> list[
         maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in names[head.kind].items()
                  if ours.endswith("weight") or head.bias]
     return maps
+
+
+def llama_layout_tensors(spec: ModelSpecBase, base: str) -> list[TensorMap]:
+    """Tensor maps for the trunk of a checkpoint in the Llama layout that many Hugging Face
+    families share (Seed-OSS, Llama, Qwen2, Mistral): ``{base}embed_tokens``, ``{base}norm`` and per
+    layer ``input_layernorm``, ``self_attn.{q,k,v,o}_proj``, ``post_attention_layernorm`` and
+    ``mlp.{gate,up,down}_proj``, each with a bias where the spec has one. ``base`` is the
+    base-model prefix (``model.``, or ``""`` for the bare model)."""
+    a, m = spec.attention, spec.mlp
+    qkv_sizes = [a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.num_kv_heads * a.head_dim]
+    params = ("weight", "bias")
+    maps = [TensorMap("embedding.tokens.weight", f"{base}embed_tokens.weight"),
+            TensorMap("final_norm.weight", f"{base}norm.weight")]
+    for i in range(spec.num_layers):
+        ours, theirs = f"layers.{i}", f"{base}layers.{i}"
+        maps += [TensorMap(f"{ours}.attn_norm.weight", f"{theirs}.input_layernorm.weight"),
+                 TensorMap(f"{ours}.mlp_norm.weight", f"{theirs}.post_attention_layernorm.weight")]
+        for p in params[: 1 + a.qkv_bias]:
+            maps += fused_or_split(f"{ours}.attention.qkv", a.fused_qkv, p,
+                                   {n: f"{theirs}.self_attn.{n}_proj.{p}" for n in "qkv"}, qkv_sizes)
+        maps += [TensorMap(f"{ours}.attention.out.{p}", f"{theirs}.self_attn.o_proj.{p}")
+                 for p in params[: 1 + a.out_bias]]
+        for p in params[: 1 + m.bias]:
+            maps += fused_or_split(f"{ours}.mlp.gate_up", m.fused, p,
+                                   {n: f"{theirs}.mlp.{n}_proj.{p}" for n in ("gate", "up")},
+                                   [m.intermediate_size] * 2)
+            maps.append(TensorMap(f"{ours}.mlp.down.{p}", f"{theirs}.mlp.down_proj.{p}"))
+    return maps

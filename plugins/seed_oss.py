@@ -5,8 +5,8 @@ gate/up/down projections under ``model.`` (``transformer.`` for the QA head). Th
 plainest family to copy for a new Llama-style one."""
 
 from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, head_tensors,
-                                 heads_from_hf, hf_head_config, require)
+from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, head_tensors, heads_from_hf,
+                                 hf_head_config, llama_layout_tensors, require)
 
 NAME = "Seed-OSS"
 
@@ -98,27 +98,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
 
 
 def hf_tensors(spec, architecture: str) -> list[TensorMap]:
-    a, m = spec.attention, spec.mlp
-    base = BASE_PREFIX.get(architecture, "model.")
-    qkv_sizes = [a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.num_kv_heads * a.head_dim]
-    biases = ("weight", "bias")
-    maps = [TensorMap("embedding.tokens.weight", f"{base}embed_tokens.weight"),
-            TensorMap("final_norm.weight", f"{base}norm.weight")]
-    for i in range(spec.num_layers):
-        ours, theirs = f"layers.{i}", f"{base}layers.{i}"
-        maps += [TensorMap(f"{ours}.attn_norm.weight", f"{theirs}.input_layernorm.weight"),
-                 TensorMap(f"{ours}.mlp_norm.weight", f"{theirs}.post_attention_layernorm.weight")]
-        for p in biases[: 1 + a.qkv_bias]:
-            maps += fused_or_split(f"{ours}.attention.qkv", a.fused_qkv, p,
-                                   {n: f"{theirs}.self_attn.{n}_proj.{p}" for n in "qkv"}, qkv_sizes)
-        maps += [TensorMap(f"{ours}.attention.out.{p}", f"{theirs}.self_attn.o_proj.{p}")
-                 for p in biases[: 1 + a.out_bias]]
-        for p in biases[: 1 + m.bias]:
-            maps += fused_or_split(f"{ours}.mlp.gate_up", m.fused, p,
-                                   {n: f"{theirs}.mlp.{n}_proj.{p}" for n in ("gate", "up")},
-                                   [m.intermediate_size] * 2)
-            maps.append(TensorMap(f"{ours}.mlp.down.{p}", f"{theirs}.mlp.down_proj.{p}"))
-    return maps + head_tensors(spec, HEAD_TENSORS)
+    return llama_layout_tensors(spec, BASE_PREFIX.get(architecture, "model.")) + head_tensors(spec, HEAD_TENSORS)
 
 
 FAMILY = Family(
