@@ -9,16 +9,13 @@ and registering the class (see ``composer.registry``)."""
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
 from composer import outputs
 from composer.blocks import attention, embedding, heads, mlp, norm, position, projection
-
-if TYPE_CHECKING:
-    from composer.registry import ModelSpecBase as ModelSpec
 
 
 class Strict(BaseModel):
@@ -40,9 +37,9 @@ class PositionSpec(Strict):
     kind: str
 
     @abstractmethod
-    def build(self, spec: ModelSpec) -> nn.Module: ...
+    def build(self, spec: ModelSpecBase) -> nn.Module: ...
 
-    def check(self, spec: ModelSpec) -> None:
+    def check(self, spec: ModelSpecBase) -> None:
         """Cross-field rules that need the whole model spec."""
 
 
@@ -175,7 +172,7 @@ class AttentionSpec(Strict):
     mask: Literal["causal", "prefix_lm"] = "causal"
 
     @abstractmethod
-    def build(self, spec: ModelSpec, layer_idx: int) -> nn.Module: ...
+    def build(self, spec: ModelSpecBase, layer_idx: int) -> nn.Module: ...
 
     @abstractmethod
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
@@ -185,7 +182,7 @@ class AttentionSpec(Strict):
         """This spec with defaults that depend on the model filled in."""
         return self
 
-    def check(self, spec: ModelSpec) -> None:
+    def check(self, spec: ModelSpecBase) -> None:
         """Cross-field rules that need the whole model spec."""
 
 
@@ -241,7 +238,7 @@ class MLPSpec(Strict):
     intermediate_size: PositiveInt
 
     @abstractmethod
-    def build(self, spec: ModelSpec) -> nn.Module: ...
+    def build(self, spec: ModelSpecBase) -> nn.Module: ...
 
 
 class GatedMLPSpec(MLPSpec):
@@ -333,7 +330,7 @@ class HeadSpec(Strict):
     returns_cache: ClassVar[bool] = True
 
     @abstractmethod
-    def build(self, spec: ModelSpec, embedding: nn.Module) -> nn.Module: ...
+    def build(self, spec: ModelSpecBase, embedding: nn.Module) -> nn.Module: ...
 
 
 class CausalLMHeadSpec(HeadSpec):
