@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 from torch import nn
 
 from composer import outputs
-from composer.blocks import attention, embedding, heads, mlp, norm, position, projection
+from composer.blocks import attention, heads, mlp, norm, position, projection
 
 
 class Strict(BaseModel):
