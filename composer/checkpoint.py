@@ -681,3 +681,36 @@ def llama_layout_tensors(spec: ModelSpecBase, base: str) -> list[TensorMap]:
                                    [m.intermediate_size] * 2)
             maps.append(TensorMap(f"{ours}.mlp.down.{p}", f"{theirs}.mlp.down_proj.{p}"))
     return maps
+
+
+def llama_layout_config(spec: ModelSpecBase, family: str) -> dict[str, Any]:
+    """The ``config.json`` fields that families in the Llama layout (see ``llama_layout_tensors``)
+    share, after checking the spec has that layout's structure: RMSNorm, no embedding norm,
+    segments or prompt, causal GQA, a gated MLP and residuals from the layer input. The family adds
+    its ``model_type``, position, bias and dropout fields and the head fields."""
+    a = spec.attention
+    require(family, "norm.kind", spec.norm.kind, "rmsnorm")
+    require(family, "embedding.norm", spec.embedding.norm, False)
+    require(family, "embedding.segments", spec.embedding.segments, None)
+    require(family, "embedding.prompt", spec.embedding.prompt, None)
+    require(family, "attention.kind", a.kind, "gqa")
+    require(family, "attention.mask", a.mask, "causal")
+    require(family, "mlp.kind", spec.mlp.kind, "gated")
+    require(family, "residual.from_norm", spec.residual.from_norm, False)
+    return {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "intermediate_size": spec.mlp.intermediate_size,
+        "num_hidden_layers": spec.num_layers,
+        "num_attention_heads": a.num_heads,
+        "num_key_value_heads": a.num_kv_heads,
+        "head_dim": a.head_dim,
+        "hidden_act": ACTIVATIONS_TO_HF[spec.mlp.activation],
+        "max_position_embeddings": spec.max_positions,
+        "initializer_range": spec.initializer_range,
+        "rms_norm_eps": spec.norm.eps,
+        "pad_token_id": spec.pad_token_id,
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": spec.eos_token_id,
+        "tie_word_embeddings": spec.embedding.tied,
+    }

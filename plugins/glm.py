@@ -5,8 +5,8 @@ as ``gate_up_proj`` (rows ``[gate | up]``, as ours), no output or MLP bias, and 
 fraction of each head in ``rope_parameters.partial_rotary_factor`` (default 0.5)."""
 
 from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, fused_or_split, head_tensors,
-                                 heads_from_hf, hf_head_config, require)
+from composer.checkpoint import (activation_from_hf, fused_or_split, head_tensors, heads_from_hf, hf_head_config,
+                                 llama_layout_config, require)
 
 NAME = "GLM"
 
@@ -59,35 +59,13 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     a = spec.attention
     require(NAME, "position.kind", spec.position.kind, "partial_rope")
     require(NAME, "position.interleaved", spec.position.interleaved, True)
-    require(NAME, "norm.kind", spec.norm.kind, "rmsnorm")
-    require(NAME, "embedding.norm", spec.embedding.norm, False)
-    require(NAME, "embedding.segments", spec.embedding.segments, None)
-    require(NAME, "embedding.prompt", spec.embedding.prompt, None)
-    require(NAME, "attention.kind", a.kind, "gqa")
-    require(NAME, "attention.mask", a.mask, "causal")
     require(NAME, "attention.out_bias", a.out_bias, False)
-    require(NAME, "mlp.kind", spec.mlp.kind, "gated")
     require(NAME, "mlp.fused", spec.mlp.fused, True)
     require(NAME, "mlp.bias", spec.mlp.bias, False)
-    require(NAME, "residual.from_norm", spec.residual.from_norm, False)
     require(NAME, "residual.dropout", spec.residual.dropout, 0.0)
     return {
         "model_type": "glm",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.mlp.intermediate_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": a.num_heads,
-        "num_key_value_heads": a.num_kv_heads,
-        "head_dim": a.head_dim,
-        "hidden_act": ACTIVATIONS_TO_HF[spec.mlp.activation],
-        "max_position_embeddings": spec.max_positions,
-        "initializer_range": spec.initializer_range,
-        "rms_norm_eps": spec.norm.eps,
-        "pad_token_id": spec.pad_token_id,
-        "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id,
-        "tie_word_embeddings": spec.embedding.tied,
+        **llama_layout_config(spec, NAME),
         "rope_parameters": {"rope_type": "default", "rope_theta": spec.position.theta,
                             "partial_rotary_factor": spec.position.fraction},
         "attention_bias": a.qkv_bias,

@@ -5,8 +5,8 @@ gate/up/down projections under ``model.`` (``transformer.`` for the QA head). Th
 plainest family to copy for a new Llama-style one."""
 
 from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, head_tensors, heads_from_hf,
-                                 hf_head_config, llama_layout_tensors, require)
+from composer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
+                                 hf_head_config, llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Seed-OSS"
 
@@ -62,31 +62,9 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
 def hf_config_from_spec(spec, architecture: str) -> dict:
     a = spec.attention
     require(NAME, "position.kind", spec.position.kind, "rope")
-    require(NAME, "norm.kind", spec.norm.kind, "rmsnorm")
-    require(NAME, "embedding.norm", spec.embedding.norm, False)
-    require(NAME, "embedding.segments", spec.embedding.segments, None)
-    require(NAME, "embedding.prompt", spec.embedding.prompt, None)
-    require(NAME, "attention.kind", a.kind, "gqa")
-    require(NAME, "attention.mask", a.mask, "causal")
-    require(NAME, "mlp.kind", spec.mlp.kind, "gated")
-    require(NAME, "residual.from_norm", spec.residual.from_norm, False)
     return {
         "model_type": "seed_oss",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.mlp.intermediate_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": a.num_heads,
-        "num_key_value_heads": a.num_kv_heads,
-        "head_dim": a.head_dim,
-        "hidden_act": ACTIVATIONS_TO_HF[spec.mlp.activation],
-        "max_position_embeddings": spec.max_positions,
-        "initializer_range": spec.initializer_range,
-        "rms_norm_eps": spec.norm.eps,
-        "pad_token_id": spec.pad_token_id,
-        "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id,
-        "tie_word_embeddings": spec.embedding.tied,
+        **llama_layout_config(spec, NAME),
         "rope_parameters": {"rope_type": "default", "rope_theta": spec.position.theta},
         "attention_bias": a.qkv_bias,
         "attention_out_bias": a.out_bias,

@@ -6,8 +6,8 @@ Hugging Face Llama keeps separate q/k/v/o and gate/up/down projections under ``m
 ``composer.plugins.seed_oss``."""
 
 from composer import CheckpointError, Family, TensorMap
-from composer.checkpoint import (ACTIVATIONS_TO_HF, activation_from_hf, head_tensors, heads_from_hf,
-                                 hf_head_config, llama_layout_tensors, require)
+from composer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
+                                 hf_head_config, llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Llama"
 
@@ -82,33 +82,11 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     else:
         raise CheckpointError(f"position.kind = {p.kind!r} has no equivalent in Hugging Face {NAME}, which needs "
                               f"'rope' or 'llama3_rope'")
-    require(NAME, "norm.kind", spec.norm.kind, "rmsnorm")
-    require(NAME, "embedding.norm", spec.embedding.norm, False)
-    require(NAME, "embedding.segments", spec.embedding.segments, None)
-    require(NAME, "embedding.prompt", spec.embedding.prompt, None)
-    require(NAME, "attention.kind", a.kind, "gqa")
-    require(NAME, "attention.mask", a.mask, "causal")
     require(NAME, "attention.out_bias (one attention_bias flag covers q, k, v and o)", a.out_bias, a.qkv_bias)
-    require(NAME, "mlp.kind", spec.mlp.kind, "gated")
-    require(NAME, "residual.from_norm", spec.residual.from_norm, False)
     require(NAME, "residual.dropout", spec.residual.dropout, 0.0)
     return {
         "model_type": "llama",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden_size,
-        "intermediate_size": spec.mlp.intermediate_size,
-        "num_hidden_layers": spec.num_layers,
-        "num_attention_heads": a.num_heads,
-        "num_key_value_heads": a.num_kv_heads,
-        "head_dim": a.head_dim,
-        "hidden_act": ACTIVATIONS_TO_HF[spec.mlp.activation],
-        "max_position_embeddings": spec.max_positions,
-        "initializer_range": spec.initializer_range,
-        "rms_norm_eps": spec.norm.eps,
-        "pad_token_id": spec.pad_token_id,
-        "bos_token_id": spec.bos_token_id,
-        "eos_token_id": spec.eos_token_id,
-        "tie_word_embeddings": spec.embedding.tied,
+        **llama_layout_config(spec, NAME),
         "rope_parameters": rope,
         "attention_bias": a.qkv_bias,
         "attention_dropout": a.dropout,
