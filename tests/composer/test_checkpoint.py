@@ -17,13 +17,6 @@ TINY = ["tiny-bloom", "tiny-glm-4", "tiny-seed-oss", "tiny-cpm-ant"]
 IDS = torch.tensor([[5, 17, 42, 8, 99, 3]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def logits(model, ids=IDS):
     with torch.no_grad():

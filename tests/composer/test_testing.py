@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Literal
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -22,13 +21,6 @@ TINY = ["tiny-bloom", "tiny-cpm-ant", "tiny-glm-4", "tiny-seed-oss"]
 ALL_HEADS = [{"kind": "causal_lm"}, {"kind": "sequence_classification", "num_labels": 3},
              {"kind": "token_classification"}, {"kind": "question_answering"}]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def with_heads(name: str, heads: list[dict]) -> dict:

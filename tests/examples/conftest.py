@@ -4,21 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import composer
 from composer.testing import registered
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "archcomposer-llama"
 
-
-@pytest.fixture(scope="package", autouse=True)
-def one_thread():
-    """Tiny models: several threads per matmul on a small, busy machine only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="package")
