@@ -1,7 +1,7 @@
 """Speed of composed models against transformers, side by side in one run, as ratios.
 
 For each family, a random model of the same (small, CPU-friendly) shape is made with
-transformers, saved with its own ``save_pretrained``, and loaded with ``composer.from_pretrained``,
+transformers, saved with its own ``save_pretrained``, and loaded with ``archcomposer.from_pretrained``,
 so both sides run identical weights. Measured: prefill (one forward over the prompt batch) and
 greedy decoding with the KV cache. A ratio below 1 means archcomposer is faster.
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    import composer
+    import archcomposer
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}, {args.layers} layers, "
@@ -73,7 +73,7 @@ def main() -> None:
         hf.eval()
         with tempfile.TemporaryDirectory() as tmp:
             hf.save_pretrained(tmp)
-            ours = composer.from_pretrained(tmp).eval()
+            ours = archcomposer.from_pretrained(tmp).eval()
         ids = torch.randint(10, 4000, (args.batch, args.prompt))
         mask = torch.ones_like(ids)
         kwargs = {"attention_mask": mask} if family != "cpmant" else {}

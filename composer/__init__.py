@@ -1,14 +1,14 @@
 """archcomposer: transformer language models composed from declarative specs."""
 
-from composer.build import build_model, init_weights
-from composer.cache import DynamicCache, StaticCache
-from composer.checkpoint import from_pretrained
-from composer.errors import CacheError, CheckpointError, ComposerError, InputError, RegistryError, SpecError
-from composer.family import Family, TensorMap
-from composer.hookspecs import hookimpl
-from composer.model import ComposedModel
-from composer.registry import get_registry
-from composer.specfile import load_spec
+from archcomposer.build import build_model, init_weights
+from archcomposer.cache import DynamicCache, StaticCache
+from archcomposer.checkpoint import from_pretrained
+from archcomposer.errors import CacheError, CheckpointError, ComposerError, InputError, RegistryError, SpecError
+from archcomposer.family import Family, TensorMap
+from archcomposer.hookspecs import hookimpl
+from archcomposer.model import ComposedModel
+from archcomposer.registry import get_registry
+from archcomposer.specfile import load_spec
 
 __version__ = "0.1.0"
 

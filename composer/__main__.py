@@ -1,5 +1,5 @@
 import sys
 
-from composer.cli import main
+from archcomposer.cli import main
 
 sys.exit(main())

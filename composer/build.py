@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from composer.model import ComposedModel
-from composer.specfile import SpecLike, load_spec
+from archcomposer.model import ComposedModel
+from archcomposer.specfile import SpecLike, load_spec
 
 
 def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,

@@ -3,7 +3,7 @@
 
 import torch
 
-from composer.errors import CacheError
+from archcomposer.errors import CacheError
 
 
 class _Cache:

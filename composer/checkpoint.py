@@ -5,7 +5,7 @@ our parameter names), or shards ``model-00001-of-0000N.safetensors`` with
 ``model.safetensors.index.json`` (the same index layout as Hugging Face). A Hugging Face
 directory has ``config.json`` instead of ``spec.yaml``; the family plugin whose
 ``hf_model_types`` holds its ``model_type`` translates config and tensor names (see
-``composer.family``). Nothing but safetensors is read: a pickle checkpoint is refused, so
+``archcomposer.family``). Nothing but safetensors is read: a pickle checkpoint is refused, so
 nothing in a checkpoint is ever executed.
 
 Loading builds the model with its parameters on the meta device (nothing allocated), reads the
@@ -36,12 +36,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from composer.errors import CheckpointError, SpecError
-from composer.family import Family, TensorMap
-from composer.model import ComposedModel
-from composer.registry import get_registry
-from composer.spec import ModelSpecBase
-from composer.specfile import load_spec
+from archcomposer.errors import CheckpointError, SpecError
+from archcomposer.family import Family, TensorMap
+from archcomposer.model import ComposedModel
+from archcomposer.registry import get_registry
+from archcomposer.spec import ModelSpecBase
+from archcomposer.specfile import load_spec
 
 SPEC_FILE = "spec.yaml"
 HF_CONFIG_FILE = "config.json"
@@ -54,7 +54,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 #: Loads of at least this many bytes show a progress line on stderr.
 PROGRESS_MIN_BYTES = 1 << 30
-FORMATS = ("composer", "hf")
+FORMATS = ("archcomposer", "hf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,7 +88,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
     if ours:
         spec = load_spec(directory / SPEC_FILE)
         maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(_skeleton(spec))]
-        describe = "composer checkpoint"
+        describe = "archcomposer checkpoint"
     else:
         spec, maps, describe = _read_hf_config(directory)
     with _TensorFiles(directory) as files:
@@ -361,11 +361,11 @@ def _set_tensor(model: nn.Module, name: str, param: nn.Parameter) -> None:
 # saving
 
 
-def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: str = "composer",
+def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: str = "archcomposer",
                     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, head: str | None = None) -> Path:
     """Write ``model`` to the directory ``path`` and return it.
 
-    ``format="composer"`` (ours): ``spec.yaml`` and safetensors under our names.
+    ``format="archcomposer"`` (ours): ``spec.yaml`` and safetensors under our names.
     ``format="hf"``: ``config.json`` and safetensors that transformers' ``AutoModel*`` classes
     load; the spec's family plugin (or, for a spec without a family, the first family that can
     express it) translates. A Hugging Face model has one head: with several, name it (``head=``).
@@ -378,14 +378,14 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = _parse_size(max_shard_size)
     own = {name: t.detach() for name, t in _own_tensors(model).items()}
-    if format == "composer":
+    if format == "archcomposer":
         if head is not None:
             raise CheckpointError("head= selects the head of a Hugging Face export; our format keeps every head")
         spec_text = yaml.safe_dump(model.spec.to_dict(), sort_keys=False)
 
         def write(directory: Path) -> None:
             (directory / SPEC_FILE).write_text(spec_text)
-            _write_tensors(directory, own, limit, {"format": "pt", "archcomposer": "composer"})
+            _write_tensors(directory, own, limit, {"format": "pt", "archcomposer": "archcomposer"})
     else:
         config, tensors = _to_hf(model.spec, own, head)
 

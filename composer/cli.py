@@ -1,4 +1,4 @@
-"""The ``archcomposer`` command line (also ``python -m composer``)."""
+"""The ``archcomposer`` command line (also ``python -m archcomposer``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typing
 
 import torch
 
-from composer.errors import ComposerError, RegistryError
+from archcomposer.errors import ComposerError, RegistryError
 
 
 def _blocks(spec) -> str:
@@ -32,7 +32,7 @@ def _gib(n: int) -> str:
 
 
 def cmd_summary(args) -> int:
-    from composer import build_model, get_registry
+    from archcomposer import build_model, get_registry
 
     dtype = getattr(torch, args.dtype)
     width = torch.finfo(dtype).bits // 8
@@ -55,7 +55,7 @@ def cmd_summary(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from composer import build_model
+    from archcomposer import build_model
 
     model = build_model(args.spec, seed=args.seed)
     ids = torch.tensor([args.prompt_ids], dtype=torch.long)
@@ -67,7 +67,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from composer import load_spec
+    from archcomposer import load_spec
 
     for path in args.files:
         spec = load_spec(path)
@@ -76,14 +76,14 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from composer import get_registry
+    from archcomposer import get_registry
 
     print(json.dumps(get_registry().spec_class().model_json_schema(), indent=2))
     return 0
 
 
 def cmd_plugins(args) -> int:
-    from composer import get_registry
+    from archcomposer import get_registry
 
     plugins = get_registry().plugins.values()
     if args.json:
@@ -99,7 +99,7 @@ def cmd_plugins(args) -> int:
 
 
 def cmd_blocks(args) -> int:
-    from composer import get_registry
+    from archcomposer import get_registry
 
     registry = get_registry()
     if args.section is not None and args.section not in registry.sections:

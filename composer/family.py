@@ -2,9 +2,9 @@
 checkpoint import/export, its Hugging Face config and weight names).
 
 A family that reads and writes Hugging Face checkpoints sets the four ``hf_*`` fields below and
-nothing else; ``composer.checkpoint`` does the file handling (safetensors, sharding, memory
+nothing else; ``archcomposer.checkpoint`` does the file handling (safetensors, sharding, memory
 mapping, the error that lists missing/unexpected/mis-shaped tensors) for every family alike.
-To add a family, copy one of the built-in plugin modules (``composer.plugins.seed_oss`` is the
+To add a family, copy one of the built-in plugin modules (``archcomposer.plugins.seed_oss`` is the
 plainest) and change its tables and three functions."""
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from composer.spec import ModelSpecBase
+    from archcomposer.spec import ModelSpecBase
 
 #: ``spec_from_hf_config(config, architecture) -> spec dict``: the spec (as the dict a YAML file
 #: would hold) that computes what ``architecture`` does with this ``config.json``. ``name`` and
-#: ``family`` may be left out (the loader fills them). Raise ``composer.CheckpointError`` naming
+#: ``family`` may be left out (the loader fills them). Raise ``archcomposer.CheckpointError`` naming
 #: the config key for a setting the spec schema cannot express.
 SpecFromHFConfig = Callable[[dict[str, Any], str], dict[str, Any]]
 
 #: ``hf_config_from_spec(spec, architecture) -> config dict``: the ``config.json`` fields that make
 #: ``architecture`` compute what ``spec`` does (``architectures`` and ``model_type`` may be left
-#: out). Raise ``composer.CheckpointError`` naming the spec field (``position.kind``) that has no
+#: out). Raise ``archcomposer.CheckpointError`` naming the spec field (``position.kind``) that has no
 #: equivalent in this family.
 HFConfigFromSpec = Callable[["ModelSpecBase", str], dict[str, Any]]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from composer.cache import DynamicCache, StaticCache
-from composer.errors import InputError
+from archcomposer.cache import DynamicCache, StaticCache
+from archcomposer.errors import InputError
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Hook specifications: what an archcomposer plugin can implement.
 
-A plugin is a module (or any object) with functions decorated by ``composer.hookimpl`` and named
+A plugin is a module (or any object) with functions decorated by ``archcomposer.hookimpl`` and named
 after the hooks below. It is found through an entry point in the ``archcomposer.plugins`` group
 (``[project.entry-points."archcomposer.plugins"]`` in its ``pyproject.toml``); the built-in
 families enter through the same group. Every hook receives one argument, a ``register`` callback,
@@ -11,7 +11,7 @@ so one plugin can register blocks for a section another plugin adds.
 Each plugin is called in isolation: one that fails to import, or raises inside a hook, is skipped
 (with a ``RuntimeWarning`` naming its distribution and the error, and everything it had
 registered withdrawn) and the others still register. Claiming a name that another plugin (or the
-core) already holds is a ``composer.RegistryError`` naming both distributions."""
+core) already holds is a ``archcomposer.RegistryError`` naming both distributions."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import pluggy
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from composer.family import Family
+    from archcomposer.family import Family
 
 hookspec = pluggy.HookspecMarker("archcomposer")
 hookimpl = pluggy.HookimplMarker("archcomposer")
@@ -35,7 +35,7 @@ def register_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
     """Add spec sections: call ``register(name, base)``.
 
     ``base`` is the pydantic base class of the new section's kinds (subclass
-    ``composer.spec.Strict``, give it ``kind: str`` and the interface its blocks share, usually an
+    ``archcomposer.spec.Strict``, give it ``kind: str`` and the interface its blocks share, usually an
     abstract ``build`` method). The spec then has an optional top-level field ``name`` (default
     None) holding one of the kinds registered for the section with ``register_blocks``; if it
     defines ``check(spec)``, that runs on every validated spec, like the core sections' checks.
@@ -52,7 +52,7 @@ def register_blocks(register: Callable[[str, type[BaseModel]], None]) -> None:
 
     ``section`` is a core section (``position``, ``norm``, ``attention``, ``mlp``, ``head``) or one
     registered with ``register_sections``. ``spec_class`` is the kind's pydantic model: a subclass
-    of that section's base (``composer.spec.PositionSpec``, ``NormSpec``, ``AttentionSpec``,
+    of that section's base (``archcomposer.spec.PositionSpec``, ``NormSpec``, ``AttentionSpec``,
     ``MLPSpec``, ``HeadSpec``) with a ``kind: Literal["name"]`` field, its parameters as typed
     fields, and the section's ``build`` method returning the ``nn.Module``. The kind then
     validates in YAML (``kind: name``) and appears in ``archcomposer schema`` and
@@ -61,10 +61,10 @@ def register_blocks(register: Callable[[str, type[BaseModel]], None]) -> None:
 
 @hookspec
 def register_families(register: Callable[[Family], None]) -> None:
-    """Add model families: call ``register(family)`` with a ``composer.Family``.
+    """Add model families: call ``register(family)`` with a ``archcomposer.Family``.
 
     The family's ``name`` is what a spec's ``family`` field names; its ``hf_*`` fields (see
-    ``composer.family``) let ``composer.from_pretrained`` read and write its Hugging Face
+    ``archcomposer.family``) let ``archcomposer.from_pretrained`` read and write its Hugging Face
     checkpoints. A family name is unique."""
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from composer import outputs
-from composer.blocks.embedding import Embedding
-from composer.blocks.layer import TransformerLayer
-from composer.cache import DynamicCache
-from composer.errors import InputError
-from composer.spec import ModelSpecBase
+from archcomposer import outputs
+from archcomposer.blocks.embedding import Embedding
+from archcomposer.blocks.layer import TransformerLayer
+from archcomposer.cache import DynamicCache
+from archcomposer.errors import InputError
+from archcomposer.spec import ModelSpecBase
 
 
 class ComposedModel(nn.Module):
-    """A transformer language model built from a spec (see ``composer.build_model``).
+    """A transformer language model built from a spec (see ``archcomposer.build_model``).
 
     ``forward`` follows transformers' conventions for every argument. Differences worth knowing:
     without ``position_ids``, positions follow ``attention_mask`` (cumulative count of real
@@ -179,8 +179,8 @@ class ComposedModel(nn.Module):
     # -- conveniences -------------------------------------------------------------------------
 
     def generate(self, input_ids, attention_mask=None, **kwargs) -> torch.Tensor:
-        """Greedy or sampled decoding with the KV cache; see ``composer.generation.generate``."""
-        from composer.generation import generate
+        """Greedy or sampled decoding with the KV cache; see ``archcomposer.generation.generate``."""
+        from archcomposer.generation import generate
 
         return generate(self, input_ids, attention_mask=attention_mask, **kwargs)
 
@@ -191,10 +191,10 @@ class ComposedModel(nn.Module):
     def extra_repr(self) -> str:
         return f"spec={self.spec.name!r}"
 
-    def save_pretrained(self, path, *, format: str = "composer", **kwargs):
+    def save_pretrained(self, path, *, format: str = "archcomposer", **kwargs):
         """Write a checkpoint directory: ours (``spec.yaml`` + safetensors) or, with
-        ``format="hf"``, one transformers loads; see ``composer.checkpoint.save_pretrained``."""
-        from composer.checkpoint import save_pretrained
+        ``format="hf"``, one transformers loads; see ``archcomposer.checkpoint.save_pretrained``."""
+        from archcomposer.checkpoint import save_pretrained
 
         return save_pretrained(self, path, format=format, **kwargs)
 

@@ -1,7 +1,7 @@
 """The registry of spec sections, block kinds, families and shipped specs, filled by plugins.
 
 Plugins are found through ``importlib.metadata`` entry points in the ``archcomposer.plugins``
-group and asked through the hooks of ``composer.hookspecs``. The built-in families are entry
+group and asked through the hooks of ``archcomposer.hookspecs``. The built-in families are entry
 points of this distribution (see its ``pyproject.toml``), so they come through the same door as a
 third-party plugin. Plugins are loaded once per process, on first use (``get_registry()``), never
 as a side effect of an import: every process that builds a model loads them itself, so nothing
@@ -33,10 +33,10 @@ from typing import Annotated, Any, ClassVar, Optional, Union
 import pluggy
 from pydantic import BaseModel, Field, create_model, model_validator
 
-from composer import hookspecs
-from composer.errors import RegistryError
-from composer.family import Family
-from composer.spec import BUILTIN_KINDS, SECTION_BASES, ModelSpecBase
+from archcomposer import hookspecs
+from archcomposer.errors import RegistryError
+from archcomposer.family import Family
+from archcomposer.spec import BUILTIN_KINDS, SECTION_BASES, ModelSpecBase
 
 ENTRY_POINT_GROUP = "archcomposer.plugins"
 DISABLE_AUTOLOAD_ENV = "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD"
@@ -110,7 +110,7 @@ class Registry:
         for section, classes in BUILTIN_KINDS.items():
             for cls in classes:
                 self.add_kind(section, cls, CORE)
-        for path in sorted(importlib.resources.files("composer.specs").iterdir(), key=lambda p: p.name):
+        for path in sorted(importlib.resources.files("archcomposer.specs").iterdir(), key=lambda p: p.name):
             if path.name.endswith(".yaml"):
                 self.add_spec(path.name[: -len(".yaml")], Path(str(path)), CORE)
 
@@ -127,7 +127,7 @@ class Registry:
                                 f"choose another name")
         if not (isinstance(base, type) and issubclass(base, BaseModel) and "kind" in base.model_fields):
             raise RegistryError(f"{source} registers section {name!r} with base {base!r}; the base must be a "
-                                f"pydantic model (subclass composer.spec.Strict) with a `kind: str` field")
+                                f"pydantic model (subclass archcomposer.spec.Strict) with a `kind: str` field")
         self.sections[name] = Section(name, base, source, field=name)
         self.kinds[name] = {}
         self._spec_class = None
@@ -154,7 +154,7 @@ class Registry:
 
     def add_family(self, family: Family, source: str) -> tuple[str, ...]:
         if not isinstance(family, Family):
-            raise RegistryError(f"{source} registers {family!r}; expected a composer.Family")
+            raise RegistryError(f"{source} registers {family!r}; expected a archcomposer.Family")
         if family.name in self.families:
             other = self.families[family.name][1]
             raise RegistryConflict(f"family {family.name!r} is registered twice: by {other} and by {source}")
@@ -346,7 +346,7 @@ class RegisteredSpec(ModelSpecBase):
 
 
 def _validate(data: dict) -> ModelSpecBase:
-    from composer.specfile import validate_spec
+    from archcomposer.specfile import validate_spec
 
     return validate_spec(data)
 

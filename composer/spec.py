@@ -2,9 +2,9 @@
 ``kind``. Every model forbids unknown fields and is frozen.
 
 Each block-kind model also knows how to build its block (``build``): this module, with
-``composer.model``, is the only place that reads a spec and constructs modules. Plugins add kinds
+``archcomposer.model``, is the only place that reads a spec and constructs modules. Plugins add kinds
 by subclassing a section base (``PositionSpec``, ``NormSpec``, ...) with a ``kind: Literal[...]``
-and registering the class (see ``composer.registry``)."""
+and registering the class (see ``archcomposer.registry``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 from torch import nn
 
-from composer import outputs
-from composer.blocks import attention, heads, mlp, norm, position, projection
+from archcomposer import outputs
+from archcomposer.blocks import attention, heads, mlp, norm, position, projection
 
 
 class Strict(BaseModel):
@@ -409,7 +409,7 @@ SECTION_BASES: dict[str, type[Strict]] = {
 
 class ModelSpecBase(Strict):
     """The whole model. The section fields are typed by their base class here; the class that
-    validates input (``composer.registry.spec_class()``) narrows each to the discriminated union
+    validates input (``archcomposer.registry.spec_class()``) narrows each to the discriminated union
     of the kinds registered at that time."""
 
     name: str

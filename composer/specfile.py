@@ -10,9 +10,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from composer.errors import RegistryError, SpecError
-from composer.registry import get_registry
-from composer.spec import ModelSpecBase
+from archcomposer.errors import RegistryError, SpecError
+from archcomposer.registry import get_registry
+from archcomposer.spec import ModelSpecBase
 
 SpecLike = ModelSpecBase | dict | str | os.PathLike
 

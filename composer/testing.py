@@ -3,7 +3,7 @@ that raise ``AssertionError`` with what differs, and a hypothesis strategy that 
 with your block. A plugin's tests then take a few lines::
 
     from hypothesis import given, settings, strategies as st
-    from composer.testing import check_cache_equivalence, check_output_contract, spec_strategy
+    from archcomposer.testing import check_cache_equivalence, check_output_contract, spec_strategy
 
     @settings(max_examples=10, deadline=None)
     @given(spec_strategy("tiny-seed-oss", attention={"kind": "sliding_window", "window": st.integers(1, 6)}))
@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 
-from composer import spec as specs
-from composer.build import build_model, init_weights
-from composer.cache import DynamicCache, StaticCache
-from composer.errors import RegistryError
-from composer.model import ComposedModel
-from composer.outputs import BaseModelOutputWithPast, ModelOutput
-from composer.registry import get_registry
-from composer.specfile import SpecLike, load_spec, validate_spec
+from archcomposer import spec as specs
+from archcomposer.build import build_model, init_weights
+from archcomposer.cache import DynamicCache, StaticCache
+from archcomposer.errors import RegistryError
+from archcomposer.model import ComposedModel
+from archcomposer.outputs import BaseModelOutputWithPast, ModelOutput
+from archcomposer.registry import get_registry
+from archcomposer.specfile import SpecLike, load_spec, validate_spec
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -114,7 +114,7 @@ def _steps(prompt_length: int, new_tokens: int) -> list[tuple[int, int]]:
 def check_output_contract(spec_or_model: SpecLike | ComposedModel, *, batch_size: int = 2, seq_len: int = 5,
                           seed: int = 0, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """Every head's output keeps transformers' ``ModelOutput`` contract (see
-    ``composer.outputs``): its class is the head's ``output_class``; attribute, key and index
+    ``archcomposer.outputs``): its class is the head's ``output_class``; attribute, key and index
     access agree and skip None fields; ``to_tuple()`` is what ``return_dict=False`` returns; the
     mutating dict methods are refused; ``hidden_states`` has ``num_layers + 1`` tensors
     ``[B, S, hidden_size]`` and ``attentions`` ``num_layers`` tensors ``[B, num_heads, S, S]`` whose

@@ -4,8 +4,8 @@ Hugging Face BLOOM (``model_type: bloom``) stores the fused QKV projection per h
 ``[H, 3, Dh]`` (q, k, v of head 0, then of head 1, ...); ours concatenates ``[q | k | v]``, so the
 rows are permuted both ways. The MLP is always 4x wide with biases; the GELU is the tanh one."""
 
-from composer import Family, TensorMap, hookimpl
-from composer.checkpoint import head_tensors, heads_from_hf, hf_head_config, require
+from archcomposer import Family, TensorMap, hookimpl
+from archcomposer.checkpoint import head_tensors, heads_from_hf, hf_head_config, require
 
 NAME = "BLOOM"
 

@@ -7,8 +7,8 @@ buckets (``relative_attention_bias`` [segments^2 + buckets, heads], our layout t
 head is a separate matrix whose loss is not shifted. Its input embedding holds the vocabulary
 and then every prompt row, as ours does."""
 
-from composer import Family, TensorMap, hookimpl
-from composer.checkpoint import heads_from_hf, hf_head_config, require
+from archcomposer import Family, TensorMap, hookimpl
+from archcomposer.checkpoint import heads_from_hf, hf_head_config, require
 
 NAME = "CPM-Ant"
 #: What Hugging Face CPM-Ant hard-codes.

@@ -4,8 +4,8 @@ Hugging Face GLM (``model_type: glm``) keeps q/k/v separate, the gate and up pro
 as ``gate_up_proj`` (rows ``[gate | up]``, as ours), no output or MLP bias, and the rotated
 fraction of each head in ``rope_parameters.partial_rotary_factor`` (default 0.5)."""
 
-from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (activation_from_hf, fused_or_split, head_tensors, heads_from_hf, hf_head_config,
+from archcomposer import CheckpointError, Family, TensorMap, hookimpl
+from archcomposer.checkpoint import (activation_from_hf, fused_or_split, head_tensors, heads_from_hf, hf_head_config,
                                  llama_layout_config, require)
 
 NAME = "GLM"

@@ -4,8 +4,8 @@ Hugging Face Seed-OSS (``model_type: seed_oss``) has the Llama layout: separate 
 gate/up/down projections under ``model.`` (``transformer.`` for the QA head). This module is the
 plainest family to copy for a new Llama-style one."""
 
-from composer import CheckpointError, Family, TensorMap, hookimpl
-from composer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
+from archcomposer import CheckpointError, Family, TensorMap, hookimpl
+from archcomposer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
                                  hf_head_config, llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Seed-OSS"

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 from transformers import GlmConfig
 from transformers.models.glm import modeling_glm as glm
 
-from composer.blocks.attention import Attention
-from composer.blocks.position import Rotary
-from composer.blocks.projection import FusedProjection, SplitProjection
-from composer.cache import DynamicCache
+from archcomposer.blocks.attention import Attention
+from archcomposer.blocks.position import Rotary
+from archcomposer.blocks.projection import FusedProjection, SplitProjection
+from archcomposer.cache import DynamicCache
 
 D = 16
 

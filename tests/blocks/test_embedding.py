@@ -2,7 +2,7 @@
 
 import torch
 
-from composer.blocks.embedding import Embedding
+from archcomposer.blocks.embedding import Embedding
 
 
 @torch.no_grad()

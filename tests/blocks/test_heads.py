@@ -15,7 +15,7 @@ from transformers.loss.loss_utils import (
     ForTokenClassification,
 )
 
-from composer.blocks.heads import (
+from archcomposer.blocks.heads import (
     CausalLMHead,
     QuestionAnsweringHead,
     SequenceClassificationHead,

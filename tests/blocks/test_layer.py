@@ -4,7 +4,7 @@ residual dropout only while training. Stand-in submodules make each term visible
 import torch
 from torch import nn
 
-from composer.blocks.layer import TransformerLayer
+from archcomposer.blocks.layer import TransformerLayer
 
 
 class Scale(nn.Module):

@@ -9,8 +9,8 @@ from transformers.models.bloom.modeling_bloom import BloomMLP
 from transformers.models.cpmant.modeling_cpmant import CpmAntDenseGatedACT
 from transformers.models.glm.modeling_glm import GlmMLP
 
-from composer.blocks.mlp import ACTIVATIONS, GatedMLP, PlainMLP
-from composer.blocks.projection import FusedProjection, SplitProjection
+from archcomposer.blocks.mlp import ACTIVATIONS, GatedMLP, PlainMLP
+from archcomposer.blocks.projection import FusedProjection, SplitProjection
 
 D, I = 16, 24
 

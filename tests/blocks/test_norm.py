@@ -9,7 +9,7 @@ from transformers import CpmAntConfig
 from transformers.models.cpmant.modeling_cpmant import CpmAntLayerNorm
 from transformers.models.glm.modeling_glm import GlmRMSNorm
 
-from composer.blocks.norm import LayerNorm, RMSNorm
+from archcomposer.blocks.norm import LayerNorm, RMSNorm
 
 
 def inputs(dim, dtype, seed, scale):

@@ -13,7 +13,7 @@ from transformers.models.glm import modeling_glm as glm
 from transformers.models.seed_oss import modeling_seed_oss as seed_oss
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from composer.blocks.position import ALiBi, BucketBias, NoPosition, Rotary, alibi_slopes, relative_position_bucket
+from archcomposer.blocks.position import ALiBi, BucketBias, NoPosition, Rotary, alibi_slopes, relative_position_bucket
 
 
 def randn(*shape, seed=0, dtype=torch.float32):

@@ -2,7 +2,7 @@
 
 import torch
 
-from composer.blocks.projection import FusedProjection, SplitProjection
+from archcomposer.blocks.projection import FusedProjection, SplitProjection
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from composer import CacheError, DynamicCache, StaticCache, build_model
+from archcomposer import CacheError, DynamicCache, StaticCache, build_model
 from tests.strategies import POSITIONS, spec_dicts
 
 TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}  # max abs difference of logits
@@ -110,7 +110,7 @@ def test_causal_model_does_not_see_the_future():
 
 
 def test_prefix_mask_is_refused_by_a_causal_model():
-    from composer import InputError
+    from archcomposer import InputError
 
     model = build_model("tiny-glm-4", seed=0)
     with pytest.raises(InputError, match="prefix_mask is only meaningful"):

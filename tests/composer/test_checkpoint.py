@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import composer.checkpoint as checkpoint
-from composer import CheckpointError, build_model, from_pretrained
+import archcomposer.checkpoint as checkpoint
+from archcomposer import CheckpointError, build_model, from_pretrained
 
 TINY = ["tiny-bloom", "tiny-glm-4", "tiny-seed-oss", "tiny-cpm-ant"]
 IDS = torch.tensor([[5, 17, 42, 8, 99, 3]])
@@ -263,7 +263,7 @@ def test_spec_no_family_expresses_gets_every_reason(tmp_path):
 
 def test_bad_arguments(tmp_path):
     model = build_model("tiny-glm-4", seed=0)
-    with pytest.raises(CheckpointError, match=r"format='gguf': expected one of \('composer', 'hf'\)"):
+    with pytest.raises(CheckpointError, match=r"format='gguf': expected one of \('archcomposer', 'hf'\)"):
         model.save_pretrained(tmp_path / "x", format="gguf")
     with pytest.raises(CheckpointError, match="max_shard_size='lots'"):
         model.save_pretrained(tmp_path / "x", max_shard_size="lots")

@@ -1,4 +1,4 @@
-"""The command line: the installed ``archcomposer`` script and ``python -m composer`` (one
+"""The command line: the installed ``archcomposer`` script and ``python -m archcomposer`` (one
 subprocess each), and the subcommands in process."""
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from composer import build_model, get_registry
-from composer.cli import main
+from archcomposer import build_model, get_registry
+from archcomposer.cli import main
 from tests.composer.test_specs_shipped import PUBLISHED
 
 
@@ -36,7 +36,7 @@ def test_validate_module_exits_2_naming_the_file_line_and_field(tmp_path):
     bad.write_text("name: bad\nvocab_size: 32\nhidden_size: 16\nnum_layers: 1\nmax_positions: 8\n"
                    "position: {kind: rpoe}\nattention: {kind: gqa, num_heads: 4}\nnorm: {kind: rmsnorm}\n"
                    "mlp: {kind: gated, intermediate_size: 8}\n")
-    result = run(sys.executable, "-m", "composer", "validate", str(bad))
+    result = run(sys.executable, "-m", "archcomposer", "validate", str(bad))
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith(f"archcomposer: error: invalid spec {bad} (1 error(s)):")
@@ -46,7 +46,7 @@ def test_validate_module_exits_2_naming_the_file_line_and_field(tmp_path):
 
 
 def test_validate_accepts_good_files_and_stops_at_a_missing_one(capsys, tmp_path):
-    from composer.specs import __file__ as specs_init
+    from archcomposer.specs import __file__ as specs_init
 
     good = Path(specs_init).with_name("tiny-glm-4.yaml")
     assert main(["validate", str(good)]) == 0

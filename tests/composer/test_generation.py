@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from composer import InputError, build_model, load_spec
+from archcomposer import InputError, build_model, load_spec
 from tests.strategies import POSITIONS, spec_dicts
 
 NEAR_TIE = 1e-4  # a greedy token must have the largest full-forward logit, up to rounding
@@ -143,7 +143,7 @@ def test_sampling_distribution_equals_transformers_warpers(temperature, top_k, t
     temperature -> top-k -> top-p warpers keep, at their probabilities."""
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from composer.generation import _sample
+    from archcomposer.generation import _sample
 
     logits = torch.tensor([[2.0, 1.6, 1.3, 1.0, 0.8, 0.5, 0.2, -0.1]])  # every kept token has p >= 0.02
     warped = TemperatureLogitsWarper(temperature)(None, logits)

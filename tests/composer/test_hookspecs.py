@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from composer import hookspecs, registry, testing
+from archcomposer import hookspecs, registry, testing
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
@@ -59,7 +59,7 @@ def test_every_hook_has_a_test(name):
 
 @pytest.mark.parametrize("needle", [
     registry.ENTRY_POINT_GROUP, registry.DISABLE_AUTOLOAD_ENV, registry.PLUGINS_ENV, "archcomposer plugins",
-    "archcomposer blocks", "composer.hookimpl", "check_pending", ".register(", ".unregister(",
+    "archcomposer blocks", "archcomposer.hookimpl", "check_pending", ".register(", ".unregister(",
     *testing.__all__,
 ])
 def test_the_readme_section_names(needle):
@@ -69,8 +69,8 @@ def test_the_readme_section_names(needle):
 def test_the_readme_minimal_plugin_works():
     import types
 
-    from composer import build_model
-    from composer.testing import check_cache_equivalence, check_output_contract
+    from archcomposer import build_model
+    from archcomposer.testing import check_cache_equivalence, check_output_contract
 
     code = readme_section().split("```python\n", 1)[1].split("```", 1)[0]
     plugin = types.ModuleType("acme_blocks")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from composer import InputError, build_model, load_spec
-from composer import outputs as out_types
+from archcomposer import InputError, build_model, load_spec
+from archcomposer import outputs as out_types
 from tests.strategies import HEADS, POSITIONS, spec_dicts
 
 ATOL = 1e-5

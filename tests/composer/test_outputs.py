@@ -1,4 +1,4 @@
-"""composer.outputs keeps the contract of transformers' ModelOutput: each class has the fields of
+"""archcomposer.outputs keeps the contract of transformers' ModelOutput: each class has the fields of
 the transformers class of the same name, in the same order, and behaves the same way for every
 pattern of None fields (transformers is the oracle here; the library itself never imports it)."""
 
@@ -11,7 +11,7 @@ import transformers.modeling_outputs as hf
 from hypothesis import given
 from hypothesis import strategies as st
 
-from composer import outputs
+from archcomposer import outputs
 
 CLASSES = [outputs.BaseModelOutputWithPast, outputs.CausalLMOutputWithPast, outputs.SequenceClassifierOutputWithPast,
            outputs.TokenClassifierOutput, outputs.QuestionAnsweringModelOutput]

@@ -25,14 +25,14 @@ import pytest
 import torch
 from torch import nn
 
-import composer
-import composer.registry
-import composer.testing
-from composer import Family, RegistryError, SpecError, hookimpl
-from composer.blocks.position import PositionEncoding
-from composer.cli import main
-from composer.registry import ENTRY_POINT_GROUP, Registry, get_registry
-from composer.spec import AlibiSpec, GatedMLPSpec, Strict
+import archcomposer
+import archcomposer.registry
+import archcomposer.testing
+from archcomposer import Family, RegistryError, SpecError, hookimpl
+from archcomposer.blocks.position import PositionEncoding
+from archcomposer.cli import main
+from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
+from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
 BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant"}
 
@@ -44,7 +44,7 @@ def autoload(monkeypatch):
     registry is put back afterwards."""
     monkeypatch.delenv("ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.delenv("ARCHCOMPOSER_PLUGINS", raising=False)
-    monkeypatch.setattr(composer.registry, "_registry", None)
+    monkeypatch.setattr(archcomposer.registry, "_registry", None)
     return monkeypatch
 
 
@@ -62,7 +62,7 @@ def make_dist(root: Path, dist: str, module: str, source: str, *, entry_point: s
 
 
 FAMILY_PLUGIN = """
-    from composer import Family, hookimpl
+    from archcomposer import Family, hookimpl
 
     @hookimpl
     def register_families(register):
@@ -72,8 +72,8 @@ FAMILY_PLUGIN = """
 #: A position kind that is ALiBi with the opposite slope sign, as a plugin module.
 BLOCK_PLUGIN = """
     from typing import Literal
-    from composer import hookimpl
-    from composer.spec import AlibiSpec
+    from archcomposer import hookimpl
+    from archcomposer.spec import AlibiSpec
 
     class MirroredAlibiSpec(AlibiSpec):
         '''ALiBi with the slopes' sign flipped (a test kind).'''
@@ -86,7 +86,7 @@ BLOCK_PLUGIN = """
 
 
 def glm_with(**sections) -> dict:
-    return {**composer.load_spec("tiny-glm-4").to_dict(), **sections}
+    return {**archcomposer.load_spec("tiny-glm-4").to_dict(), **sections}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,14 +95,14 @@ def glm_with(**sections) -> dict:
 
 def test_builtin_families_are_entry_points_of_this_distribution():
     ours = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.dist.name == "archcomposer"}
-    assert ours == {name: f"composer.plugins.{name}" for name in BUILTIN_FAMILIES}
+    assert ours == {name: f"archcomposer.plugins.{name}" for name in BUILTIN_FAMILIES}
     assert Registry().families == {}  # no private path: before the entry points load, no family
     registry = get_registry()
     for plugin, family in BUILTIN_FAMILIES.items():
         info = registry.plugins[plugin]
-        assert (info.distribution, info.version, info.error) == ("archcomposer", composer.__version__, None)
+        assert (info.distribution, info.version, info.error) == ("archcomposer", archcomposer.__version__, None)
         assert f"family:{family}" in info.registered
-        assert registry.families[family][1] == f"plugin {plugin!r} (distribution 'archcomposer' {composer.__version__})"
+        assert registry.families[family][1] == f"plugin {plugin!r} (distribution 'archcomposer' {archcomposer.__version__})"
 
 
 def test_an_installed_plugin_is_found_through_its_entry_point(autoload, tmp_path):
@@ -112,13 +112,13 @@ def test_an_installed_plugin_is_found_through_its_entry_point(autoload, tmp_path
     info = registry.plugins["acme"]
     assert (info.distribution, info.version, info.registered) == ("acme-blocks", "1.0", ["position:mirrored_alibi"])
     assert registry.kinds["position"]["mirrored_alibi"][1] == "plugin 'acme' (distribution 'acme-blocks' 1.0)"
-    model = composer.build_model(glm_with(position={"kind": "mirrored_alibi"}), seed=0)
+    model = archcomposer.build_model(glm_with(position={"kind": "mirrored_alibi"}), seed=0)
     assert model.spec.position.kind == "mirrored_alibi"
     assert get_registry() is registry  # loaded once
 
 
 def test_plugins_load_lazily_not_on_import():
-    code = "import composer, composer.registry as r; assert r._registry is None; composer.get_registry(); " \
+    code = "import archcomposer, archcomposer.registry as r; assert r._registry is None; archcomposer.get_registry(); " \
            "assert r._registry is not None; print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -130,10 +130,10 @@ def test_a_spawned_process_loads_plugins_itself(autoload, tmp_path):
     make_dist(tmp_path, "acme-blocks", "acme_blocks", BLOCK_PLUGIN)
     autoload.syspath_prepend(str(tmp_path))  # spawn hands sys.path to the child
     autoload.setenv("OMP_NUM_THREADS", "1")
-    spec = composer.load_spec(glm_with(position={"kind": "mirrored_alibi"}))
+    spec = archcomposer.load_spec(glm_with(position={"kind": "mirrored_alibi"}))
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        theirs = pool.submit(composer.build_model, spec, seed=3).result()
-    ours = composer.build_model(spec, seed=3)
+        theirs = pool.submit(archcomposer.build_model, spec, seed=3).result()
+    ours = archcomposer.build_model(spec, seed=3)
     assert theirs.spec == spec and type(theirs.spec) is type(spec)
     ids = torch.tensor([[5, 6, 7, 8]])
     torch.testing.assert_close(theirs(ids).logits, ours(ids).logits, atol=0, rtol=0)
@@ -174,21 +174,21 @@ def test_register_blocks_adds_a_kind_to_yaml_schema_and_errors(tmp_path):
     path.write_text(Path(registry.specs["tiny-glm-4"][0]).read_text().replace("kind: partial_rope, theta: 10000.0, "
                     "fraction: 0.5, interleaved: true", "kind: mirrored_alibi"))
     with pytest.raises(SpecError, match="position.kind: Input tag 'mirrored_alibi' found using 'kind' does not match"):
-        composer.load_spec(path)
+        archcomposer.load_spec(path)
     name = registry.register(BlockPlugin())
     try:
         assert registry.plugins[name].registered == ["position:mirrored_alibi"]
         assert registry.plugins[name].source == "plugin 'BlockPlugin' (registered in-process)"
-        model = composer.build_model(path, seed=0)
+        model = archcomposer.build_model(path, seed=0)
         assert isinstance(model.spec.position, MirroredAlibi)
         assert "mirrored_alibi" in json.dumps(registry.spec_class().model_json_schema())
         with pytest.raises(SpecError, match=r"'partial_rope', 'alibi', 'bucket_bias', 'mirrored_alibi'"):
-            composer.load_spec(glm_with(position={"kind": "mirrored_alibbi"}))
+            archcomposer.load_spec(glm_with(position={"kind": "mirrored_alibbi"}))
     finally:
         registry.unregister(name)
     assert "mirrored_alibi" not in registry.kinds["position"] and name not in registry.plugins
     with pytest.raises(SpecError, match="does not match"):
-        composer.load_spec(path)
+        archcomposer.load_spec(path)
 
 
 class ScaleSpec(Strict):
@@ -237,21 +237,21 @@ class SectionPlugin:
 
 def test_register_sections_adds_an_optional_section_that_blocks_read():
     registry = get_registry()
-    with composer.testing.registered(SectionPlugin()) as name:
+    with archcomposer.testing.registered(SectionPlugin()) as name:
         assert registry.plugins[name].registered == ["section:scale", "scale:constant", "mlp:scaled_gated"]
-        assert composer.load_spec("tiny-glm-4").scale is None
+        assert archcomposer.load_spec("tiny-glm-4").scale is None
         spec = glm_with(mlp={**glm_with()["mlp"], "kind": "scaled_gated"}, scale={"kind": "constant", "value": 2.0})
         ids = torch.tensor([[5, 6, 7]])
-        doubled, plain = composer.build_model(spec, seed=0), composer.build_model({**spec, "scale": None}, seed=0)
+        doubled, plain = archcomposer.build_model(spec, seed=0), archcomposer.build_model({**spec, "scale": None}, seed=0)
         assert not torch.equal(doubled(ids).logits, plain(ids).logits)
         assert "scale" in registry.spec_class().model_json_schema()["properties"]
         with pytest.raises(SpecError, match="scale is set but mlp.kind is 'gated'; it needs 'scaled_gated'"):
-            composer.load_spec(glm_with(scale={"kind": "constant"}))
+            archcomposer.load_spec(glm_with(scale={"kind": "constant"}))
         with pytest.raises(SpecError, match=r"scale.kind: Input should be 'constant' \(got 'constnat'\)"):
-            composer.load_spec({**spec, "scale": {"kind": "constnat"}})
+            archcomposer.load_spec({**spec, "scale": {"kind": "constnat"}})
     assert "scale" not in registry.sections
     with pytest.raises(SpecError, match="scale: Extra inputs are not permitted"):
-        composer.load_spec({**spec, "mlp": glm_with()["mlp"]})
+        archcomposer.load_spec({**spec, "mlp": glm_with()["mlp"]})
 
 
 @pytest.mark.parametrize(("name", "message"), [
@@ -278,10 +278,10 @@ def test_register_families_makes_a_family_name_valid():
 
     registry = get_registry()
     with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cpm-ant, glm-4"):
-        composer.load_spec(glm_with(family="acme"))
-    with composer.testing.registered(Plugin(), "acme"):
+        archcomposer.load_spec(glm_with(family="acme"))
+    with archcomposer.testing.registered(Plugin(), "acme"):
         assert registry.families["acme"][1] == "plugin 'acme' (registered in-process)"
-        assert composer.load_spec(glm_with(family="acme")).family == "acme"
+        assert archcomposer.load_spec(glm_with(family="acme")).family == "acme"
     assert "acme" not in registry.families
 
 
@@ -294,11 +294,11 @@ def test_register_specs_ships_a_spec_by_name(tmp_path):
         def register_specs(self, register):
             register("acme-1.0", path)
 
-    with composer.testing.registered(Plugin()):
-        assert composer.build_model("acme-1.0", device="meta").spec.name == "acme-1"
+    with archcomposer.testing.registered(Plugin()):
+        assert archcomposer.build_model("acme-1.0", device="meta").spec.name == "acme-1"
         assert main(["summary", "acme-1.0"]) == 0
-    with pytest.raises(composer.ComposerError, match="acme-1.0: no such spec file"):
-        composer.load_spec("acme-1.0")
+    with pytest.raises(archcomposer.ComposerError, match="acme-1.0: no such spec file"):
+        archcomposer.load_spec("acme-1.0")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def test_a_hook_with_a_wrong_argument_is_refused():
 
 @pytest.mark.parametrize(("section", "cls", "message"), [
     ("positon", MirroredAlibi, "section 'positon', which does not exist; sections are"),
-    ("norm", MirroredAlibi, "for section 'norm'; it must subclass composer.spec.NormSpec"),
+    ("norm", MirroredAlibi, "for section 'norm'; it must subclass archcomposer.spec.NormSpec"),
     ("position", AlibiSpec.__base__, "without a `kind: Literal"),
 ])
 def test_a_bad_block_registration_says_what_is_wrong(section, cls, message):
@@ -344,22 +344,22 @@ def test_a_bad_block_registration_says_what_is_wrong(section, cls, message):
 def test_broken_plugins_are_skipped_with_a_warning_naming_their_distribution(autoload, tmp_path):
     make_dist(tmp_path, "broken-import", "broken_import", "raise ImportError('no module named acme_core')")
     make_dist(tmp_path, "broken-hook", "broken_hook", """
-        from composer import hookimpl
+        from archcomposer import hookimpl
 
         @hookimpl
         def register_families(register):
             raise RuntimeError("database unreachable")
     """)
     make_dist(tmp_path, "broken-spelling", "broken_spelling", """
-        from composer import hookimpl
+        from archcomposer import hookimpl
 
         @hookimpl
         def register_familes(register):
             pass
     """)
     make_dist(tmp_path, "broken-registration", "broken_registration", """
-        from composer import hookimpl
-        from composer.spec import AlibiSpec
+        from archcomposer import hookimpl
+        from archcomposer.spec import AlibiSpec
         from typing import Literal
 
         class Mine(AlibiSpec):
@@ -389,7 +389,7 @@ def test_broken_plugins_are_skipped_with_a_warning_naming_their_distribution(aut
            "'/nonexistent/mine.yaml', which is not a file" in messages
     assert "mine" not in registry.kinds["position"] and "mine" not in registry.specs  # withdrawn
     assert {"acme", *BUILTIN_FAMILIES.values()} <= set(registry.families)
-    assert composer.build_model("tiny-glm-4", seed=0) is not None
+    assert archcomposer.build_model("tiny-glm-4", seed=0) is not None
     for name in ("broken_import", "broken_hook", "broken_spelling", "broken_registration"):
         assert registry.plugins[name].error and registry.plugins[name].registered == []
         assert not registry.pm.has_plugin(name)
@@ -406,8 +406,8 @@ def test_two_plugins_claiming_one_family_is_an_error_naming_both(autoload, tmp_p
 
 def test_a_plugin_claiming_a_core_kind_is_an_error_naming_both(autoload, tmp_path):
     make_dist(tmp_path, "acme-rope", "acme_rope", """
-        from composer import hookimpl
-        from composer.spec import RopeSpec
+        from archcomposer import hookimpl
+        from archcomposer.spec import RopeSpec
 
         @hookimpl
         def register_blocks(register):
@@ -458,7 +458,7 @@ def test_archcomposer_plugins_limits_loading_to_the_named_plugins(autoload, tmp_
     with pytest.warns(RuntimeWarning, match=r"ARCHCOMPOSER_PLUGINS names \['acme-nothing'\], which no installed"):
         families = set(get_registry().families)
     assert families == {"one", *BUILTIN_FAMILIES.values()}
-    autoload.setattr(composer.registry, "_registry", None)
+    autoload.setattr(archcomposer.registry, "_registry", None)
     autoload.setenv("ARCHCOMPOSER_PLUGINS", "acme-two")  # a distribution name
     assert set(get_registry().families) == {"two", *BUILTIN_FAMILIES.values()}
 
@@ -471,7 +471,7 @@ def test_in_process_register_then_unregister_in_finally():
         with pytest.raises(RegistryError, match="plugin name 'mirror' is already registered, by plugin 'mirror' "
                                                 "\\(registered in-process\\)"):
             registry.register(BlockPlugin(), "mirror")
-        assert composer.load_spec(glm_with(position={"kind": "mirrored_alibi"})).position.kind == "mirrored_alibi"
+        assert archcomposer.load_spec(glm_with(position={"kind": "mirrored_alibi"})).position.kind == "mirrored_alibi"
     finally:
         registry.unregister(plugin)
     assert name not in registry.plugins and not registry.pm.has_plugin(name)
@@ -499,10 +499,10 @@ def test_a_hook_that_raises_in_process_raises_and_leaves_nothing_behind():
 def test_specs_pickle_as_data_and_validate_again():
     import pickle
 
-    with composer.testing.registered(BlockPlugin()):
-        spec = composer.load_spec(glm_with(position={"kind": "mirrored_alibi"}))
+    with archcomposer.testing.registered(BlockPlugin()):
+        spec = archcomposer.load_spec(glm_with(position={"kind": "mirrored_alibi"}))
         assert pickle.loads(pickle.dumps(spec)) == spec
-        data = pickle.dumps(composer.build_model(spec, seed=0))
+        data = pickle.dumps(archcomposer.build_model(spec, seed=0))
     with pytest.raises(SpecError, match="mirrored_alibi"):  # the kind is gone: unpickling says so
         pickle.loads(data)
 
@@ -521,7 +521,7 @@ def test_plugins_command_lists_distribution_version_and_registrations(capsys, au
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["plugin", "distribution", "version", "registers"]
     rows = {line.split()[0]: line.split(maxsplit=3)[1:] for line in lines[1:]}
-    assert rows["glm"] == ["archcomposer", composer.__version__, "family:glm-4"]
+    assert rows["glm"] == ["archcomposer", archcomposer.__version__, "family:glm-4"]
     assert rows["acme"] == ["acme-blocks", "2.3", "position:mirrored_alibi"]
     assert rows["broken_import"] == ["broken-import", "1.0", "SKIPPED: it failed to load: ImportError: no acme_core"]
     assert main(["plugins", "--json"]) == 0
@@ -532,7 +532,7 @@ def test_plugins_command_lists_distribution_version_and_registrations(capsys, au
 
 def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
     registry = get_registry()
-    with composer.testing.registered(SectionPlugin(), "scaling"):
+    with archcomposer.testing.registered(SectionPlugin(), "scaling"):
         assert main(["blocks", "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)
         assert {(b["section"], b["kind"]) for b in listed} == {
@@ -560,12 +560,12 @@ def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
 
 def test_a_plugin_that_uses_the_registry_while_loading_is_skipped(autoload, tmp_path):
     make_dist(tmp_path, "acme-eager", "acme_eager", """
-        import composer
-        from composer import hookimpl
+        import archcomposer
+        from archcomposer import hookimpl
 
         @hookimpl
         def register_specs(register):
-            composer.load_spec("tiny-glm-4")
+            archcomposer.load_spec("tiny-glm-4")
     """)
     autoload.syspath_prepend(str(tmp_path))
     with pytest.warns(RuntimeWarning, match=r"'acme-eager' 1.0\) is skipped: it raised in register_specs: "

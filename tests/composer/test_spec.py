@@ -12,8 +12,8 @@ import pytest
 import yaml
 from hypothesis import given
 
-from composer import RegistryError, SpecError, build_model, get_registry, load_spec
-from composer.spec import BUILTIN_KINDS
+from archcomposer import RegistryError, SpecError, build_model, get_registry, load_spec
+from archcomposer.spec import BUILTIN_KINDS
 from tests.strategies import HEADS, KINDS, spec_dicts
 
 BASE = {

@@ -6,9 +6,9 @@ import importlib.resources
 import pytest
 import torch
 
-from composer import build_model, get_registry, load_spec
+from archcomposer import build_model, get_registry, load_spec
 
-SPEC_DIR = importlib.resources.files("composer.specs")
+SPEC_DIR = importlib.resources.files("archcomposer.specs")
 SPEC_FILES = sorted(p.name for p in SPEC_DIR.iterdir() if p.name.endswith(".yaml"))
 TINY = [name[: -len(".yaml")] for name in SPEC_FILES if name.startswith("tiny-")]
 

@@ -1,4 +1,4 @@
-"""The plugin test kit, ``composer.testing``: its checks pass on every shipped tiny spec and
+"""The plugin test kit, ``archcomposer.testing``: its checks pass on every shipped tiny spec and
 every head, catch a block that breaks the cache or a head that breaks the output contract, and
 ``spec_strategy`` varies a base spec as documented."""
 
@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import composer
-from composer import SpecError, hookimpl
-from composer.blocks.heads import CausalLMHead
-from composer.spec import CausalLMHeadSpec, RopeSpec
-from composer.testing import check_cache_equivalence, check_output_contract, registered, spec_strategy
+import archcomposer
+from archcomposer import SpecError, hookimpl
+from archcomposer.blocks.heads import CausalLMHead
+from archcomposer.spec import CausalLMHeadSpec, RopeSpec
+from archcomposer.testing import check_cache_equivalence, check_output_contract, registered, spec_strategy
 
 TINY = ["tiny-bloom", "tiny-cpm-ant", "tiny-glm-4", "tiny-seed-oss"]
 ALL_HEADS = [{"kind": "causal_lm"}, {"kind": "sequence_classification", "num_labels": 3},
@@ -24,7 +24,7 @@ ALL_HEADS = [{"kind": "causal_lm"}, {"kind": "sequence_classification", "num_lab
 
 
 def with_heads(name: str, heads: list[dict]) -> dict:
-    return {**composer.load_spec(name).to_dict(), "heads": heads}
+    return {**archcomposer.load_spec(name).to_dict(), "heads": heads}
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -41,7 +41,7 @@ def test_the_checks_cover_every_head_and_the_bare_model(heads):
 
 
 def test_the_checks_take_a_built_model_and_leave_its_mode_alone():
-    model = composer.build_model("tiny-seed-oss", seed=1).train()
+    model = archcomposer.build_model("tiny-seed-oss", seed=1).train()
     check_cache_equivalence(model, batch_size=1, prompt_length=1, new_tokens=1)
     check_output_contract(model, batch_size=1, seq_len=3)
     assert model.training
@@ -99,7 +99,7 @@ class BrokenBlocks:
 
 def test_cache_equivalence_catches_a_block_that_breaks_decoding():
     with registered(BrokenBlocks()):
-        spec = {**composer.load_spec("tiny-seed-oss").to_dict(), "position": {"kind": "step_rope"}}
+        spec = {**archcomposer.load_spec("tiny-seed-oss").to_dict(), "position": {"kind": "step_rope"}}
         check_output_contract(spec)  # one forward is fine
         with pytest.raises(AssertionError, match=r"tiny-seed-oss: dynamic cache, tokens 4:5 \(prefill 4\): final "
                                                  r"hidden states differ from one forward over all tokens"):
@@ -116,7 +116,7 @@ def test_output_contract_catches_a_head_that_drops_the_loss():
 
 
 def test_output_contract_catches_a_return_dict_false_that_is_not_to_tuple(monkeypatch):
-    model = composer.build_model("tiny-glm-4", seed=0)
+    model = archcomposer.build_model("tiny-glm-4", seed=0)
     forward = type(model).forward
 
     def forward_dropping_the_last_field(self, *args, **kwargs):
@@ -161,14 +161,14 @@ def test_spec_strategy_draws_that_do_not_validate_say_why():
 
 
 def test_spec_strategy_fails_at_once_for_a_bad_base():
-    with pytest.raises(composer.RegistryError, match="no shipped spec named 'tiny-glm-5'"):
+    with pytest.raises(archcomposer.RegistryError, match="no shipped spec named 'tiny-glm-5'"):
         spec_strategy("tiny-glm-5")
     with pytest.raises(SpecError, match="vocab_size"):
-        spec_strategy({**composer.load_spec("tiny-glm-4").to_dict(), "vocab_size": 0})
+        spec_strategy({**archcomposer.load_spec("tiny-glm-4").to_dict(), "vocab_size": 0})
 
 
 def test_registered_unregisters_when_the_block_raises():
-    registry = composer.get_registry()
+    registry = archcomposer.get_registry()
     with pytest.raises(RuntimeError, match="boom"), registered(BrokenBlocks(), "broken"):
         assert "step_rope" in registry.kinds["position"]
         raise RuntimeError("boom")

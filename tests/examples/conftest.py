@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-import composer
-from composer.testing import registered
+import archcomposer
+from archcomposer.testing import registered
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "archcomposer-llama"
 
@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "archcomposer-llama
 def llama_plugin():
     """The example plugin, registered in this process from its source tree (unless it is
     installed and already loaded through its entry point)."""
-    if "llama" in composer.get_registry().families:
+    if "llama" in archcomposer.get_registry().families:
         yield
         return
     sys.path.insert(0, str(EXAMPLE / "src"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-import composer
+import archcomposer
 from tests.plugins.parity import Inputs, build_reference, check_parity, report
 
 FAMILY = "llama"
@@ -57,9 +57,9 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
 def test_the_scaled_frequencies_matter():
     """Positions beyond original_max_positions rotate differently under llama3 scaling than under
     plain RoPE (so the parity above tests the scaling, not just RoPE)."""
-    spec = composer.load_spec("tiny-llama").to_dict()
-    scaled = composer.build_model(spec, seed=0)
-    plain = composer.build_model({**spec, "position": {"kind": "rope", "theta": spec["position"]["theta"]}}, seed=0)
+    spec = archcomposer.load_spec("tiny-llama").to_dict()
+    scaled = archcomposer.build_model(spec, seed=0)
+    plain = archcomposer.build_model({**spec, "position": {"kind": "rope", "theta": spec["position"]["theta"]}}, seed=0)
     ids = torch.randint(3, 256, (1, 80), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (scaled(ids).logits - plain(ids).logits).abs().max() > 1e-3
@@ -68,14 +68,14 @@ def test_the_scaled_frequencies_matter():
 def test_unsupported_rope_type_is_a_clear_error(tmp_path):
     build_reference("LlamaForCausalLM", config(rope_parameters={"rope_type": "linear", "rope_theta": 500.0,
                                                                  "factor": 2.0})).save_pretrained(tmp_path)
-    with pytest.raises(composer.CheckpointError, match="rope_type = 'linear' is not supported by the llama family "
+    with pytest.raises(archcomposer.CheckpointError, match="rope_type = 'linear' is not supported by the llama family "
                                                        r"\(only 'default' and 'llama3'\)"):
-        composer.from_pretrained(tmp_path)
+        archcomposer.from_pretrained(tmp_path)
 
 
 def test_sliding_window_export_is_refused_naming_the_field(tmp_path):
-    model = composer.build_model("tiny-llama-swa", seed=0)
-    with pytest.raises(composer.CheckpointError, match="attention.kind = 'sliding_window' has no equivalent in "
+    model = archcomposer.build_model("tiny-llama-swa", seed=0)
+    with pytest.raises(archcomposer.CheckpointError, match="attention.kind = 'sliding_window' has no equivalent in "
                                                        "Hugging Face Llama, which needs 'gqa'"):
         model.save_pretrained(tmp_path / "hf", format="hf")
 
@@ -93,10 +93,10 @@ def test_sliding_window_matches_mistral(tmp_path, window):
     text = (tmp_path / "config.json").read_text()
     (tmp_path / "config.json").write_text(text.replace('"mistral"', '"llama"').replace("MistralForCausalLM",
                                                                                         "LlamaForCausalLM"))
-    full = composer.from_pretrained(tmp_path)
+    full = archcomposer.from_pretrained(tmp_path)
     spec = full.spec.to_dict()
     windowed = {**spec["attention"], "kind": "sliding_window", "window": window}
-    ours = composer.build_model({**spec, "attention": windowed})
+    ours = archcomposer.build_model({**spec, "attention": windowed})
     ours.load_state_dict(full.state_dict())
     ids = INPUTS.single  # [1, 9]
     with torch.no_grad():

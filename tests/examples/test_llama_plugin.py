@@ -39,16 +39,16 @@ heads:
 
 SCRIPT = """\
 import json, sys
-import composer
-from composer.testing import check_cache_equivalence, check_output_contract
+import archcomposer
+from archcomposer.testing import check_cache_equivalence, check_output_contract
 
-assert "archcomposer_llama" not in sys.modules  # importing composer loads no plugin
-model = composer.build_model(sys.argv[1], seed=0)
+assert "archcomposer_llama" not in sys.modules  # importing archcomposer loads no plugin
+model = archcomposer.build_model(sys.argv[1], seed=0)
 check_cache_equivalence(model)
 check_output_contract(model)
 check_cache_equivalence("tiny-llama-swa")
 import archcomposer_llama
-info = composer.get_registry().plugins["llama"]
+info = archcomposer.get_registry().plugins["llama"]
 print(json.dumps({"file": archcomposer_llama.__file__, "distribution": info.distribution, "version": info.version,
                   "registered": info.registered, "attention": type(model.layers[0].attention).__name__,
                   "position": type(model.position).__name__, "family": model.spec.family}))
@@ -95,19 +95,19 @@ def test_installed_plugin_builds_a_user_spec_and_passes_the_test_kit(venv, tmp_p
 
 
 def test_commands_list_the_plugin_and_its_blocks_and_the_env_var_hides_it(venv, tmp_path):
-    listed = run(venv, "-m", "composer", "plugins", "--json")
+    listed = run(venv, "-m", "archcomposer", "plugins", "--json")
     assert listed.returncode == 0, listed.stderr
     plugins = {p["name"]: p for p in json.loads(listed.stdout)}
     assert plugins["llama"]["distribution"] == "archcomposer-llama" and plugins["llama"]["error"] is None
     assert plugins["glm"]["distribution"] == "archcomposer"
 
-    blocks = run(venv, "-m", "composer", "blocks", "attention")
+    blocks = run(venv, "-m", "archcomposer", "blocks", "attention")
     assert blocks.returncode == 0, blocks.stderr
     assert "  sliding_window  [plugin 'llama' (distribution 'archcomposer-llama' 0.1.0)]" in blocks.stdout
     assert "      window        int (> 0)               = 4096" in blocks.stdout
 
     (tmp_path / "my-llama.yaml").write_text(USER_SPEC)
-    hidden = run(venv, "-m", "composer", "validate", str(tmp_path / "my-llama.yaml"),
+    hidden = run(venv, "-m", "archcomposer", "validate", str(tmp_path / "my-llama.yaml"),
                  ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD="1")
     assert hidden.returncode == 2
     assert "position.kind: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" \
@@ -123,7 +123,7 @@ def test_the_plugins_own_test_suite_passes_where_it_is_installed(venv):
 
 
 def test_the_core_never_imports_the_example():
-    for path in [path for folder in ("composer", "blocks", "plugins") for path in (ROOT / folder).rglob("*.py")]:
+    for path in [path for folder in ("archcomposer", "blocks", "plugins") for path in (ROOT / folder).rglob("*.py")]:
         assert "archcomposer_llama" not in path.read_text(), path
     assert "archcomposer-llama" not in (ROOT / "pyproject.toml").read_text()
 

@@ -1,7 +1,7 @@
 """The parity check shared by the family tests: transformers is the oracle.
 
 ``check_parity`` builds a tiny random transformers model, saves it, loads it with
-``composer.from_pretrained`` and compares, in fp32: the head's outputs for one sequence and for a
+``archcomposer.from_pretrained`` and compares, in fp32: the head's outputs for one sequence and for a
 left-padded batch, every hidden state and attention map, the loss, greedy generation (causal
 LM), and the logits (and greedy tokens) of transformers reloading our Hugging Face export. The
 largest difference per family is recorded in ``LARGEST`` and printed at the end of each test
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import transformers
 
-import composer
+import archcomposer
 
 transformers.utils.logging.disable_progress_bar()
 TOLERANCE = 1e-4  # max abs difference, fp32
@@ -98,7 +98,7 @@ def check_parity(tmp_path, *, family: str, architecture: str, config, head: str 
     padding from token id 0)."""
     reference = build_reference(architecture, config)
     reference.save_pretrained(tmp_path / "hf")
-    ours = composer.from_pretrained(tmp_path / "hf")
+    ours = archcomposer.from_pretrained(tmp_path / "hf")
     assert ours.spec.family == family
     assert [h.kind for h in ours.spec.heads] == ([head] if head else [])
     batch_kwargs = hf_kwargs_for_batch(inputs) if hf_kwargs_for_batch else {}

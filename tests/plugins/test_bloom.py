@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from composer import CheckpointError, build_model, from_pretrained
+from archcomposer import CheckpointError, build_model, from_pretrained
 from tests.plugins.parity import Inputs, build_reference, check_parity, report
 
 FAMILY = "bloom"
@@ -73,7 +73,7 @@ def test_checkpoint_saved_from_the_bare_model_loads_into_the_lm(tmp_path):
 
 
 def test_shipped_spec_is_what_the_published_config_translates_to():
-    from composer.plugins.bloom import FAMILY as family
+    from archcomposer.plugins.bloom import FAMILY as family
 
     published = transformers.BloomConfig(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16,
                                          pad_token_id=3).to_dict()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from composer import CheckpointError, build_model, from_pretrained
+from archcomposer import CheckpointError, build_model, from_pretrained
 from tests.plugins.parity import Inputs, check_parity, report
 
 FAMILY = "cpm-ant"
@@ -64,7 +64,7 @@ def test_bias_table_keeps_position_buckets_first(tmp_path):
 
 
 def test_shipped_spec_is_what_the_default_config_translates_to():
-    from composer.plugins.cpmant import FAMILY as family
+    from archcomposer.plugins.cpmant import FAMILY as family
 
     data = family.spec_from_hf_config(transformers.CpmAntConfig().to_dict(), "CpmAntForCausalLM")
     data["name"], data["family"] = "cpm-ant-10b", "cpm-ant"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from composer import CheckpointError, build_model, from_pretrained
+from archcomposer import CheckpointError, build_model, from_pretrained
 from tests.plugins.parity import Inputs, build_reference, check_parity, report
 
 FAMILY = "glm-4"
@@ -69,7 +69,7 @@ def test_sharded_transformers_checkpoint_loads(tmp_path):
 
 
 def test_shipped_spec_is_what_the_default_config_translates_to():
-    from composer.plugins.glm import FAMILY as family
+    from archcomposer.plugins.glm import FAMILY as family
 
     data = family.spec_from_hf_config(transformers.GlmConfig().to_dict(), "GlmForCausalLM")
     data["name"], data["family"] = "glm-4-9b", "glm-4"

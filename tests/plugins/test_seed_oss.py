@@ -4,7 +4,7 @@ the width, attention_out_bias and mlp_bias on, tied and untied LM heads."""
 import pytest
 import transformers
 
-from composer import CheckpointError, build_model, from_pretrained
+from archcomposer import CheckpointError, build_model, from_pretrained
 from tests.plugins.parity import Inputs, check_parity, report
 
 FAMILY = "seed-oss"
@@ -72,7 +72,7 @@ def test_fused_projections_export_as_separate_tensors(tmp_path):
 
 
 def test_shipped_spec_is_what_the_published_config_translates_to():
-    from composer.plugins.seed_oss import FAMILY as family
+    from archcomposer.plugins.seed_oss import FAMILY as family
 
     published = transformers.SeedOssConfig(hidden_size=5120, rope_parameters={"rope_theta": 1e7}).to_dict()
     data = family.spec_from_hf_config(published, "SeedOssForCausalLM")

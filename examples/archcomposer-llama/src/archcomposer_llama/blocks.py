@@ -5,8 +5,8 @@ import math
 
 import torch
 
-from composer.blocks.attention import Attention
-from composer.blocks.position import Rotary
+from archcomposer.blocks.attention import Attention
+from archcomposer.blocks.position import Rotary
 
 
 def llama3_inv_freq(*, head_dim: int, theta: float, factor: float, low_freq_factor: float,

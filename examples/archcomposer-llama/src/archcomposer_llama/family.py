@@ -3,10 +3,10 @@
 Hugging Face Llama keeps separate q/k/v/o and gate/up/down projections under ``model.``
 (``transformer.`` for the QA head); one ``attention_bias`` flag covers q, k, v and o. Its RoPE is
 ``rope_type: default`` (our ``rope``) or ``llama3`` (this plugin's ``llama3_rope``). Follows
-``composer.plugins.seed_oss``."""
+``archcomposer.plugins.seed_oss``."""
 
-from composer import CheckpointError, Family, TensorMap
-from composer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
+from archcomposer import CheckpointError, Family, TensorMap
+from archcomposer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
                                  hf_head_config, llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Llama"

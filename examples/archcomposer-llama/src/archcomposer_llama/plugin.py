@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from composer import hookimpl
+from archcomposer import hookimpl
 
 from archcomposer_llama.family import FAMILY
 from archcomposer_llama.spec import Llama3RopeSpec, SlidingWindowSpec

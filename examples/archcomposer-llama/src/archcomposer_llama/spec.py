@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from composer.spec import GQASpec, PositionSpec
+from archcomposer.spec import GQASpec, PositionSpec
 
 from archcomposer_llama import blocks
 
