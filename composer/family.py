@@ -2,8 +2,10 @@
 checkpoint import/export, its Hugging Face config and weight names).
 
 A family that reads and writes Hugging Face checkpoints sets the four ``hf_*`` fields below and
-nothing else; ``archcomposer.checkpoint`` does the file handling (safetensors, sharding, memory
-mapping, the error that lists missing/unexpected/mis-shaped tensors) for every family alike.
+nothing else; ``archcomposer.checkpoint`` does the loading and saving (with the error that lists
+missing/unexpected/mis-shaped tensors) and ``archcomposer.storage`` the file handling (safetensors,
+sharding, memory mapping) for every family alike; ``archcomposer.hf_mapping`` has helpers for the
+parts of the translation that families share.
 To add a family, copy one of the built-in plugin modules (``archcomposer.plugins.seed_oss`` is the
 plainest) and change its tables and three functions."""
 

@@ -5,7 +5,7 @@ Hugging Face BLOOM (``model_type: bloom``) stores the fused QKV projection per h
 rows are permuted both ways. The MLP is always 4x wide with biases; the GELU is the tanh one."""
 
 from archcomposer import Family, TensorMap, hookimpl
-from archcomposer.checkpoint import head_tensors, heads_from_hf, hf_head_config, require
+from archcomposer.hf_mapping import head_tensors, heads_from_hf, hf_head_config, require
 
 NAME = "BLOOM"
 

@@ -8,7 +8,7 @@ head is a separate matrix whose loss is not shifted. Its input embedding holds t
 and then every prompt row, as ours does."""
 
 from archcomposer import Family, TensorMap, hookimpl
-from archcomposer.checkpoint import heads_from_hf, hf_head_config, require
+from archcomposer.hf_mapping import heads_from_hf, hf_head_config, require
 
 NAME = "CPM-Ant"
 #: What Hugging Face CPM-Ant hard-codes.

@@ -5,8 +5,8 @@ as ``gate_up_proj`` (rows ``[gate | up]``, as ours), no output or MLP bias, and 
 fraction of each head in ``rope_parameters.partial_rotary_factor`` (default 0.5)."""
 
 from archcomposer import CheckpointError, Family, TensorMap, hookimpl
-from archcomposer.checkpoint import (activation_from_hf, fused_or_split, head_tensors, heads_from_hf, hf_head_config,
-                                 llama_layout_config, require)
+from archcomposer.hf_mapping import (activation_from_hf, fused_or_split, head_tensors, heads_from_hf, hf_head_config,
+                                     llama_layout_config, require)
 
 NAME = "GLM"
 

@@ -5,8 +5,8 @@ gate/up/down projections under ``model.`` (``transformer.`` for the QA head). Th
 plainest family to copy for a new Llama-style one."""
 
 from archcomposer import CheckpointError, Family, TensorMap, hookimpl
-from archcomposer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
-                                 hf_head_config, llama_layout_config, llama_layout_tensors, require)
+from archcomposer.hf_mapping import (activation_from_hf, head_tensors, heads_from_hf, hf_head_config,
+                                     llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Seed-OSS"
 

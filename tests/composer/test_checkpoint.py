@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import archcomposer.checkpoint as checkpoint
+import archcomposer.storage as storage
 from archcomposer import CheckpointError, build_model, from_pretrained
 
 TINY = ["tiny-bloom", "tiny-glm-4", "tiny-seed-oss", "tiny-cpm-ant"]
@@ -101,7 +101,7 @@ def failing_save_file(after: int):
 
 def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
     model = build_model("tiny-glm-4", seed=0)
-    monkeypatch.setattr(checkpoint, "save_file", failing_save_file(after=1))
+    monkeypatch.setattr(storage, "save_file", failing_save_file(after=1))
     with pytest.raises(OSError, match="simulated"):
         model.save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
     assert os.listdir(tmp_path) == []
@@ -113,7 +113,7 @@ def test_interrupted_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
     (target / "tokenizer.json").write_text("{}")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     new = build_model("tiny-glm-4", seed=1)
-    monkeypatch.setattr(checkpoint, "save_file", failing_save_file(after=2))
+    monkeypatch.setattr(storage, "save_file", failing_save_file(after=2))
     with pytest.raises(OSError, match="simulated"):
         new.save_pretrained(target, max_shard_size="40KB")
     assert os.listdir(tmp_path) == ["ckpt"]  # no temporary directory left beside it

@@ -6,8 +6,8 @@ Hugging Face Llama keeps separate q/k/v/o and gate/up/down projections under ``m
 ``archcomposer.plugins.seed_oss``."""
 
 from archcomposer import CheckpointError, Family, TensorMap
-from archcomposer.checkpoint import (activation_from_hf, head_tensors, heads_from_hf,
-                                 hf_head_config, llama_layout_config, llama_layout_tensors, require)
+from archcomposer.hf_mapping import (activation_from_hf, head_tensors, heads_from_hf, hf_head_config,
+                                     llama_layout_config, llama_layout_tensors, require)
 
 NAME = "Llama"
 
