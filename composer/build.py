@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from archcomposer.model import ComposedModel
+from archcomposer.spec import ModelSpecBase
 from archcomposer.specfile import SpecLike, load_spec
 
 
@@ -18,9 +19,11 @@ def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str
     same weights; without one, weights come from torch's global generator."""
     spec = load_spec(spec)
     device = torch.device(device) if device is not None else torch.device("cpu")
-    with torch.device(device):
-        model = ComposedModel(spec)
+    model = skeleton(spec)
     if device.type != "meta":
+        tied = tied_parameters(model)
+        model.to_empty(device=device)
+        retie(model, tied)
         generator = torch.Generator(device=device)
         generator.manual_seed(seed) if seed is not None else generator.seed()
         init_weights(model, std=spec.initializer_range, generator=generator)
@@ -29,13 +32,45 @@ def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str
     return model.eval()
 
 
+def skeleton(spec: ModelSpecBase) -> ComposedModel:
+    """The model with every parameter on the meta device: nothing allocated or initialised.
+    ``build_model`` materialises and initialises it; ``from_pretrained`` assigns a checkpoint's
+    tensors to it. So blocks hold no tensor state besides parameters: tables are computed in
+    ``forward`` (as ``Rotary`` and ``ALiBi`` do) or are parameters."""
+    with torch.device("meta"):
+        return ComposedModel(spec)
+
+
+def tied_parameters(model: nn.Module) -> dict[str, str]:
+    """Tied parameters: each second and later name of a shared parameter -> the first name."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def retie(model: nn.Module, aliases: dict[str, str]) -> None:
+    """Share parameters again after they were replaced (``to_empty``, ``load_state_dict(assign=True)``)."""
+    for alias, canonical in aliases.items():
+        owner, _, attr = alias.rpartition(".")
+        setattr(model.get_submodule(owner), attr, model.get_parameter(canonical))
+
+
 @torch.no_grad()
 def init_weights(model: nn.Module, *, std: float, generator: torch.Generator | None = None) -> None:
     """Normal(0, std) for projections and embeddings, zero biases, unit norm scales. A block with
-    parameters of its own kind (a bias table, say) initialises them in an ``init_weights(std,
-    generator)`` method, which is called instead."""
-    for module in model.modules():
-        if hasattr(module, "init_weights") and module is not model:
+    parameters of another kind (a bias table, a scalar) initialises them itself, in an
+    ``init_weights(std, generator)`` method or PyTorch's ``reset_parameters()``; a parameter that
+    nothing initialises is an error, since the model is built on the meta device and it would
+    hold whatever memory it was given."""
+    for name, module in model.named_modules():
+        if module is model or not module._parameters:
+            continue
+        if hasattr(module, "init_weights"):
             module.init_weights(std, generator)
         elif isinstance(module, (nn.Linear, nn.Embedding)):
             module.weight.normal_(0.0, std, generator=generator)
@@ -45,3 +80,9 @@ def init_weights(model: nn.Module, *, std: float, generator: torch.Generator | N
             module.weight.fill_(1.0)  # norms
             if getattr(module, "bias", None) is not None:
                 module.bias.zero_()
+        elif hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        else:
+            names = [f"{name}.{p}" for p in module._parameters]
+            raise TypeError(f"{type(module).__name__} ({name}) has parameters {names} that nothing initialises: "
+                            f"give the block an init_weights(std, generator) or reset_parameters() method")

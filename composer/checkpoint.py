@@ -14,15 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import torch
 import yaml
 from torch import nn
 
+from archcomposer.build import retie, skeleton, tied_parameters
 from archcomposer.errors import CheckpointError, SpecError
 from archcomposer.family import Family, TensorMap
 from archcomposer.model import ComposedModel
@@ -66,7 +65,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
     if ours:
         spec = load_spec(directory / SPEC_FILE)
-        maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(_skeleton(spec))]
+        maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(skeleton(spec))]
         describe = "archcomposer checkpoint"
     else:
         spec, maps, describe = _read_hf_config(directory)
@@ -113,9 +112,9 @@ def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], st
 
 
 def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedModel:
-    model = _skeleton(spec)
+    model = skeleton(spec)
     expected = _own_tensors(model)
-    aliases = _aliases(model)
+    aliases = tied_parameters(model)
     maps = _without_absent_prefixes(maps, files)
     _check(spec, maps, expected, files, describe)
     total = sum(files.nbytes(name) for m in maps for name in m.theirs)
@@ -134,8 +133,10 @@ def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedMo
         bar.advance(sum(files.nbytes(name) for name in m.theirs))
     bar.close()
     model.load_state_dict(state, strict=False, assign=True)
-    for alias, canonical in aliases.items():
-        _set_tensor(model, alias, model.get_parameter(canonical))
+    retie(model, aliases)
+    left = [name for name, t in chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    if left:  # a block that keeps a tensor outside its parameters (see build.skeleton)
+        raise CheckpointError(f"the model of spec {spec.name!r} has tensors no checkpoint fills: {left}")
     if device is not None:
         model.to(device)  # the buffers
     return model.eval()
@@ -196,56 +197,10 @@ def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files
 # the model skeleton
 
 
-_meta_lock = threading.Lock()
-
-
-@contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Construct modules with their parameters on the meta device (never allocated nor
-    initialised for real) and their buffers computed as usual (prompt ids, tables). Other
-    threads constructing modules meanwhile are not affected."""
-    register = nn.Module.register_parameter
-    builder = threading.get_ident()
-
-    def register_on_meta(module, name, param):
-        if param is not None and param.device.type != "meta" and threading.get_ident() == builder:
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    with _meta_lock:
-        nn.Module.register_parameter = register_on_meta
-        try:
-            yield
-        finally:
-            nn.Module.register_parameter = register
-
-
-def _skeleton(spec: ModelSpecBase) -> ComposedModel:
-    with _parameters_on_meta():
-        return ComposedModel(spec)
-
-
-def _aliases(model: nn.Module) -> dict[str, str]:
-    """Tied parameters: each second and later name of a shared parameter -> the first name."""
-    first: dict[int, str] = {}
-    aliases = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            aliases[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return aliases
-
-
 def _own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint of this model holds: the persistent state, each tied tensor once."""
-    aliases = _aliases(model)
+    aliases = tied_parameters(model)
     return {name: t for name, t in model.state_dict(keep_vars=True).items() if name not in aliases}
-
-
-def _set_tensor(model: nn.Module, name: str, param: nn.Parameter) -> None:
-    owner, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(owner), attr, param)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if cache == "dynamic":
         kv = DynamicCache()
     elif cache == "static":
-        kv = StaticCache(max_length=model.prompt_length + S + max_new_tokens)
+        kv = StaticCache(max_length=model.num_prepended + S + max_new_tokens)
     else:
         raise InputError(f"cache must be 'dynamic' or 'static', got {cache!r}")
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None

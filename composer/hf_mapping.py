@@ -1,6 +1,7 @@
 """Helpers for family plugins: the parts of the Hugging Face translation that families share
-(activation names, task-head config fields and tensors, fused or split projections, the Llama
-checkpoint layout, ``require`` for export errors)."""
+(activation names, task-head config fields and tensors, which each head kind describes itself,
+fused or split projections, the Llama checkpoint layout, ``require`` and the shared structure
+checks for export errors)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 
 from archcomposer.errors import CheckpointError
 from archcomposer.family import TensorMap
-from archcomposer.spec import ModelSpecBase
+from archcomposer.registry import get_registry
+from archcomposer.spec import HeadSpec, ModelSpecBase
 
 
 def require(family: str, field: str, value: Any, expected: Any) -> None:
@@ -33,44 +35,40 @@ def activation_from_hf(config: dict[str, Any], key: str = "hidden_act", default:
     return HF_ACTIVATIONS[name]
 
 
-def heads_from_hf(config: dict[str, Any], kind: str | None, **causal_lm: Any) -> list[dict[str, Any]]:
+def _head_class(kind: str) -> type[HeadSpec]:
+    """The registered spec class of head ``kind``."""
+    return get_registry().kinds["head"][kind][0]
+
+
+def heads_from_hf(config: dict[str, Any], kind: str | None, **fields: Any) -> list[dict[str, Any]]:
     """The ``heads`` of a spec for the head kind of a Hugging Face architecture, read as
-    transformers' task heads read the config (``num_labels``/``id2label``, ``problem_type``,
-    ``classifier_dropout``); ``causal_lm`` adds fields to a causal-LM head."""
+    transformers' task heads read the config (each head kind's ``from_hf_config``: for the
+    built-in ones ``num_labels``/``id2label``, ``problem_type``, ``classifier_dropout``).
+    ``fields`` are head fields the family fixes (CPM-Ant's ``shift_labels=False``), set on the
+    head where its kind has them."""
     if kind is None:
         return []
-    if kind == "causal_lm":
-        return [{"kind": kind, **causal_lm}]
-    if kind == "question_answering":
-        return [{"kind": kind}]
-    num_labels = len(config["id2label"]) if config.get("id2label") else config.get("num_labels", 2)
-    if kind == "sequence_classification":
-        return [{"kind": kind, "num_labels": num_labels, "problem_type": config.get("problem_type")}]
-    dropout = next((config[k] for k in ("classifier_dropout", "hidden_dropout") if config.get(k) is not None), 0.1)
-    return [{"kind": kind, "num_labels": num_labels, "dropout": dropout}]
+    cls = _head_class(kind)
+    return [{"kind": kind, **cls.from_hf_config(config),
+             **{name: value for name, value in fields.items() if name in cls.model_fields}}]
 
 
-def hf_head_config(spec: ModelSpecBase, family: str, **causal_lm: Any) -> dict[str, Any]:
-    """The config.json fields for the spec's head, checking it matches transformers' task heads
-    (no bias on the LM and sequence-classification heads, a bias on the others); ``causal_lm``
-    gives the causal-LM head fields the family needs (default: ``shift_labels=True``)."""
+def hf_head_config(spec: ModelSpecBase, family: str, **fields: Any) -> dict[str, Any]:
+    """The config.json fields for the spec's head (its ``hf_config``), after checking it
+    matches transformers' task head: its ``bias`` is the kind's ``hf_bias``, and each of
+    ``fields`` (the head fields the family's transformers model fixes; default
+    ``shift_labels=True``, as transformers shifts LM labels) has that value, where the head's
+    kind has the field."""
     if not spec.heads:
         return {}
     head = spec.heads[0]
-    biases = {"causal_lm": False, "sequence_classification": False, "token_classification": True,
-              "question_answering": True}
-    require(family, "heads[0].bias", head.bias, biases[head.kind])
-    if head.kind == "causal_lm":
-        for field, expected in {"shift_labels": True, **causal_lm}.items():
+    names = type(head).model_fields
+    if "bias" in names:
+        require(family, "heads[0].bias", head.bias, head.hf_bias)
+    for field, expected in {"shift_labels": True, **fields}.items():
+        if field in names:
             require(family, f"heads[0].{field}", getattr(head, field), expected)
-        return {}
-    if head.kind == "question_answering":
-        return {}
-    labels = {"id2label": {str(i): f"LABEL_{i}" for i in range(head.num_labels)},
-              "label2id": {f"LABEL_{i}": i for i in range(head.num_labels)}}
-    if head.kind == "sequence_classification":
-        return {**labels, "problem_type": head.problem_type}
-    return {**labels, "classifier_dropout": head.dropout}
+    return head.hf_config()
 
 
 def fused_or_split(ours: str, fused: bool, param: str, theirs: dict[str, str], sizes: list[int]) -> list[TensorMap]:
@@ -85,14 +83,14 @@ def fused_or_split(ours: str, fused: bool, param: str, theirs: dict[str, str], s
 
 def head_tensors(spec: ModelSpecBase, names: dict[str, dict[str, str]]) -> list[TensorMap]:
     """Tensor maps for the spec's heads, from ``names``: head kind -> {our tensor under
-    ``heads.<kind>.`` -> theirs}. A bias is mapped only where the head has one, and a causal-LM
-    head tied to the embedding maps nothing (the embedding matrix is the head)."""
+    ``heads.<kind>.`` -> theirs}. A bias is mapped only where the head has one, and a head tied
+    to the embedding (``tied_to_embedding``) maps nothing (the embedding matrix is the head)."""
     maps = []
     for head in spec.heads:
-        if head.kind == "causal_lm" and spec.embedding.tied:
+        if head.tied_to_embedding(spec):
             continue
         maps += [TensorMap(f"heads.{head.kind}.{ours}", theirs) for ours, theirs in names[head.kind].items()
-                 if ours.endswith("weight") or head.bias]
+                 if ours.endswith("weight") or getattr(head, "bias", False)]
     return maps
 
 
@@ -124,20 +122,40 @@ def llama_layout_tensors(spec: ModelSpecBase, base: str) -> list[TensorMap]:
     return maps
 
 
+def require_same_layers(spec: ModelSpecBase, family: str) -> None:
+    """Refuse per-layer differences (``layers``): no Hugging Face family here expresses them."""
+    if spec.layers:
+        raise CheckpointError(f"layers: per-layer differences have no equivalent in Hugging Face {family}, "
+                              f"whose layers are all alike")
+
+
+def require_plain_trunk(spec: ModelSpecBase, family: str, *, embedding_norm: bool = False) -> None:
+    """Check the parts of the spec that Hugging Face families of the usual decoder share: a
+    ``tokens`` embedding, unscaled and without learned positions (normed only with
+    ``embedding_norm``), pre-norm layers with a final norm, and no per-layer differences. Each
+    family checks ``wiring.residual_from_norm`` and ``wiring.dropout`` itself."""
+    e = spec.embedding
+    require(family, "embedding.kind", e.kind, "tokens")
+    require(family, "embedding.norm", e.norm, embedding_norm)
+    require(family, "embedding.scale", e.scale, 1.0)
+    require(family, "embedding.learned_positions", e.learned_positions, None)
+    require(family, "wiring.kind", spec.wiring.kind, "pre_norm")
+    require(family, "final_norm", spec.final_norm, True)
+    require_same_layers(spec, family)
+
+
 def llama_layout_config(spec: ModelSpecBase, family: str) -> dict[str, Any]:
     """The ``config.json`` fields that families in the Llama layout (see ``llama_layout_tensors``)
-    share, after checking the spec has that layout's structure: RMSNorm, no embedding norm,
-    segments or prompt, causal GQA, a gated MLP and residuals from the layer input. The family adds
-    its ``model_type``, position, bias and dropout fields and the head fields."""
+    share, after checking the spec has that layout's structure: RMSNorm, a plain token embedding
+    (no norm, scale or learned positions), causal GQA, a gated MLP, pre-norm layers with
+    residuals from the layer input, a final norm, and every layer alike. The family adds its
+    ``model_type``, position, bias and dropout (``wiring.dropout``) fields and the head fields."""
     a = spec.attention
     require(family, "norm.kind", spec.norm.kind, "rmsnorm")
-    require(family, "embedding.norm", spec.embedding.norm, False)
-    require(family, "embedding.segments", spec.embedding.segments, None)
-    require(family, "embedding.prompt", spec.embedding.prompt, None)
+    require_plain_trunk(spec, family)
+    require(family, "wiring.residual_from_norm", spec.wiring.residual_from_norm, False)
     require(family, "attention.kind", a.kind, "gqa")
-    require(family, "attention.mask", a.mask, "causal")
     require(family, "mlp.kind", spec.mlp.kind, "gated")
-    require(family, "residual.from_norm", spec.residual.from_norm, False)
     return {
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden_size,

@@ -38,23 +38,25 @@ def register_sections(register: Callable[[str, type[BaseModel]], None]) -> None:
     ``archcomposer.spec.Strict``, give it ``kind: str`` and the interface its blocks share, usually an
     abstract ``build`` method). The spec then has an optional top-level field ``name`` (default
     None) holding one of the kinds registered for the section with ``register_blocks``; if it
-    defines ``check(spec)``, that runs on every validated spec, like the core sections' checks.
+    defines ``check(ctx)`` (``ctx`` an ``archcomposer.spec.BuildContext``), that runs on every
+    validated spec, like the core sections' checks.
 
     The core model does not wire a new section itself: the plugin's own blocks (whose ``build``
-    receives the whole spec) and families read it. ``name`` must be a Python identifier that is
-    not already a spec field or section; the core sections are ``position``, ``norm``,
-    ``attention``, ``mlp`` and ``head`` (the ``heads`` list)."""
+    receives the whole spec as ``ctx.spec``) and families read it. ``name`` must be a Python
+    identifier that is not already a spec field or section; the core sections are ``embedding``,
+    ``position``, ``norm``, ``attention``, ``mlp``, ``wiring`` and ``head`` (the ``heads`` list)."""
 
 
 @hookspec
 def register_blocks(register: Callable[[str, type[BaseModel]], None]) -> None:
     """Add block kinds: call ``register(section, spec_class)``.
 
-    ``section`` is a core section (``position``, ``norm``, ``attention``, ``mlp``, ``head``) or one
-    registered with ``register_sections``. ``spec_class`` is the kind's pydantic model: a subclass
-    of that section's base (``archcomposer.spec.PositionSpec``, ``NormSpec``, ``AttentionSpec``,
-    ``MLPSpec``, ``HeadSpec``) with a ``kind: Literal["name"]`` field, its parameters as typed
-    fields, and the section's ``build`` method returning the ``nn.Module``. The kind then
+    ``section`` is a core section (``embedding``, ``position``, ``norm``, ``attention``, ``mlp``,
+    ``wiring``, ``head``) or one registered with ``register_sections``. ``spec_class`` is the
+    kind's pydantic model: a subclass of that section's base (``archcomposer.spec.EmbeddingSpec``,
+    ``PositionSpec``, ``NormSpec``, ``AttentionSpec``, ``MLPSpec``, ``WiringSpec``, ``HeadSpec``)
+    with a ``kind: Literal["name"]`` field, its parameters as typed fields, and
+    ``build(ctx)`` returning the ``nn.Module``. The kind then
     validates in YAML (``kind: name``) and appears in ``archcomposer schema`` and
     ``archcomposer blocks``. A kind name is unique within its section."""
 

@@ -1,4 +1,4 @@
-"""The composed model: embedding -> position scheme -> layers -> final norm -> head."""
+"""The composed model: input embedding -> layers (each with its position scheme) -> final norm -> heads."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import torch
 from torch import nn
 
 from archcomposer import outputs
-from archcomposer.blocks.embedding import Embedding
-from archcomposer.blocks.layer import TransformerLayer
 from archcomposer.cache import DynamicCache
 from archcomposer.errors import InputError
-from archcomposer.spec import ModelSpecBase
+from archcomposer.spec import BuildContext, ModelSpecBase
 
 
 class ComposedModel(nn.Module):
@@ -18,36 +16,42 @@ class ComposedModel(nn.Module):
 
     ``forward`` follows transformers' conventions for every argument. Differences worth knowing:
     without ``position_ids``, positions follow ``attention_mask`` (cumulative count of real
-    tokens), so a left-padded row gets the logits it gets alone; and a ``prefix_lm`` model treats
-    the tokens of its first forward as bidirectional context (``prefix_mask`` narrows that)."""
+    tokens), so a left-padded row gets the logits it gets alone; the cache is off by default in
+    training mode (as activation checkpointing needs); and an embedding kind with a prefix-LM mask
+    treats the tokens of the first forward as bidirectional context (``prefix_mask`` narrows it)."""
 
     def __init__(self, spec: ModelSpecBase):
         super().__init__()
         self.spec = spec
-        D = spec.hidden_size
-        self.embedding = Embedding(
-            num_embeddings=spec.num_embeddings, hidden_size=D,
-            num_segments=spec.embedding.segments.num_types if spec.embedding.segments else 0,
-            norm=spec.norm.build(D) if spec.embedding.norm else None)
-        self.position = spec.position.build(spec)
-        self.layers = nn.ModuleList(
-            TransformerLayer(attn_norm=spec.norm.build(D), attention=spec.attention.build(spec, i),
-                             mlp_norm=spec.norm.build(D), mlp=spec.mlp.build(spec),
-                             residual_from_norm=spec.residual.from_norm, residual_dropout=spec.residual.dropout)
-            for i in range(spec.num_layers))
-        self.final_norm = spec.norm.build(D)
-        self.heads = nn.ModuleDict({h.kind: h.build(spec, self.embedding) for h in spec.heads})
+        ctx = BuildContext(spec)
+        self.embedding = spec.embedding.build(ctx)
+        ctx = BuildContext(spec, embedding=self.embedding)
+        # Layers whose position scheme (and the attention it serves) are equal share one module,
+        # called once per forward.
+        schemes: list[tuple] = []
+        self.position_of: list[int] = []
+        for layer in spec.layer_specs:
+            key = (layer.position, layer.attention)
+            if key not in schemes:
+                schemes.append(key)
+            self.position_of.append(schemes.index(key))
+        first_layer = {j: self.position_of.index(j) for j in range(len(schemes))}
+        self.positions = nn.ModuleList(schemes[j][0].build(ctx.at(first_layer[j])) for j in range(len(schemes)))
+        self.layers = nn.ModuleList(spec.layer_specs[i].wiring.build(ctx.at(i)) for i in range(spec.num_layers))
+        self.final_norm = spec.norm.build(ctx, dim=spec.hidden_size) if spec.final_norm else nn.Identity()
+        self.heads = nn.ModuleDict({h.kind: h.build(ctx) for h in spec.heads})
         self.head_specs = {h.kind: h for h in spec.heads}
-        prompt = spec.embedding.prompt
-        prompt_ids = torch.arange(spec.vocab_size + prompt.type * prompt.length,
-                                  spec.vocab_size + (prompt.type + 1) * prompt.length) if prompt else torch.empty(0)
-        self.register_buffer("prompt_ids", prompt_ids.long(), persistent=False)  # [P]
-        self.prefix_lm = spec.attention.mask == "prefix_lm"
-        self.token_segment = spec.embedding.segments.token_segment if spec.embedding.segments else None
 
     @property
-    def prompt_length(self) -> int:
-        return self.prompt_ids.numel()
+    def num_prepended(self) -> int:
+        """Tokens the embedding kind puts in front of the first forward (CPM-Ant's prompt); the
+        cache holds them too."""
+        return self.embedding.num_prepended
+
+    @property
+    def prefix_lm(self) -> bool:
+        """Whether the first forward's tokens are bidirectional context (``prefix_mask`` applies)."""
+        return self.embedding.prefix_lm
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=False,
@@ -68,30 +72,37 @@ class ComposedModel(nn.Module):
         if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
             raise InputError("labels need the logits of every position: leave logits_to_keep at 0")
         if use_cache is None:
-            use_cache = head_spec is None or head_spec.returns_cache
+            use_cache = not self.training and (head_spec is None or head_spec.returns_cache)
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)
         past = cache.get_seq_length() if cache is not None else 0
-        P = self.prompt_length if past == 0 else 0  # the prompt is prepended once, on the first forward
-        S_all, T = S + P, past + S + P  # tokens this step; tokens seen including this step
+        P = self.num_prepended if past == 0 else 0  # tokens the embedding kind prepends on this step
+        T = past + P + S  # tokens seen, this step included
         K = cache.key_length(T) if cache is not None else T  # key slots attention sees
 
-        key_mask, key_pos, segments = self._key_layout(B, S, T, K, past, attention_mask, position_ids, device)
-        query_pos = key_pos[:, past:T]  # [B, S_all]
-        query_seg = None if segments is None else segments[:, past:T]
-        x = self._embed(input_ids, inputs_embeds, P, query_seg)  # [B, S_all, D]
-        visible = self._visibility(B, S_all, K, past, P, prefix_mask, device) & key_mask[:, None, :]  # [B, S_all, K]
-        pos = self.position(query_pos, key_pos, query_seg, segments)
-        scores_bias = _scores_bias(visible, pos.bias, x.dtype)  # [B, H or 1, S_all, K]
+        key_mask = self._key_mask(attention_mask, B, T, device)  # [B, T]
+        query_mask = key_mask[:, past:]  # [B, P+S]
+        query_pos = self._positions(key_mask, position_ids, past, B, S, device)  # [B, P+S]
+        embedded = self.embedding(input_ids=input_ids, inputs_embeds=inputs_embeds, positions=query_pos,
+                                  token_mask=query_mask, first=past == 0, prefix_mask=prefix_mask)
+        x, query_seg = embedded.x, embedded.segments  # [B, P+S, D], [B, P+S] or None
+        key_pos, key_seg = query_pos, query_seg
+        if cache is not None:  # the cached keys keep the positions (and segments) they were written with
+            key_pos = cache.update_tokens("position", query_pos, past)  # [B, K]
+            key_seg = cache.update_tokens("segment", query_seg, past) if query_seg is not None else None
+        key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)  # [B, K]: unwritten static slots
+        visible = self._visibility(embedded.context, past, P + S, K, device) & key_mask[:, None, :]  # [B, P+S, K]
+        encodings = [position(query_pos, key_pos, query_seg, key_seg) for position in self.positions]
+        biases = [_scores_bias(visible, enc.bias, x.dtype) for enc in encodings]  # each [B, H or 1, P+S, K]
 
         hidden_states, attentions = [], []
-        for layer in self.layers:
+        for layer, j in zip(self.layers, self.position_of):
             hidden_states.append(x)
-            x, weights = layer(x, rotate=pos.rotate, scores_bias=scores_bias, cache=cache, start=past,
+            x, weights = layer(x, rotate=encodings[j].rotate, scores_bias=biases[j], cache=cache, start=past,
                                need_weights=output_attentions)
             attentions.append(weights)
         x = self.final_norm(x)
         hidden_states.append(x)
-        if P:  # the prompt is internal: drop its positions from what we return
+        if P:  # prepended tokens are the embedding kind's own: drop their positions from what we return
             x = x[:, P:]
             hidden_states = [h[:, P:] for h in hidden_states]
             attentions = [a[..., P:, P:] if a is not None else None for a in attentions]
@@ -125,54 +136,34 @@ class ComposedModel(nn.Module):
             raise InputError(f"input_ids must lie in [0, vocab_size={self.spec.vocab_size}), got values in "
                              f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
-    def _key_layout(self, B, S, T, K, past, attention_mask, position_ids, device):
-        """For each of the K key slots: is it a real token ([B, K] bool), its position ([B, K])
-        and its segment ([B, K], or None without segments). Positions count real tokens, so
-        padding does not shift them; ``position_ids`` overrides this step's."""
+    def _key_mask(self, attention_mask, B, T, device) -> torch.Tensor:
+        """[B, T] bool: which tokens seen so far are real (not padding); prepended tokens are."""
         if attention_mask is None:
-            key_mask = torch.ones(B, T, dtype=torch.bool, device=device)
-        else:
-            prompt = torch.ones(B, self.prompt_length, dtype=torch.bool, device=device)
-            key_mask = torch.cat([prompt, attention_mask.to(device).bool()], dim=1)  # [B, T]
-            if key_mask.shape != (B, T):
-                raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                                 f"({B}, {T - self.prompt_length}): one entry per past and current token")
-        key_pos = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+            return torch.ones(B, T, dtype=torch.bool, device=device)
+        prepended = torch.ones(B, self.num_prepended, dtype=torch.bool, device=device)
+        key_mask = torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T]
+        if key_mask.shape != (B, T):
+            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
+                             f"({B}, {T - self.num_prepended}): one entry per past and current token")
+        return key_mask
+
+    def _positions(self, key_mask, position_ids, past, B, S, device) -> torch.Tensor:
+        """[B, P+S]: this step's positions. They count real tokens, so padding does not shift
+        them; ``position_ids`` (for the input tokens, after any prepended ones) overrides that."""
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # [B, P+S]
         if position_ids is not None:
-            position_ids = position_ids.to(device).expand(B, S) + self.prompt_length
-            key_pos = torch.cat([key_pos[:, : T - S], position_ids], dim=1)
-        segments = None
-        if self.token_segment is not None:
-            segments = torch.where(key_mask, self.token_segment, 0)  # [B, T]; prompt and pads: segment 0
-            segments[:, : self.prompt_length] = 0
-        if K > T:  # static cache: slots not written yet are masked out
-            key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)
-            key_pos = nn.functional.pad(key_pos, (0, K - T))
-            segments = nn.functional.pad(segments, (0, K - T)) if segments is not None else None
-        return key_mask, key_pos, segments
+            given = position_ids.to(device).expand(B, S) + self.num_prepended  # [B, S]
+            positions = torch.cat([positions[:, : positions.shape[1] - S], given], dim=1)
+        return positions
 
-    def _embed(self, input_ids, inputs_embeds, P, segment_ids):
-        if P:
-            B = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-            prompt = self.prompt_ids.expand(B, P)  # [B, P]
-            if input_ids is not None:
-                input_ids = torch.cat([prompt, input_ids], dim=1)
-            else:
-                inputs_embeds = torch.cat([self.embedding.tokens(prompt).to(inputs_embeds.dtype), inputs_embeds], 1)
-        return self.embedding(input_ids=input_ids, inputs_embeds=inputs_embeds, segment_ids=segment_ids)
-
-    def _visibility(self, B, S, K, past, P, prefix_mask, device) -> torch.Tensor:
-        """[B or 1, S, K]: may query i (at slot past+i) see key slot j, before padding."""
-        q_idx = past + torch.arange(S, device=device)
-        visible = (torch.arange(K, device=device)[None, :] <= q_idx[:, None])[None]  # [1, S, K] causal
-        if prefix_mask is not None and not self.prefix_lm:
-            raise InputError("prefix_mask is only meaningful for a spec with attention.mask: prefix_lm")
-        if self.prefix_lm and past == 0:
-            # The context (this first forward, or the part prefix_mask marks) attends both ways.
-            context = torch.ones(B, S, dtype=torch.bool, device=device)
-            if prefix_mask is not None:
-                context[:, P:] = prefix_mask.to(device).bool()
-            context_k = nn.functional.pad(context, (0, K - S))  # [B, K]
+    @staticmethod
+    def _visibility(context, past, Q, K, device) -> torch.Tensor:
+        """[B or 1, Q, K]: may query i (at slot past+i) see key slot j, before padding. Causal,
+        except that prefix-LM context tokens of this step also see each other both ways."""
+        q_idx = past + torch.arange(Q, device=device)
+        visible = (torch.arange(K, device=device)[None, :] <= q_idx[:, None])[None]  # [1, Q, K]
+        if context is not None:
+            context_k = nn.functional.pad(context, (past, K - past - Q))  # [B, K]
             visible = visible | (context[:, :, None] & context_k[:, None, :])
         return visible
 

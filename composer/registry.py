@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 from archcomposer import hookspecs
 from archcomposer.errors import RegistryError
 from archcomposer.family import Family
-from archcomposer.spec import BUILTIN_KINDS, SECTION_BASES, ModelSpecBase
+from archcomposer.spec import BUILTIN_KINDS, SECTION_BASES, SECTION_DEFAULTS, BuildContext, ModelSpecBase
 
 ENTRY_POINT_GROUP = "archcomposer.plugins"
 DISABLE_AUTOLOAD_ENV = "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD"
@@ -57,8 +57,8 @@ class Section:
     """A part of the spec whose value is one of several registered kinds.
 
     field: the spec field that holds it (``heads`` for the ``head`` section).
-    required: the spec must set it (the four core single sections); otherwise it defaults to
-        None (plugin sections) or to an empty list (``many``)."""
+    required: the spec must set it (position, attention, norm, mlp); otherwise it defaults to
+        ``default`` (embedding, wiring), None (plugin sections) or an empty list (``many``)."""
 
     name: str
     base: type[BaseModel]
@@ -66,6 +66,7 @@ class Section:
     field: str
     required: bool = False
     many: bool = False
+    default: Any = None
 
 
 @dataclass
@@ -103,9 +104,9 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._spec_class: type[ModelSpecBase] | None = None
         for name, base in SECTION_BASES.items():
-            many = name == "head"
-            self.sections[name] = Section(name, base, CORE, field="heads" if many else name, required=not many,
-                                          many=many)
+            many, default = name == "head", SECTION_DEFAULTS.get(name)
+            self.sections[name] = Section(name, base, CORE, field="heads" if many else name,
+                                          required=not many and default is None, many=many, default=default)
             self.kinds[name] = {}
         for section, classes in BUILTIN_KINDS.items():
             for cls in classes:
@@ -312,6 +313,8 @@ class Registry:
                     fields[section.field] = (list[kinds], [])
                 elif section.required:
                     fields[section.field] = (kinds, ...)
+                elif section.default is not None:
+                    fields[section.field] = (kinds, section.default)
                 elif kinds is not None:
                     fields[section.field] = (Optional[kinds], None)  # noqa: UP045
                     plugin_sections.append(section.field)
@@ -338,7 +341,7 @@ class RegisteredSpec(ModelSpecBase):
         for name in self.plugin_sections:
             value = getattr(self, name)
             if value is not None and callable(getattr(value, "check", None)):
-                value.check(self)
+                value.check(BuildContext(self))
         return self
 
     def __reduce__(self):

@@ -1,25 +1,83 @@
 """The spec schema: pydantic v2 models, one per block kind, grouped into discriminated unions by
 ``kind``. Every model forbids unknown fields and is frozen.
 
-Each block-kind model also knows how to build its block (``build``): this module, with
-``archcomposer.model``, is the only place that reads a spec and constructs modules. Plugins add kinds
-by subclassing a section base (``PositionSpec``, ``NormSpec``, ...) with a ``kind: Literal[...]``
-and registering the class (see ``archcomposer.registry``)."""
+Each block-kind model also knows how to build its block: ``build(ctx)`` receives a
+``BuildContext`` (the whole spec, the layer being built, shared modules such as the embedding)
+and returns an ``nn.Module`` built from plain keyword arguments; ``check(ctx)`` states rules that
+need the whole spec. This module, with ``archcomposer.model``, is the only place that reads a spec
+and constructs modules. Plugins add kinds by subclassing a section base (``PositionSpec``,
+``NormSpec``, ...) with a ``kind: Literal[...]`` and registering the class (see
+``archcomposer.registry``).
+
+Sections and where they apply: ``embedding`` turns the input into the first hidden states;
+``position``, ``attention``, ``norm``, ``mlp`` and ``wiring`` make up each layer (``layers``
+changes them for some layers); ``norm`` also builds the final norm and any embedding norm;
+``heads`` read the final hidden states."""
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+import torch
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
+                      TypeAdapter, model_validator)
 from torch import nn
 
 from archcomposer import outputs
-from archcomposer.blocks import attention, heads, mlp, norm, position, projection
-
+from archcomposer.blocks import attention, embedding, heads, layer, mlp, norm, position, projection
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def check(self, ctx: BuildContext) -> None:
+        """Rules that need the whole spec (``ctx.spec``) or the layer (``ctx.layer_spec``);
+        raise ``ValueError`` naming the fields involved."""
+
+
+class SpecRuleError(ValueError):
+    """A rule broken at a known place in the spec: ``loc`` is the field path (as pydantic's), so
+    the error is reported at that field's line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str):
+        super().__init__(message)
+        self.loc = loc
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """The blocks of one layer, after the spec's ``layers`` overrides."""
+
+    index: int
+    position: PositionSpec
+    attention: AttentionSpec
+    norm: NormSpec
+    mlp: MLPSpec
+    wiring: WiringSpec
+
+
+#: The sections that make up a layer, which ``layers`` may change per layer.
+LAYER_SECTIONS = ("position", "attention", "norm", "mlp", "wiring")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every ``build`` and ``check`` receives: the whole spec, the layer being built (None
+    outside the layers) and the modules built so far that others share (the embedding, which a
+    tied LM head reuses)."""
+
+    spec: ModelSpecBase
+    layer: int | None = None
+    embedding: nn.Module | None = None
+
+    @property
+    def layer_spec(self) -> LayerSpec:
+        """This layer's blocks (the first layer's outside the layers)."""
+        return self.spec.layer_specs[self.layer if self.layer is not None else 0]
+
+    def at(self, layer: int) -> BuildContext:
+        return BuildContext(self.spec, layer, self.embedding)
 
 
 def _linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
@@ -32,15 +90,23 @@ def _linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
 
 class PositionSpec(Strict):
     """Base of position schemes. ``build`` returns a module whose forward is
-    ``(query_pos, key_pos, query_seg, key_seg) -> blocks.position.PositionEncoding``."""
+    ``(query_pos, key_pos, query_seg, key_seg) -> blocks.position.PositionEncoding``; the model
+    calls it once per forward for all the layers that share the scheme."""
 
     kind: str
 
     @abstractmethod
-    def build(self, spec: ModelSpecBase) -> nn.Module: ...
+    def build(self, ctx: BuildContext) -> nn.Module: ...
 
-    def check(self, spec: ModelSpecBase) -> None:
-        """Cross-field rules that need the whole model spec."""
+
+def _rotated_head_dim(ctx: BuildContext, kind: str) -> int:
+    """The per-head width a rotary scheme rotates: the layer's attention ``head_dim``."""
+    attn = ctx.layer_spec.attention
+    head_dim = attn.position_head_dim
+    if head_dim is None:
+        raise ValueError(f"position.kind {kind!r} rotates the channels of each attention head, but "
+                         f"attention.kind {attn.kind!r} has no head_dim for it to rotate")
+    return head_dim
 
 
 class NoPositionSpec(PositionSpec):
@@ -48,7 +114,7 @@ class NoPositionSpec(PositionSpec):
 
     kind: Literal["none"]
 
-    def build(self, spec):
+    def build(self, ctx):
         return position.NoPosition()
 
 
@@ -58,12 +124,13 @@ class RopeSpec(PositionSpec):
     kind: Literal["rope"]
     theta: PositiveFloat = 10000.0
 
-    def check(self, spec):
-        if spec.attention.head_dim % 2:
-            raise ValueError(f"position.kind 'rope' needs an even attention.head_dim, got {spec.attention.head_dim}")
+    def check(self, ctx):
+        d = _rotated_head_dim(ctx, self.kind)
+        if d % 2:
+            raise ValueError(f"position.kind 'rope' needs an even attention.head_dim, got {d}")
 
-    def build(self, spec):
-        d = spec.attention.head_dim
+    def build(self, ctx):
+        d = _rotated_head_dim(ctx, self.kind)
         return position.Rotary(head_dim=d, rotary_dim=d, theta=self.theta, interleaved=False)
 
 
@@ -78,15 +145,15 @@ class PartialRopeSpec(PositionSpec):
     def rotary_dim(self, head_dim: int) -> int:
         return int(head_dim * self.fraction)
 
-    def check(self, spec):
-        d = spec.attention.head_dim
+    def check(self, ctx):
+        d = _rotated_head_dim(ctx, self.kind)
         width = self.rotary_dim(d)
         if width < 2 or width % 2 or width != d * self.fraction:
             raise ValueError(f"position.fraction ({self.fraction}) * attention.head_dim ({d}) = {d * self.fraction} "
                              f"must be an even whole number of channels >= 2")
 
-    def build(self, spec):
-        d = spec.attention.head_dim
+    def build(self, ctx):
+        d = _rotated_head_dim(ctx, self.kind)
         return position.Rotary(head_dim=d, rotary_dim=self.rotary_dim(d), theta=self.theta,
                                interleaved=self.interleaved)
 
@@ -96,8 +163,8 @@ class AlibiSpec(PositionSpec):
 
     kind: Literal["alibi"]
 
-    def build(self, spec):
-        return position.ALiBi(num_heads=spec.attention.num_heads)
+    def build(self, ctx):
+        return position.ALiBi(num_heads=ctx.layer_spec.attention.num_heads)
 
 
 class BucketBiasSpec(PositionSpec):
@@ -110,22 +177,21 @@ class BucketBiasSpec(PositionSpec):
     bidirectional: bool = True
     segments: bool = False
 
-    def check(self, spec):
+    def check(self, ctx):
         exact = self.num_buckets // (4 if self.bidirectional else 2)
         if exact < 1:
             raise ValueError(f"position.num_buckets ({self.num_buckets}) is too small: needs at least "
                              f"{4 if self.bidirectional else 2} buckets")
         if self.max_distance <= exact:
             raise ValueError(f"position.max_distance ({self.max_distance}) must exceed the {exact} exact buckets")
-        if self.segments and spec.embedding.segments is None:
-            raise ValueError("position.segments is true but embedding.segments is not set: "
-                             "the segment-pair buckets need embedding.segments.num_types")
+        if self.segments and not ctx.spec.embedding.num_segments:
+            raise ValueError(f"position.segments is true but embedding.kind {ctx.spec.embedding.kind!r} gives no "
+                             f"segment ids: the segment-pair buckets need an embedding with segments")
 
-    def build(self, spec):
-        segments = spec.embedding.segments.num_types if self.segments else 0
-        return position.BucketBias(num_heads=spec.attention.num_heads, num_buckets=self.num_buckets,
+    def build(self, ctx):
+        return position.BucketBias(num_heads=ctx.layer_spec.attention.num_heads, num_buckets=self.num_buckets,
                                    max_distance=self.max_distance, bidirectional=self.bidirectional,
-                                   num_segments=segments)
+                                   num_segments=ctx.spec.embedding.num_segments if self.segments else 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,11 +199,13 @@ class BucketBiasSpec(PositionSpec):
 
 
 class NormSpec(Strict):
+    """Base of norms. ``build(ctx, dim=...)`` normalises vectors of ``dim`` channels."""
+
     kind: str
     eps: PositiveFloat = 1e-5
 
     @abstractmethod
-    def build(self, dim: int) -> nn.Module: ...
+    def build(self, ctx: BuildContext, *, dim: int) -> nn.Module: ...
 
 
 class LayerNormSpec(NormSpec):
@@ -146,7 +214,7 @@ class LayerNormSpec(NormSpec):
     kind: Literal["layernorm"]
     bias: bool = True
 
-    def build(self, dim):
+    def build(self, ctx, *, dim):
         return norm.LayerNorm(dim=dim, eps=self.eps, bias=self.bias)
 
 
@@ -156,7 +224,7 @@ class RMSNormSpec(NormSpec):
     kind: Literal["rmsnorm"]
     eps: PositiveFloat = 1e-6
 
-    def build(self, dim):
+    def build(self, ctx, *, dim):
         return norm.RMSNorm(dim=dim, eps=self.eps)
 
 
@@ -165,25 +233,27 @@ class RMSNormSpec(NormSpec):
 
 
 class AttentionSpec(Strict):
+    """Base of attention kinds. ``build(ctx)`` returns a module with the forward of
+    ``blocks.attention.Attention``."""
+
     kind: str
     num_heads: PositiveInt
-    #: "causal": every token attends to itself and earlier tokens. "prefix_lm": the tokens of the
-    #: first forward (the context) attend to each other both ways; later tokens attend causally.
-    mask: Literal["causal", "prefix_lm"] = "causal"
 
     @abstractmethod
-    def build(self, spec: ModelSpecBase, layer_idx: int) -> nn.Module: ...
+    def build(self, ctx: BuildContext) -> nn.Module: ...
 
     @abstractmethod
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         """Bytes of KV cache one token costs in one layer."""
 
+    @property
+    def position_head_dim(self) -> int | None:
+        """The per-head width a rotary position scheme rotates (None: this kind has none)."""
+        return getattr(self, "head_dim", None)
+
     def resolved(self, hidden_size: int) -> AttentionSpec:
         """This spec with defaults that depend on the model filled in."""
         return self
-
-    def check(self, spec: ModelSpecBase) -> None:
-        """Cross-field rules that need the whole model spec."""
 
 
 class GQASpec(AttentionSpec):
@@ -213,15 +283,15 @@ class GQASpec(AttentionSpec):
             head_dim = hidden_size // self.num_heads
         return self.model_copy(update={"num_kv_heads": self.num_kv_heads or self.num_heads, "head_dim": head_dim})
 
-    def build(self, spec, layer_idx):
-        D, H, Hkv, Dh = spec.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
+    def build(self, ctx):
+        D, H, Hkv, Dh = ctx.spec.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
         sizes = [H * Dh, Hkv * Dh, Hkv * Dh]
         if self.fused_qkv:
             qkv = projection.FusedProjection(proj=_linear(D, sum(sizes), self.qkv_bias), sizes=sizes)
         else:
             qkv = projection.SplitProjection(**{n: _linear(D, s, self.qkv_bias) for n, s in zip("qkv", sizes)})
         return attention.Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh, qkv=qkv,
-                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=layer_idx)
+                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer)
 
     def kv_bytes_per_token(self, dtype_bytes):
         return 2 * self.num_kv_heads * self.head_dim * dtype_bytes
@@ -234,11 +304,13 @@ Activation = Literal["silu", "gelu", "gelu_tanh", "relu"]
 
 
 class MLPSpec(Strict):
+    """Base of feed-forward kinds: ``build(ctx)`` returns a module [B, S, D] -> [B, S, D]."""
+
     kind: str
     intermediate_size: PositiveInt
 
     @abstractmethod
-    def build(self, spec: ModelSpecBase) -> nn.Module: ...
+    def build(self, ctx: BuildContext) -> nn.Module: ...
 
 
 class GatedMLPSpec(MLPSpec):
@@ -249,8 +321,8 @@ class GatedMLPSpec(MLPSpec):
     fused: bool = False
     bias: bool = False
 
-    def build(self, spec):
-        D, I = spec.hidden_size, self.intermediate_size
+    def build(self, ctx):
+        D, I = ctx.spec.hidden_size, self.intermediate_size
         if self.fused:
             gate_up = projection.FusedProjection(proj=_linear(D, 2 * I, self.bias), sizes=[I, I])
         else:
@@ -265,21 +337,159 @@ class PlainMLPSpec(MLPSpec):
     activation: Activation = "gelu_tanh"
     bias: bool = True
 
-    def build(self, spec):
-        D, I = spec.hidden_size, self.intermediate_size
+    def build(self, ctx):
+        D, I = ctx.spec.hidden_size, self.intermediate_size
         return mlp.PlainMLP(activation=self.activation, up=_linear(D, I, self.bias), down=_linear(I, D, self.bias))
 
 
 # ---------------------------------------------------------------------------------------------
-# embedding (one kind: its options are flags)
+# wiring: how a layer connects its norms, attention and MLP
+
+
+class WiringSpec(Strict):
+    """Base of layer wirings. ``build(ctx)`` builds the layer's blocks (``ctx.layer_spec``) and
+    returns a module ``(x, **attention_kwargs) -> (x, attention weights)``."""
+
+    kind: str
+    #: Dropout on each branch output before it is added (Seed-OSS residual_dropout, BLOOM hidden_dropout).
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @abstractmethod
+    def build(self, ctx: BuildContext) -> nn.Module: ...
+
+    @staticmethod
+    def _blocks(ctx: BuildContext) -> tuple[LayerSpec, int]:
+        return ctx.layer_spec, ctx.spec.hidden_size
+
+
+class PreNormSpec(WiringSpec):
+    """``x + attn(norm(x))`` then ``x + mlp(norm(x))`` (Llama, GLM-4, most decoders). With
+    ``residual_from_norm``, the residual is the normed input (BLOOM's
+    ``apply_residual_connection_post_layernorm``)."""
+
+    kind: Literal["pre_norm"]
+    residual_from_norm: bool = False
+
+    def build(self, ctx):
+        L, D = self._blocks(ctx)
+        return layer.SequentialLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
+                                     mlp_norm=L.norm.build(ctx, dim=D), mlp=L.mlp.build(ctx),
+                                     residual_from_norm=self.residual_from_norm, dropout=self.dropout)
+
+
+class SandwichSpec(WiringSpec):
+    """A norm before and after each branch: ``x + norm(attn(norm(x)))`` (Gemma 2 and 3)."""
+
+    kind: Literal["sandwich"]
+
+    def build(self, ctx):
+        L, D = self._blocks(ctx)
+        return layer.SequentialLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
+                                     attn_post_norm=L.norm.build(ctx, dim=D), mlp_norm=L.norm.build(ctx, dim=D),
+                                     mlp=L.mlp.build(ctx), mlp_post_norm=L.norm.build(ctx, dim=D),
+                                     dropout=self.dropout)
+
+
+class PostBranchNormSpec(WiringSpec):
+    """A norm on each branch output only: ``x + norm(attn(x))`` (OLMo 2)."""
+
+    kind: Literal["post_branch_norm"]
+
+    def build(self, ctx):
+        L, D = self._blocks(ctx)
+        return layer.SequentialLayer(attention=L.attention.build(ctx), attn_post_norm=L.norm.build(ctx, dim=D),
+                                     mlp=L.mlp.build(ctx), mlp_post_norm=L.norm.build(ctx, dim=D),
+                                     dropout=self.dropout)
+
+
+class ParallelSpec(WiringSpec):
+    """Attention and MLP side by side: ``x + attn(norm1(x)) + mlp(norm2(x))``. With
+    ``shared_norm``, one norm feeds both (GPT-J, Phi, Falcon 7B, Cohere); otherwise two (GPT-NeoX,
+    Falcon's new decoder architecture)."""
+
+    kind: Literal["parallel"]
+    shared_norm: bool = True
+
+    def build(self, ctx):
+        L, D = self._blocks(ctx)
+        return layer.ParallelLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
+                                   mlp_norm=None if self.shared_norm else L.norm.build(ctx, dim=D),
+                                   mlp=L.mlp.build(ctx), dropout=self.dropout)
+
+
+class PostNormSpec(WiringSpec):
+    """The original transformer's order: ``norm(x + attn(x))`` then ``norm(x + mlp(x))`` (OPT-350m,
+    usually with ``final_norm: false``)."""
+
+    kind: Literal["post_norm"]
+
+    def build(self, ctx):
+        L, D = self._blocks(ctx)
+        return layer.PostNormLayer(attention=L.attention.build(ctx), attn_norm=L.norm.build(ctx, dim=D),
+                                   mlp=L.mlp.build(ctx), mlp_norm=L.norm.build(ctx, dim=D), dropout=self.dropout)
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding: input ids (or embeddings) -> the first hidden states
+
+
+class EmbeddingSpec(Strict):
+    """Base of input kinds. ``build(ctx)`` returns a module with the interface of
+    ``blocks.embedding.TokenEmbedding``: it may prepend tokens to the first forward, give segment
+    ids, and mark prefix-LM context, and the model handles each of these generically."""
+
+    kind: str
+    #: The LM head reuses the token embedding matrix.
+    tied: bool = False
+
+    @abstractmethod
+    def build(self, ctx: BuildContext) -> nn.Module: ...
+
+    @property
+    def num_embeddings(self) -> int | None:
+        """Rows of the token embedding beyond ``vocab_size`` (None: none)."""
+        return None
+
+    @property
+    def num_segments(self) -> int:
+        """Segment types this kind gives its tokens (0: no segment ids)."""
+        return 0
+
+
+class LearnedPositionsSpec(Strict):
+    """Learned absolute position embeddings added to the tokens (GPT-2, OPT, StarCoder): a table of
+    ``max_positions + offset`` rows, looked up at ``position + offset`` (OPT's offset is 2)."""
+
+    offset: NonNegativeInt = 0
+
+
+class TokenEmbeddingSpec(EmbeddingSpec):
+    """Token embedding, optionally scaled (Gemma by sqrt(hidden_size), Granite's
+    ``embedding_multiplier``), plus learned absolute positions, then optionally normed with the
+    spec's norm kind (BLOOM's ``word_embeddings_layernorm``)."""
+
+    kind: Literal["tokens"]
+    scale: PositiveFloat | Literal["sqrt_hidden_size"] = 1.0
+    norm: bool = False
+    learned_positions: LearnedPositionsSpec | None = None
+
+    def build(self, ctx):
+        spec = ctx.spec
+        D = spec.hidden_size
+        positions = None
+        if self.learned_positions is not None:
+            positions = nn.Embedding(spec.max_positions + self.learned_positions.offset, D)
+        return embedding.TokenEmbedding(
+            tokens=nn.Embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
+            positions=positions, position_offset=self.learned_positions.offset if self.learned_positions else 0,
+            norm=spec.norm.build(ctx, dim=D) if self.norm else None)
 
 
 class SegmentsSpec(Strict):
-    """CPM-Ant's segment embedding: prompt and pad tokens are segment 0, input tokens
-    ``token_segment``."""
+    """Segment embedding: prompt and pad tokens are segment 0, input tokens ``token_segment``."""
 
     num_types: PositiveInt
-    token_segment: int = Field(2, ge=0)
+    token_segment: NonNegativeInt = 2
 
     @model_validator(mode="after")
     def _segment_in_range(self):
@@ -289,12 +499,12 @@ class SegmentsSpec(Strict):
 
 
 class PromptSpec(Strict):
-    """CPM-Ant's prompt tokens: ``num_types * length`` extra embedding rows after the vocabulary;
-    the ``length`` rows of type ``type`` are prepended to every input."""
+    """``num_types * length`` extra embedding rows after the vocabulary; the ``length`` rows of
+    type ``type`` are prepended to every input."""
 
     num_types: PositiveInt
     length: PositiveInt
-    type: int = Field(2, ge=0)
+    type: NonNegativeInt = 2
 
     @model_validator(mode="after")
     def _type_in_range(self):
@@ -303,19 +513,36 @@ class PromptSpec(Strict):
         return self
 
 
-class EmbeddingSpec(Strict):
-    tied: bool = False
-    #: Normalise the embeddings (with the spec's norm kind) before the first layer (BLOOM).
-    norm: bool = False
-    segments: SegmentsSpec | None = None
-    prompt: PromptSpec | None = None
+class PromptSegmentsSpec(EmbeddingSpec):
+    """CPM-Ant's input: learned prompt tokens prepended to the first forward, a segment embedding
+    added to every token, and a prefix-LM mask: the tokens of the first forward are context that
+    attends both ways, later tokens attend causally (``prefix_mask`` narrows the context). The
+    prompt positions are dropped from what the model returns."""
 
+    kind: Literal["prompt_segments"]
+    prompt: PromptSpec
+    segments: SegmentsSpec
 
-class ResidualSpec(Strict):
-    #: Take each residual from the normed input (BLOOM's apply_residual_connection_post_layernorm).
-    from_norm: bool = False
-    #: Dropout on each branch output before it is added (Seed-OSS residual_dropout, BLOOM hidden_dropout).
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    @model_validator(mode="after")
+    def _untied(self):
+        if self.tied:
+            raise ValueError("embedding.tied cannot be true with embedding.kind 'prompt_segments': the LM head has "
+                             "vocab_size rows but the embedding also holds the prompt rows")
+        return self
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.prompt.num_types * self.prompt.length
+
+    @property
+    def num_segments(self) -> int:
+        return self.segments.num_types
+
+    def build(self, ctx):
+        V, D, p = ctx.spec.vocab_size, ctx.spec.hidden_size, self.prompt
+        return embedding.PromptSegmentsEmbedding(
+            tokens=nn.Embedding(V + self.num_embeddings, D), segments=nn.Embedding(self.segments.num_types, D),
+            prompt_start=V + p.type * p.length, prompt_length=p.length, token_segment=self.segments.token_segment)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,14 +550,47 @@ class ResidualSpec(Strict):
 
 
 class HeadSpec(Strict):
+    """Base of task heads. A head describes itself, so the test kit and the checkpoint code treat
+    a plugin's head like a built-in one: its output class, whether that output carries the cache,
+    example labels for it, the shapes of its outputs, and its transformers config fields."""
+
     kind: str
     #: The ModelOutput subclass this head's model returns.
     output_class: ClassVar[type[outputs.ModelOutput]]
     #: Whether the output carries past_key_values.
     returns_cache: ClassVar[bool] = True
+    #: Whether ``logits_to_keep`` selects the positions it scores (its ``logits`` are per position).
+    keeps_positions: ClassVar[bool] = False
+    #: Whether its transformers head has a bias (checked on export).
+    hf_bias: ClassVar[bool] = False
 
     @abstractmethod
-    def build(self, spec: ModelSpecBase, embedding: nn.Module) -> nn.Module: ...
+    def build(self, ctx: BuildContext) -> nn.Module: ...
+
+    def tied_to_embedding(self, spec: ModelSpecBase) -> bool:
+        """Whether this head's weight is the token embedding matrix (not stored separately)."""
+        return False
+
+    def example_labels(self, spec: ModelSpecBase, ids: torch.Tensor, generator: torch.Generator) -> dict:
+        """Keyword arguments with valid labels for a batch of ``ids`` [B, S] (none: no loss)."""
+        return {}
+
+    def output_shapes(self, spec: ModelSpecBase, batch: int, seq: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each tensor field of this head's output for a [batch, seq] input."""
+        return {}
+
+    def max_batch(self, spec: ModelSpecBase) -> int | None:
+        """The largest batch this head can score (None: any)."""
+        return None
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """This head's spec fields from a transformers ``config.json``, read as its task head reads it."""
+        return {}
+
+    def hf_config(self) -> dict[str, Any]:
+        """The transformers ``config.json`` fields this head sets."""
+        return {}
 
 
 class CausalLMHeadSpec(HeadSpec):
@@ -341,12 +601,31 @@ class CausalLMHeadSpec(HeadSpec):
     #: False scores position t against label t (CPM-Ant) rather than label t+1.
     shift_labels: bool = True
     output_class: ClassVar = outputs.CausalLMOutputWithPast
+    keeps_positions: ClassVar = True
 
-    def build(self, spec, embedding):
-        proj = _linear(spec.hidden_size, spec.vocab_size, self.bias)
-        if spec.embedding.tied:
-            proj.weight = embedding.tokens.weight
+    def build(self, ctx):
+        proj = _linear(ctx.spec.hidden_size, ctx.spec.vocab_size, self.bias)
+        if self.tied_to_embedding(ctx.spec):
+            proj.weight = ctx.embedding.tokens.weight
         return heads.CausalLMHead(proj=proj, shift_labels=self.shift_labels)
+
+    def tied_to_embedding(self, spec):
+        return spec.embedding.tied
+
+    def example_labels(self, spec, ids, generator):
+        return {"labels": ids.clone()}
+
+    def output_shapes(self, spec, batch, seq):
+        return {"logits": (batch, seq, spec.vocab_size)}
+
+
+def _hf_num_labels(config: dict[str, Any]) -> int:
+    return len(config["id2label"]) if config.get("id2label") else config.get("num_labels", 2)
+
+
+def _hf_labels(num_labels: int) -> dict[str, Any]:
+    return {"id2label": {str(i): f"LABEL_{i}" for i in range(num_labels)},
+            "label2id": {f"LABEL_{i}": i for i in range(num_labels)}}
 
 
 class SequenceClassificationHeadSpec(HeadSpec):
@@ -358,9 +637,31 @@ class SequenceClassificationHeadSpec(HeadSpec):
     bias: bool = False
     output_class: ClassVar = outputs.SequenceClassifierOutputWithPast
 
-    def build(self, spec, embedding):
-        return heads.SequenceClassificationHead(proj=_linear(spec.hidden_size, self.num_labels, self.bias),
-                                                pad_token_id=spec.pad_token_id, problem_type=self.problem_type)
+    def build(self, ctx):
+        return heads.SequenceClassificationHead(proj=_linear(ctx.spec.hidden_size, self.num_labels, self.bias),
+                                                pad_token_id=ctx.spec.pad_token_id, problem_type=self.problem_type)
+
+    def max_batch(self, spec):
+        return 1 if spec.pad_token_id is None else None  # the last token of each row is found by the pad id
+
+    def example_labels(self, spec, ids, generator):
+        B, n = ids.shape[0], self.num_labels
+        if self.problem_type == "multi_label_classification":
+            return {"labels": torch.randint(0, 2, (B, n), generator=generator).float()}
+        if self.problem_type == "regression" or n == 1:
+            labels = torch.randn(B, n, generator=generator)
+            return {"labels": labels.squeeze(-1) if n == 1 else labels}
+        return {"labels": torch.randint(0, n, (B,), generator=generator)}
+
+    def output_shapes(self, spec, batch, seq):
+        return {"logits": (batch, self.num_labels)}
+
+    @classmethod
+    def from_hf_config(cls, config):
+        return {"num_labels": _hf_num_labels(config), "problem_type": config.get("problem_type")}
+
+    def hf_config(self):
+        return {**_hf_labels(self.num_labels), "problem_type": self.problem_type}
 
 
 class TokenClassificationHeadSpec(HeadSpec):
@@ -372,10 +673,25 @@ class TokenClassificationHeadSpec(HeadSpec):
     bias: bool = True
     output_class: ClassVar = outputs.TokenClassifierOutput
     returns_cache: ClassVar[bool] = False
+    hf_bias: ClassVar[bool] = True
 
-    def build(self, spec, embedding):
-        return heads.TokenClassificationHead(proj=_linear(spec.hidden_size, self.num_labels, self.bias),
+    def build(self, ctx):
+        return heads.TokenClassificationHead(proj=_linear(ctx.spec.hidden_size, self.num_labels, self.bias),
                                              dropout=self.dropout)
+
+    def example_labels(self, spec, ids, generator):
+        return {"labels": torch.randint(0, self.num_labels, ids.shape, generator=generator)}
+
+    def output_shapes(self, spec, batch, seq):
+        return {"logits": (batch, seq, self.num_labels)}
+
+    @classmethod
+    def from_hf_config(cls, config):
+        dropout = next((config[k] for k in ("classifier_dropout", "hidden_dropout") if config.get(k) is not None), 0.1)
+        return {"num_labels": _hf_num_labels(config), "dropout": dropout}
+
+    def hf_config(self):
+        return {**_hf_labels(self.num_labels), "classifier_dropout": self.dropout}
 
 
 class QuestionAnsweringHeadSpec(HeadSpec):
@@ -385,22 +701,100 @@ class QuestionAnsweringHeadSpec(HeadSpec):
     bias: bool = True
     output_class: ClassVar = outputs.QuestionAnsweringModelOutput
     returns_cache: ClassVar[bool] = False
+    hf_bias: ClassVar[bool] = True
 
-    def build(self, spec, embedding):
-        return heads.QuestionAnsweringHead(proj=_linear(spec.hidden_size, 2, self.bias))
+    def build(self, ctx):
+        return heads.QuestionAnsweringHead(proj=_linear(ctx.spec.hidden_size, 2, self.bias))
+
+    def example_labels(self, spec, ids, generator):
+        B, S = ids.shape
+        start = torch.randint(0, S, (B,), generator=generator)
+        return {"start_positions": start, "end_positions": torch.minimum(start + 1, torch.tensor(S - 1))}
+
+    def output_shapes(self, spec, batch, seq):
+        return {"start_logits": (batch, seq), "end_logits": (batch, seq)}
 
 
 BUILTIN_KINDS: dict[str, list[type[Strict]]] = {
+    "embedding": [TokenEmbeddingSpec, PromptSegmentsSpec],
     "position": [NoPositionSpec, RopeSpec, PartialRopeSpec, AlibiSpec, BucketBiasSpec],
     "norm": [LayerNormSpec, RMSNormSpec],
     "attention": [GQASpec],
     "mlp": [GatedMLPSpec, PlainMLPSpec],
+    "wiring": [PreNormSpec, SandwichSpec, PostBranchNormSpec, ParallelSpec, PostNormSpec],
     "head": [CausalLMHeadSpec, SequenceClassificationHeadSpec, TokenClassificationHeadSpec,
              QuestionAnsweringHeadSpec],
 }
 SECTION_BASES: dict[str, type[Strict]] = {
-    "position": PositionSpec, "norm": NormSpec, "attention": AttentionSpec, "mlp": MLPSpec, "head": HeadSpec,
+    "embedding": EmbeddingSpec, "position": PositionSpec, "norm": NormSpec, "attention": AttentionSpec,
+    "mlp": MLPSpec, "wiring": WiringSpec, "head": HeadSpec,
 }
+#: Sections a spec may leave out, and what they then are.
+SECTION_DEFAULTS: dict[str, Strict] = {
+    "embedding": TokenEmbeddingSpec(kind="tokens"), "wiring": PreNormSpec(kind="pre_norm"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer differences
+
+SELECTORS = ("range", "every", "indices", "type")
+
+
+class LayerOverride(Strict):
+    """Different blocks or fields for some layers. One selector says which layers: ``range``
+    ``[start, stop)``; ``every`` k layers from ``offset`` (default 0); ``indices``; or ``type``,
+    the layers whose ``layer_types`` entry it names. Each section given (``position``,
+    ``attention``, ``norm``, ``mlp``, ``wiring``) holds the fields that differ, merged over the
+    spec's section; a section with another ``kind`` replaces it whole. Later entries win."""
+
+    range: tuple[NonNegativeInt, NonNegativeInt] | None = None
+    every: PositiveInt | None = None
+    offset: NonNegativeInt | None = None
+    indices: list[NonNegativeInt] | None = None
+    type: str | None = None
+    position: dict[str, Any] | None = None
+    attention: dict[str, Any] | None = None
+    norm: dict[str, Any] | None = None
+    mlp: dict[str, Any] | None = None
+    wiring: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _selects_and_changes(self):
+        chosen = [name for name in SELECTORS if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SELECTORS)} to select layers; got {chosen or 'none'}")
+        if self.offset is not None and self.every is None:
+            raise ValueError("offset goes with every (layers every k from offset)")
+        if self.range is not None and self.range[0] >= self.range[1]:
+            raise ValueError(f"range {list(self.range)} is empty: it is [start, stop) with start < stop")
+        if not any(getattr(self, name) is not None for name in LAYER_SECTIONS):
+            raise ValueError(f"changes nothing: give at least one of {', '.join(LAYER_SECTIONS)}")
+        return self
+
+    def selects(self, index: int, layer_types: list[str] | None) -> bool:
+        if self.range is not None:
+            return self.range[0] <= index < self.range[1]
+        if self.every is not None:
+            offset = self.offset or 0
+            return index >= offset and (index - offset) % self.every == 0
+        if self.indices is not None:
+            return index in self.indices
+        return layer_types is not None and layer_types[index] == self.type
+
+
+_section_adapters: dict[tuple[type, str], TypeAdapter] = {}
+
+
+def _section_adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
+    """Validates a dict into the kinds the spec class accepts for section ``name``."""
+    key = (cls, name)
+    if key not in _section_adapters:
+        info = cls.model_fields[name]  # pydantic keeps the discriminator beside the bare union
+        union = Annotated[info.annotation, Field(discriminator=info.discriminator)] if info.discriminator \
+            else info.annotation
+        _section_adapters[key] = TypeAdapter(union)
+    return _section_adapters[key]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +803,8 @@ SECTION_BASES: dict[str, type[Strict]] = {
 
 class ModelSpecBase(Strict):
     """The whole model. The section fields are typed by their base class here; the class that
-    validates input (``archcomposer.registry.spec_class()``) narrows each to the discriminated union
-    of the kinds registered at that time."""
+    validates input (``archcomposer.registry.spec_class()``) narrows each to the discriminated
+    union of the kinds registered at that time."""
 
     name: str
     family: str | None = None
@@ -422,35 +816,106 @@ class ModelSpecBase(Strict):
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     initializer_range: PositiveFloat = 0.02
-    embedding: EmbeddingSpec = EmbeddingSpec()
+    embedding: EmbeddingSpec = SECTION_DEFAULTS["embedding"]
     position: PositionSpec
     attention: AttentionSpec
     norm: NormSpec
     mlp: MLPSpec
-    residual: ResidualSpec = ResidualSpec()
+    wiring: WiringSpec = SECTION_DEFAULTS["wiring"]
+    #: Normalise the last layer's output (every decoder but post-norm ones such as OPT-350m).
+    final_norm: bool = True
+    #: A name per layer (transformers' ``layer_types``), for ``layers`` entries that select by type.
+    layer_types: list[str] | None = None
+    layers: list[LayerOverride] = []
     heads: list[HeadSpec] = []
+
+    _layer_specs: tuple[LayerSpec, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _cross_field_rules(self):
+        given = {name: getattr(self, name).model_dump(exclude_unset=True) for name in LAYER_SECTIONS}
         object.__setattr__(self, "attention", self.attention.resolved(self.hidden_size))
-        self.position.check(self)
-        self.attention.check(self)
-        if self.embedding.tied and self.embedding.prompt is not None:
-            raise ValueError("embedding.tied cannot be true with embedding.prompt: the LM head has vocab_size rows "
-                             "but the embedding also holds the prompt rows (CPM-Ant keeps a separate head)")
+        self._layer_specs = self._resolve_layers(given)
+        ctx = BuildContext(self)
+        self.embedding.check(ctx)
+        base = self._layer_specs[0] if all(getattr(self._layer_specs[0], n) is getattr(self, n)
+                                           for n in LAYER_SECTIONS) else None
+        for spec in {id(s): s for s in self._layer_specs}.values():  # each distinct layer once
+            try:
+                for name in LAYER_SECTIONS:
+                    getattr(spec, name).check(ctx.at(spec.index))
+            except ValueError as exc:
+                if spec is base:
+                    raise
+                raise ValueError(f"layer {spec.index} (as the layers entries make it): {exc}") from None
         kinds = [h.kind for h in self.heads]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"heads lists a kind more than once: {kinds}")
+        for head in self.heads:
+            head.check(ctx)
         for bound, value in (("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id)):
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{bound} ({value}) must be in [0, vocab_size={self.vocab_size})")
         return self
 
+    def _resolve_layers(self, given: dict[str, dict]) -> tuple[LayerSpec, ...]:
+        """Each layer's blocks: the spec's sections with the ``layers`` entries that select it
+        merged over them. Layers changed by the same entries share one LayerSpec."""
+        n = self.num_layers
+        if self.layer_types is not None and len(self.layer_types) != n:
+            raise SpecRuleError(("layer_types",), f"layer_types has {len(self.layer_types)} entries; expected one "
+                                                  f"per layer, num_layers = {n}")
+        for k, entry in enumerate(self.layers):
+            if entry.range is not None and entry.range[1] > n:
+                raise SpecRuleError(("layers", k, "range"), f"range {list(entry.range)} reaches past the last "
+                                                            f"layer (num_layers = {n})")
+            if entry.indices is not None and any(i >= n for i in entry.indices):
+                raise SpecRuleError(("layers", k, "indices"), f"indices {entry.indices} name a layer past the "
+                                                              f"last (num_layers = {n}; layers count from 0)")
+            if entry.every is not None and (entry.offset or 0) >= n:
+                raise SpecRuleError(("layers", k, "offset"), f"offset {entry.offset} selects no layer "
+                                                             f"(num_layers = {n})")
+            if entry.type is not None and entry.type not in (self.layer_types or []):
+                raise SpecRuleError(("layers", k, "type"), f"type {entry.type!r} is not among layer_types "
+                                                           f"{sorted(set(self.layer_types or [])) or '(not set)'}")
+        base = {name: getattr(self, name) for name in LAYER_SECTIONS}
+        shared: dict[tuple[int, ...], LayerSpec] = {}  # layers changed by the same entries share one
+        specs = []
+        for i in range(n):
+            applied = tuple(k for k, entry in enumerate(self.layers) if entry.selects(i, self.layer_types))
+            if applied not in shared:
+                shared[applied] = LayerSpec(index=i, **(self._merged(given, applied, i) if applied else base))
+            specs.append(shared[applied])
+        return tuple(specs)
+
+    def _merged(self, given: dict[str, dict], applied: tuple[int, ...], index: int) -> dict[str, Strict]:
+        sections = {}
+        for name in LAYER_SECTIONS:
+            data, last = dict(given[name]), None
+            for k in applied:
+                change = getattr(self.layers[k], name)
+                if change is not None:
+                    data = dict(change) if change.get("kind", data["kind"]) != data["kind"] else {**data, **change}
+                    last = k
+            if last is None:
+                sections[name] = getattr(self, name)
+                continue
+            try:
+                value = _section_adapter(type(self), name).validate_python(data)
+            except Exception as exc:  # a pydantic ValidationError: report its first error at the entry
+                errors = getattr(exc, "errors", lambda: [])()
+                err = errors[0] if errors else {"loc": (), "msg": str(exc)}
+                loc = tuple(p for p in err["loc"] if p != data.get("kind") and not str(p).startswith("function-"))
+                loc += ("kind",) if err.get("type", "").startswith("union_tag") else ()
+                raise SpecRuleError(("layers", last, name, *loc),
+                                    f"{err['msg'].removeprefix('Value error, ')} (layer {index})") from None
+            sections[name] = value.resolved(self.hidden_size) if name == "attention" else value
+        return sections
+
     @property
-    def num_embeddings(self) -> int:
-        """Rows of the input embedding: the vocabulary plus any prompt rows."""
-        prompt = self.embedding.prompt
-        return self.vocab_size + (prompt.num_types * prompt.length if prompt else 0)
+    def layer_specs(self) -> tuple[LayerSpec, ...]:
+        """Each layer's blocks after the ``layers`` overrides."""
+        return self._layer_specs
 
     @property
     def eos_token_ids(self) -> list[int]:
@@ -458,4 +923,4 @@ class ModelSpecBase(Strict):
         return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json", exclude_defaults=False)
+        return self.model_dump(mode="json", exclude_none=True)

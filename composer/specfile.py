@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from archcomposer.errors import RegistryError, SpecError
 from archcomposer.registry import get_registry
-from archcomposer.spec import ModelSpecBase
+from archcomposer.spec import ModelSpecBase, SpecRuleError
 
 SpecLike = ModelSpecBase | dict | str | os.PathLike
 
@@ -65,7 +65,9 @@ def _check_family(spec: ModelSpecBase, path: Path | None) -> ModelSpecBase:
 def format_validation_error(exc: ValidationError, data: Any, path: Path | None, node: yaml.Node | None) -> str:
     lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
-        loc = _input_path(data, err["loc"])
+        rule = err.get("ctx", {}).get("error")
+        # A rule that knows its field (SpecRuleError) is reported there, not at the model.
+        loc = list(rule.loc) if isinstance(rule, SpecRuleError) else _input_path(data, err["loc"])
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc.append("kind")  # the tag field is what is wrong (or missing), not the section
         where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""

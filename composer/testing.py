@@ -57,8 +57,8 @@ def check_cache_equivalence(spec_or_model: SpecLike | ComposedModel, *, batch_si
     followed by decoding with a cache (one token per step, the last step two tokens at once), for
     each cache in ``caches`` (``"dynamic"``: ``DynamicCache``, ``"static"``: ``StaticCache``).
     Compared: the final hidden states at every position and, with a ``causal_lm`` head, the
-    logits. A ``prefix_lm`` model's reference forward marks the prompt as context
-    (``prefix_mask``), which is what its prefill sees."""
+    logits. For an embedding kind with a prefix-LM mask, the reference forward marks the prompt as
+    context (``prefix_mask``), which is what its prefill sees."""
     model = _as_model(spec_or_model, seed)
     head = "causal_lm" if "causal_lm" in model.heads else None
     total = prompt_length + new_tokens
@@ -73,7 +73,7 @@ def check_cache_equivalence(spec_or_model: SpecLike | ComposedModel, *, batch_si
             if name == "dynamic":
                 cache = DynamicCache()
             elif name == "static":
-                cache = StaticCache(max_length=model.prompt_length + total)
+                cache = StaticCache(max_length=model.num_prepended + total)
             else:
                 raise ValueError(f"caches: {name!r} is not a cache; expected 'dynamic' or 'static'")
             for start, end in bounds:
@@ -87,9 +87,9 @@ def check_cache_equivalence(spec_or_model: SpecLike | ComposedModel, *, batch_si
                     _close(step.logits, full.logits[:, start:end], atol, rtol,
                            f"{where}: logits differ from one forward over all tokens")
                 length = cache.get_seq_length()
-                if length != model.prompt_length + end:
+                if length != model.num_prepended + end:
                     raise AssertionError(f"{where}: the cache holds {length} tokens; expected "
-                                         f"{model.prompt_length + end}")
+                                         f"{model.num_prepended + end}")
 
 
 def _steps(prompt_length: int, new_tokens: int) -> list[tuple[int, int]]:
@@ -127,13 +127,13 @@ def check_output_contract(spec_or_model: SpecLike | ComposedModel, *, batch_size
     head_specs = list(model.head_specs.values()) or [None]
     with _eval(model):
         for head_spec in head_specs:
-            batch = batch_size
-            if isinstance(head_spec, specs.SequenceClassificationHeadSpec) and spec.pad_token_id is None:
-                batch = 1  # without pad_token_id, the last token of a row cannot be found in a batch
+            limit = head_spec.max_batch(spec) if head_spec is not None else None
+            batch = min(batch_size, limit) if limit is not None else batch_size
             ids = _input_ids(model, batch, seq_len, seed)  # [B, S]
             kind = head_spec.kind if head_spec is not None else None
             where = f"{spec.name}: head {kind or '(none)'}"
-            labels = _labels(head_spec, ids, seed)
+            labels = {} if head_spec is None else \
+                head_spec.example_labels(spec, ids, torch.Generator().manual_seed(seed + 1))
             kwargs = {"head": kind, "output_hidden_states": True, "output_attentions": True, **labels}
             out = model(ids, **kwargs)
             expected_class = head_spec.output_class if head_spec is not None else BaseModelOutputWithPast
@@ -220,7 +220,7 @@ def _check_sizes(model: ComposedModel, head_spec: Any, out: ModelOutput, ids: to
         if tuple(a.shape) != (B, H, S, S):
             raise AssertionError(f"{where}: attentions[{i}] has shape {tuple(a.shape)}; expected {(B, H, S, S)}")
         rows = a.float().sum(-1)  # [B, H, S]
-        if model.prompt_length:  # the prompt's columns are dropped, as the reference does
+        if model.num_prepended:  # the prompt's columns are dropped, as the reference does
             if not ((rows > 0) & (rows <= 1 + 1e-4)).all():
                 raise AssertionError(f"{where}: attentions[{i}] rows must sum to at most 1 (the prompt columns "
                                      f"are dropped); got sums in [{rows.min():.4g}, {rows.max():.4g}]")
@@ -228,8 +228,8 @@ def _check_sizes(model: ComposedModel, head_spec: Any, out: ModelOutput, ids: to
             _close(rows, torch.ones(B, H, S), 1e-4, 1e-4, f"{where}: attentions[{i}] rows must sum to 1")
     cache = out.get("past_key_values")
     if head_spec is None or head_spec.returns_cache:
-        if cache is None or cache.get_seq_length() != model.prompt_length + S:
-            raise AssertionError(f"{where}: past_key_values must be a cache of {model.prompt_length + S} tokens "
+        if cache is None or cache.get_seq_length() != model.num_prepended + S:
+            raise AssertionError(f"{where}: past_key_values must be a cache of {model.num_prepended + S} tokens "
                                  f"(use_cache defaults to True); got {cache!r}")
     elif "past_key_values" in out.keys():
         raise AssertionError(f"{where}: this head does not return a cache, yet past_key_values is set")
@@ -239,45 +239,19 @@ def _check_shapes(model: ComposedModel, head_spec: Any, out: ModelOutput, ids: t
                   atol: float, rtol: float) -> None:
     spec = model.spec
     B, S = ids.shape
-    expected: dict[str, tuple[int, ...]] = {}
     if head_spec is None:
         expected = {"last_hidden_state": (B, S, spec.hidden_size)}
-    elif isinstance(head_spec, specs.CausalLMHeadSpec):
-        expected = {"logits": (B, S, spec.vocab_size)}
-        last = model(ids, head=head_spec.kind, logits_to_keep=1).logits  # [B, 1, V]
-        _close(last, out.logits[:, -1:], atol, rtol, f"{where}: logits_to_keep=1 must give the last position's logits")
-    elif isinstance(head_spec, specs.SequenceClassificationHeadSpec):
-        expected = {"logits": (B, head_spec.num_labels)}
-    elif isinstance(head_spec, specs.TokenClassificationHeadSpec):
-        expected = {"logits": (B, S, head_spec.num_labels)}
-    elif isinstance(head_spec, specs.QuestionAnsweringHeadSpec):
-        expected = {"start_logits": (B, S), "end_logits": (B, S)}
+    else:
+        expected = head_spec.output_shapes(spec, B, S)
+        if head_spec.keeps_positions:
+            last = model(ids, head=head_spec.kind, logits_to_keep=1).logits  # [B, 1, ...]
+            _close(last, out.logits[:, -1:], atol, rtol,
+                   f"{where}: logits_to_keep=1 must give the last position's logits")
     for name, shape in expected.items():
         value = out.get(name)
         if value is None or tuple(value.shape) != shape:
             raise AssertionError(f"{where}: {name} has shape {None if value is None else tuple(value.shape)}; "
                                  f"expected {shape}")
-
-
-def _labels(head_spec: Any, ids: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """Labels for the built-in heads (none for a plugin's head kind)."""
-    B, S = ids.shape
-    g = torch.Generator().manual_seed(seed + 1)
-    if isinstance(head_spec, specs.CausalLMHeadSpec):
-        return {"labels": ids.clone()}
-    if isinstance(head_spec, specs.SequenceClassificationHeadSpec):
-        n, problem = head_spec.num_labels, head_spec.problem_type
-        if problem == "multi_label_classification":
-            return {"labels": torch.randint(0, 2, (B, n), generator=g).float()}
-        if problem == "regression" or n == 1:
-            return {"labels": torch.randn(B, n, generator=g).squeeze(-1) if n == 1 else torch.randn(B, n, generator=g)}
-        return {"labels": torch.randint(0, n, (B,), generator=g)}
-    if isinstance(head_spec, specs.TokenClassificationHeadSpec):
-        return {"labels": torch.randint(0, head_spec.num_labels, (B, S), generator=g)}
-    if isinstance(head_spec, specs.QuestionAnsweringHeadSpec):
-        start = torch.randint(0, S, (B,), generator=g)
-        return {"start_positions": start, "end_positions": torch.minimum(start + 1, torch.tensor(S - 1))}
-    return {}
 
 
 # ---------------------------------------------------------------------------------------------

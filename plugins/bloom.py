@@ -5,7 +5,7 @@ Hugging Face BLOOM (``model_type: bloom``) stores the fused QKV projection per h
 rows are permuted both ways. The MLP is always 4x wide with biases; the GELU is the tanh one."""
 
 from archcomposer import Family, TensorMap, hookimpl
-from archcomposer.hf_mapping import head_tensors, heads_from_hf, hf_head_config, require
+from archcomposer.hf_mapping import head_tensors, heads_from_hf, hf_head_config, require, require_plain_trunk
 
 NAME = "BLOOM"
 
@@ -37,15 +37,16 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "bos_token_id": config.get("bos_token_id", 1),
         "eos_token_id": config.get("eos_token_id", 2),
         "initializer_range": config.get("initializer_range", 0.02),
-        "embedding": {"tied": config.get("tie_word_embeddings", True), "norm": True},
+        "embedding": {"kind": "tokens", "tied": config.get("tie_word_embeddings", True), "norm": True},
         "position": {"kind": "alibi"},
         "attention": {"kind": "gqa", "num_heads": config.get("n_head", config.get("num_attention_heads", 8)),
                       "qkv_bias": True, "out_bias": True, "fused_qkv": True,
                       "dropout": config.get("attention_dropout", 0.0)},
         "norm": {"kind": "layernorm", "eps": config.get("layer_norm_epsilon", 1e-5)},
         "mlp": {"kind": "plain", "intermediate_size": 4 * hidden, "activation": "gelu_tanh", "bias": True},
-        "residual": {"from_norm": config.get("apply_residual_connection_post_layernorm", False),
-                     "dropout": config.get("hidden_dropout", 0.0)},
+        "wiring": {"kind": "pre_norm",
+                   "residual_from_norm": config.get("apply_residual_connection_post_layernorm", False),
+                   "dropout": config.get("hidden_dropout", 0.0)},
         "heads": heads_from_hf(config, ARCHITECTURES[architecture]),
     }
 
@@ -55,11 +56,8 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "position.kind", spec.position.kind, "alibi")
     require(NAME, "norm.kind", spec.norm.kind, "layernorm")
     require(NAME, "norm.bias", spec.norm.bias, True)
-    require(NAME, "embedding.norm", spec.embedding.norm, True)
-    require(NAME, "embedding.segments", spec.embedding.segments, None)
-    require(NAME, "embedding.prompt", spec.embedding.prompt, None)
+    require_plain_trunk(spec, NAME, embedding_norm=True)
     require(NAME, "attention.kind", a.kind, "gqa")
-    require(NAME, "attention.mask", a.mask, "causal")
     require(NAME, "attention.num_kv_heads", a.num_kv_heads, a.num_heads)
     require(NAME, "attention.head_dim", a.head_dim, spec.hidden_size // a.num_heads)
     require(NAME, "attention.fused_qkv", a.fused_qkv, True)
@@ -80,8 +78,8 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
         "pad_token_id": spec.pad_token_id,
         "bos_token_id": spec.bos_token_id,
         "eos_token_id": spec.eos_token_id,
-        "apply_residual_connection_post_layernorm": spec.residual.from_norm,
-        "hidden_dropout": spec.residual.dropout,
+        "apply_residual_connection_post_layernorm": spec.wiring.residual_from_norm,
+        "hidden_dropout": spec.wiring.dropout,
         "attention_dropout": a.dropout,
         "tie_word_embeddings": spec.embedding.tied,
         "pretraining_tp": 1,

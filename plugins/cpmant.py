@@ -1,14 +1,15 @@
 """The CPM-Ant family: bucketed relative bias with segments, prompt tokens, prefix-LM mask, GeGLU.
 
-Hugging Face CPM-Ant (``model_type: cpmant``) fixes what our spec makes fields: the prompt is
-the rows of prompt type 2, input tokens are segment 2 and prompt/pad tokens segment 0, token id 0
-is padding, the bias is bidirectional with segment-pair buckets stored after the position
+Its input is our ``prompt_segments`` embedding kind (prompt tokens, segment embedding, prefix-LM
+mask). Hugging Face CPM-Ant (``model_type: cpmant``) fixes what our spec makes fields: the prompt
+is the rows of prompt type 2, input tokens are segment 2 and prompt/pad tokens segment 0, token
+id 0 is padding, the bias is bidirectional with segment-pair buckets stored after the position
 buckets (``relative_attention_bias`` [segments^2 + buckets, heads], our layout too), and the LM
 head is a separate matrix whose loss is not shifted. Its input embedding holds the vocabulary
 and then every prompt row, as ours does."""
 
 from archcomposer import Family, TensorMap, hookimpl
-from archcomposer.hf_mapping import heads_from_hf, hf_head_config, require
+from archcomposer.hf_mapping import heads_from_hf, hf_head_config, require, require_same_layers
 
 NAME = "CPM-Ant"
 #: What Hugging Face CPM-Ant hard-codes.
@@ -28,7 +29,7 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "max_positions": config.get("position_bias_max_distance", 2048),
         "pad_token_id": PAD_TOKEN_ID,
         "initializer_range": config.get("init_std", 1.0),
-        "embedding": {"tied": False,
+        "embedding": {"kind": "prompt_segments",
                       "segments": {"num_types": config.get("segment_types", 32), "token_segment": TOKEN_SEGMENT},
                       "prompt": {"num_types": config.get("prompt_types", 32), "length": config.get("prompt_length", 32),
                                  "type": PROMPT_TYPE}},
@@ -37,11 +38,11 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
                      "segments": True},
         "attention": {"kind": "gqa", "num_heads": config.get("num_attention_heads", 32),
                       "head_dim": config.get("dim_head", 128), "qkv_bias": False, "out_bias": False,
-                      "mask": "prefix_lm", "dropout": dropout},
+                      "dropout": dropout},
         "norm": {"kind": "rmsnorm", "eps": config.get("eps", 1e-6)},
         "mlp": {"kind": "gated", "intermediate_size": config.get("dim_ff", 10240), "activation": "gelu",
                 "fused": False, "bias": False},
-        "residual": {"dropout": dropout},
+        "wiring": {"kind": "pre_norm", "dropout": dropout},
         "heads": heads_from_hf(config, ARCHITECTURES[architecture], shift_labels=False),
     }
 
@@ -51,15 +52,12 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "position.kind", spec.position.kind, "bucket_bias")
     require(NAME, "position.bidirectional", spec.position.bidirectional, True)
     require(NAME, "position.segments", spec.position.segments, True)
-    require(NAME, "embedding.norm", e.norm, False)
-    require(NAME, "embedding.tied", e.tied, False)
+    require(NAME, "embedding.kind", e.kind, "prompt_segments")
     require(NAME, "embedding.segments.token_segment", e.segments.token_segment, TOKEN_SEGMENT)
-    require(NAME, "embedding.prompt", e.prompt is not None, True)
     require(NAME, "embedding.prompt.type", e.prompt.type, PROMPT_TYPE)
     require(NAME, "pad_token_id", spec.pad_token_id, PAD_TOKEN_ID)
     require(NAME, "norm.kind", spec.norm.kind, "rmsnorm")
     require(NAME, "attention.kind", a.kind, "gqa")
-    require(NAME, "attention.mask", a.mask, "prefix_lm")
     require(NAME, "attention.num_kv_heads", a.num_kv_heads, a.num_heads)
     require(NAME, "attention.fused_qkv", a.fused_qkv, False)
     require(NAME, "attention.qkv_bias", a.qkv_bias, False)
@@ -68,8 +66,11 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "mlp.activation", spec.mlp.activation, "gelu")
     require(NAME, "mlp.fused", spec.mlp.fused, False)
     require(NAME, "mlp.bias", spec.mlp.bias, False)
-    require(NAME, "residual.from_norm", spec.residual.from_norm, False)
-    require(NAME, "residual.dropout", spec.residual.dropout, a.dropout)
+    require(NAME, "wiring.kind", spec.wiring.kind, "pre_norm")
+    require(NAME, "wiring.residual_from_norm", spec.wiring.residual_from_norm, False)
+    require(NAME, "wiring.dropout (one dropout_p covers attention and residuals)", spec.wiring.dropout, a.dropout)
+    require(NAME, "final_norm", spec.final_norm, True)
+    require_same_layers(spec, NAME)
     return {
         "model_type": "cpmant",
         "vocab_size": spec.vocab_size,
@@ -95,7 +96,7 @@ def hf_tensors(spec, architecture: str) -> list[TensorMap]:
     base = "" if ARCHITECTURES[architecture] is None else "cpmant."
     maps = [TensorMap("embedding.tokens.weight", f"{base}input_embedding.weight"),
             TensorMap("embedding.segments.weight", f"{base}segment_embedding.weight"),
-            TensorMap("position.weight", f"{base}position_bias.relative_attention_bias"),
+            TensorMap("positions.0.weight", f"{base}position_bias.relative_attention_bias"),
             TensorMap("final_norm.weight", f"{base}encoder.output_layernorm.weight")]
     for i in range(spec.num_layers):
         ours, theirs = f"layers.{i}", f"{base}encoder.layers.{i}"

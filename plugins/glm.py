@@ -40,7 +40,7 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "bos_token_id": config.get("bos_token_id"),
         "eos_token_id": config.get("eos_token_id", [151329, 151336, 151338]),
         "initializer_range": config.get("initializer_range", 0.02),
-        "embedding": {"tied": config.get("tie_word_embeddings", False)},
+        "embedding": {"kind": "tokens", "tied": config.get("tie_word_embeddings", False)},
         "position": {"kind": "partial_rope", "interleaved": True,
                      "theta": rope.get("rope_theta", config.get("rope_theta", 10000.0)),
                      "fraction": rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.5))},
@@ -62,7 +62,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "attention.out_bias", a.out_bias, False)
     require(NAME, "mlp.fused", spec.mlp.fused, True)
     require(NAME, "mlp.bias", spec.mlp.bias, False)
-    require(NAME, "residual.dropout", spec.residual.dropout, 0.0)
+    require(NAME, "wiring.dropout", spec.wiring.dropout, 0.0)
     return {
         "model_type": "glm",
         **llama_layout_config(spec, NAME),

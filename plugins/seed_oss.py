@@ -44,7 +44,7 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "bos_token_id": config.get("bos_token_id", 0),
         "eos_token_id": config.get("eos_token_id", 2),
         "initializer_range": config.get("initializer_range", 0.02),
-        "embedding": {"tied": config.get("tie_word_embeddings", False)},
+        "embedding": {"kind": "tokens", "tied": config.get("tie_word_embeddings", False)},
         "position": {"kind": "rope", "theta": rope.get("rope_theta", config.get("rope_theta", 10000.0))},
         "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": config.get("num_key_value_heads") or heads,
                       "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
@@ -54,7 +54,7 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "norm": {"kind": "rmsnorm", "eps": config.get("rms_norm_eps", 1e-6)},
         "mlp": {"kind": "gated", "intermediate_size": config["intermediate_size"],
                 "activation": activation_from_hf(config), "fused": False, "bias": config.get("mlp_bias", False)},
-        "residual": {"dropout": config.get("residual_dropout", 0.1)},
+        "wiring": {"kind": "pre_norm", "dropout": config.get("residual_dropout", 0.1)},
         "heads": heads_from_hf(config, ARCHITECTURES[architecture]),
     }
 
@@ -69,7 +69,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
         "attention_bias": a.qkv_bias,
         "attention_out_bias": a.out_bias,
         "attention_dropout": a.dropout,
-        "residual_dropout": spec.residual.dropout,
+        "residual_dropout": spec.wiring.dropout,
         "mlp_bias": spec.mlp.bias,
         **hf_head_config(spec, NAME),
     }

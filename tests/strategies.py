@@ -5,7 +5,9 @@ block kind. Valid shapes are constructed, never filtered: ``num_kv_heads`` is dr
 ``num_heads`` is a multiple of it; a rotary ``fraction`` is drawn among those that give an even
 whole number of channels for the drawn ``head_dim``; bucket counts are built from the number of
 exact buckets wanted. Each section has its own strategy so a caller can combine or restrict them
-(``positions=("alibi",)``, ``heads=("question_answering",)``, ``masks=("prefix_lm",)``).
+(``positions=("alibi",)``, ``heads=("question_answering",)``, ``embeddings=("prompt_segments",)``).
+Per-layer ``layers`` entries are drawn with every selector (range, every/offset, indices, type with
+``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select.
 
 Weights built from these specs use ``initializer_range`` = c / sqrt(hidden_size) with c in [0.75, 1.25]:
 attention scores and logits then have a spread of about c**2 and c whatever the width. The usual
@@ -28,10 +30,16 @@ ATTENTIONS = ("gqa",)
 MLPS = ("gated", "plain")
 HEADS = ("causal_lm", "sequence_classification", "token_classification", "question_answering")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
-MASKS = ("causal", "prefix_lm")
+EMBEDDINGS = ("tokens", "prompt_segments")
+WIRINGS = ("pre_norm", "sandwich", "post_branch_norm", "parallel", "post_norm")
+#: Wirings that normalise a branch output: drawn only where attention is at least 8 channels wide,
+#: since a norm of a narrower (rank < 8) vector amplifies fp32 rounding past 1e-5.
+POST_BRANCH_NORMS = ("sandwich", "post_branch_norm")
+SELECTORS = ("range", "every", "indices", "type")
 
 #: Every kind the strategies can draw, by spec section (a meta-test compares it with the registry).
-KINDS = {"position": POSITIONS, "norm": NORMS, "attention": ATTENTIONS, "mlp": MLPS, "head": HEADS}
+KINDS = {"embedding": EMBEDDINGS, "position": POSITIONS, "norm": NORMS, "attention": ATTENTIONS, "mlp": MLPS,
+         "wiring": WIRINGS, "head": HEADS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,14 +87,14 @@ def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False) ->
 
 
 @st.composite
-def attention_specs(draw, *, head_dim: int, mask: str = "causal") -> dict:
+def attention_specs(draw, *, head_dim: int) -> dict:
     """A ``gqa`` section: MHA, GQA or MQA. Returns the section; ``num_heads * head_dim`` is the
     model width when ``head_dim`` is left out (the caller sets hidden_size accordingly)."""
     num_kv_heads = draw(st.integers(1, 3))
     num_heads = num_kv_heads * draw(st.integers(1, 3))
     spec = {"kind": "gqa", "num_heads": num_heads, "head_dim": head_dim, "qkv_bias": draw(st.booleans()),
             "out_bias": draw(st.booleans()), "fused_qkv": draw(st.booleans()),
-            "dropout": draw(st.sampled_from([0.0, 0.1])), "mask": mask}
+            "dropout": draw(st.sampled_from([0.0, 0.1]))}
     if num_kv_heads != num_heads or draw(st.booleans()):  # MHA may leave num_kv_heads to its default
         spec["num_kv_heads"] = num_kv_heads
     return spec
@@ -127,18 +135,72 @@ def head_specs(draw, kind: str) -> dict:
 
 
 @st.composite
-def embedding_specs(draw, *, cpm_ant: bool) -> dict:
-    """``cpm_ant``: prompt tokens and segments (CPM-Ant); otherwise each option is drawn."""
-    spec: dict = {"norm": draw(st.booleans())}
-    if cpm_ant or draw(st.booleans()):
-        num_types = draw(st.integers(1, 4))
-        spec["segments"] = {"num_types": num_types, "token_segment": draw(st.integers(0, num_types - 1))}
-    if cpm_ant or draw(st.booleans()):
-        num_types = draw(st.integers(1, 3))
-        spec["prompt"] = {"num_types": num_types, "length": draw(st.integers(1, 3)),
-                          "type": draw(st.integers(0, num_types - 1))}
-    spec["tied"] = "prompt" not in spec and draw(st.booleans())
+def embedding_specs(draw, kind: str) -> dict:
+    """``tokens`` with each option drawn, or CPM-Ant's ``prompt_segments``."""
+    if kind == "prompt_segments":
+        segments, prompts = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+        return {"kind": kind,
+                "segments": {"num_types": segments, "token_segment": draw(st.integers(0, segments - 1))},
+                "prompt": {"num_types": prompts, "length": draw(st.integers(1, 3)),
+                           "type": draw(st.integers(0, prompts - 1))}}
+    spec = {"kind": kind, "tied": draw(st.booleans()), "norm": draw(st.booleans()),
+            "scale": draw(st.sampled_from([1.0, 0.5, "sqrt_hidden_size"]))}
+    if draw(st.booleans()):
+        spec["learned_positions"] = {"offset": draw(st.integers(0, 2))}
     return spec
+
+
+@st.composite
+def wiring_specs(draw, *, attention_width: int) -> dict:
+    kind = draw(st.sampled_from([k for k in WIRINGS if attention_width >= 8 or k not in POST_BRANCH_NORMS]))
+    spec = {"kind": kind, "dropout": draw(st.sampled_from([0.0, 0.1]))}
+    if kind == "pre_norm":
+        spec["residual_from_norm"] = draw(st.booleans())
+    if kind == "parallel":
+        spec["shared_norm"] = draw(st.booleans())
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer differences
+
+
+@st.composite
+def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num_heads: int, head_dim: int,
+                    segments: bool) -> dict:
+    """One ``layers`` entry: a selector that picks at least one layer, and one or two sections
+    with fields or kinds that stay valid for the drawn widths."""
+    selectors = [s for s in SELECTORS if s != "type" or layer_types]
+    selector = draw(st.sampled_from(selectors))
+    if selector == "range":
+        start = draw(st.integers(0, num_layers - 1))
+        entry: dict = {"range": [start, draw(st.integers(start + 1, num_layers))]}
+    elif selector == "every":
+        entry = {"every": draw(st.integers(1, 3)), "offset": draw(st.integers(0, num_layers - 1))}
+    elif selector == "indices":
+        entry = {"indices": draw(st.lists(st.integers(0, num_layers - 1), min_size=1, max_size=3, unique=True))}
+    else:
+        entry = {"type": draw(st.sampled_from(sorted(set(layer_types))))}
+    sections = draw(st.lists(st.sampled_from(["position", "attention", "norm", "mlp", "wiring"]), min_size=1,
+                             max_size=2, unique=True))
+    for section in sections:
+        if section == "position":
+            kinds = [k for k in POSITIONS if k not in ("rope", "partial_rope")
+                     or (k == "rope" and head_dim % 2 == 0) or (k == "partial_rope" and head_dim % 4 == 0)]
+            entry["position"] = draw(position_specs(draw(st.sampled_from(kinds)), head_dim=head_dim,
+                                                    segments=segments))
+        elif section == "attention":
+            divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+            entry["attention"] = {"num_kv_heads": draw(st.sampled_from(divisors)),
+                                  "qkv_bias": draw(st.booleans())}
+        elif section == "norm":
+            entry["norm"] = draw(norm_specs())
+        elif section == "mlp":
+            entry["mlp"] = draw(st.one_of(st.fixed_dictionaries({"intermediate_size": st.integers(4, 32)}),
+                                          mlp_specs()))
+        else:
+            entry["wiring"] = draw(wiring_specs(attention_width=num_heads * head_dim))
+    return entry
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,35 +209,46 @@ def embedding_specs(draw, *, cpm_ant: bool) -> dict:
 
 @st.composite
 def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[str] = ("causal_lm",),
-               masks: Sequence[str] = MASKS, cpm_ant: bool | None = None, max_layers: int = 2) -> dict:
-    """A valid spec dict. ``positions`` and ``masks``: the kinds to draw from. ``heads``: the heads
-    the spec lists, in order (empty: the bare trunk). ``cpm_ant``: force (True) or forbid (False)
-    a CPM-Ant-style model (prompt, segments, prefix_lm mask); None draws it."""
+               embeddings: Sequence[str] = EMBEDDINGS, max_layers: int = 3, overrides: bool = True) -> dict:
+    """A valid spec dict. ``positions`` and ``embeddings``: the kinds to draw from (the base
+    position; ``layers`` entries may give some layers another). ``heads``: the heads the spec
+    lists, in order (empty: the bare trunk). ``overrides``: draw per-layer ``layers`` entries."""
     position = draw(st.sampled_from(positions))
-    cpm_ant = draw(st.booleans()) if cpm_ant is None else cpm_ant
-    mask = "prefix_lm" if cpm_ant else draw(st.sampled_from(masks))
-    embedding = draw(embedding_specs(cpm_ant=cpm_ant))
+    embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
+    segments = embedding["kind"] == "prompt_segments"
     head_dim = draw(head_dims(position))
-    attention = draw(attention_specs(head_dim=head_dim, mask=mask))
+    attention = draw(attention_specs(head_dim=head_dim))
     # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
     # alone moves the logits by about 1e-5.
     if attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # head_dim left to its default
         hidden_size = attention["num_heads"] * attention.pop("head_dim")
     else:
         hidden_size = draw(st.integers(8, 24))
-    return {
+    num_layers = draw(st.integers(1, max_layers))
+    spec = {
         "name": "hypothesis",
         "vocab_size": draw(st.integers(16, 48)),
         "hidden_size": hidden_size,
-        "num_layers": draw(st.integers(1, max_layers)),
+        "num_layers": num_layers,
         "max_positions": 64,
         "pad_token_id": 0,
         "initializer_range": round(draw(st.sampled_from([0.75, 1.0, 1.25])) / math.sqrt(hidden_size), 4),
         "embedding": embedding,
-        "position": draw(position_specs(position, head_dim=head_dim, segments="segments" in embedding)),
+        "position": draw(position_specs(position, head_dim=head_dim, segments=segments)),
         "attention": attention,
         "norm": draw(norm_specs()),
         "mlp": draw(mlp_specs()),
-        "residual": {"from_norm": draw(st.booleans()), "dropout": draw(st.sampled_from([0.0, 0.1]))},
+        "wiring": draw(wiring_specs(attention_width=attention["num_heads"] * head_dim)),
+        "final_norm": draw(st.booleans()),
         "heads": [draw(head_specs(kind)) for kind in heads],
     }
+    if overrides and draw(st.booleans()):
+        layer_types = None
+        if draw(st.booleans()):
+            layer_types = draw(st.lists(st.sampled_from(["local", "global"]), min_size=num_layers,
+                                        max_size=num_layers))
+            spec["layer_types"] = layer_types
+        spec["layers"] = draw(st.lists(layer_overrides(num_layers=num_layers, layer_types=layer_types,
+                                                       num_heads=attention["num_heads"], head_dim=head_dim,
+                                                       segments=segments), min_size=1, max_size=2))
+    return spec

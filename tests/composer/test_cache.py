@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archcomposer import CacheError, DynamicCache, StaticCache, build_model
+from archcomposer import CacheError, DynamicCache, StaticCache, build_model, load_spec
 from tests.strategies import POSITIONS, spec_dicts
 
 TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}  # max abs difference of logits
@@ -38,7 +38,7 @@ def stepwise_logits(model, ids, cuts, cache):
         assert out.past_key_values is cache
         pieces.append(out.logits)
         start = end
-    assert cache.get_seq_length() == model.prompt_length + ids.shape[1]
+    assert cache.get_seq_length() == model.num_prepended + ids.shape[1]
     return torch.cat(pieces, dim=1)  # [B, S, V]
 
 
@@ -69,7 +69,7 @@ def test_cached_decoding_equals_one_full_forward(position, dtype, data):
 
     one_token_steps = list(range(first, length + 1))
     chunked = data.draw(chunk_ends(length, first), label="chunk ends")
-    static_room = model.prompt_length + length + data.draw(st.integers(0, 3), label="unused static slots")
+    static_room = model.num_prepended + length + data.draw(st.integers(0, 3), label="unused static slots")
     for cuts in (one_token_steps, chunked):
         for cache in (DynamicCache(), StaticCache(max_length=static_room)):
             logits = stepwise_logits(model, ids, cuts, cache)
@@ -113,7 +113,7 @@ def test_prefix_mask_is_refused_by_a_causal_model():
     from archcomposer import InputError
 
     model = build_model("tiny-glm-4", seed=0)
-    with pytest.raises(InputError, match="prefix_mask is only meaningful"):
+    with pytest.raises(InputError, match="prefix_mask marks prefix-LM context"):
         model(torch.tensor([[5, 6]]), prefix_mask=torch.tensor([[1, 0]]))
 
 
@@ -174,3 +174,90 @@ def test_static_cache_counts_the_prompt_tokens():
     model = build_model("tiny-cpm-ant", seed=0)  # 3 prompt tokens
     with pytest.raises(CacheError, match=r"holds 4 tokens but this step needs 5"):
         model(torch.tensor([[5, 6]]), past_key_values=StaticCache(max_length=4))
+
+
+# ---------------------------------------------------------------------------------------------
+# position_ids given with a cache
+
+
+@pytest.mark.parametrize("name", ["tiny-bloom", "tiny-cpm-ant", "tiny-glm-4", "tiny-seed-oss"])
+@pytest.mark.parametrize("make_cache", [DynamicCache, lambda: StaticCache(max_length=16)], ids=["dynamic", "static"])
+@torch.no_grad()
+def test_explicit_position_ids_survive_in_the_cache(name, make_cache):
+    """Bias schemes (ALiBi, buckets) read the positions of past keys at every step: they must be
+    the ones given when those keys were written, not rebuilt from the mask (2.4e-3 off on
+    tiny-bloom with position_ids = arange + 5 before the cache kept them)."""
+    model = build_model(name, seed=0)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16]])
+    position_ids = torch.arange(6).expand(2, 6) + torch.tensor([[5], [2]])
+    prefix = torch.tensor([[1, 1, 1, 1, 0, 0]]).expand(2, 6) if model.prefix_lm else None
+    full = model(ids, position_ids=position_ids, prefix_mask=prefix, use_cache=False).logits
+    cache, pieces = make_cache(), []
+    for start, end in [(0, 4), (4, 5), (5, 6)]:
+        pieces.append(model(ids[:, start:end], position_ids=position_ids[:, start:end], past_key_values=cache,
+                            attention_mask=torch.ones(2, end)).logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@pytest.mark.parametrize("name", ["tiny-bloom", "tiny-cpm-ant", "tiny-glm-4"])
+def test_training_mode_keeps_no_cache_so_activation_checkpointing_recomputes(name):
+    """In training mode the cache is off by default (as in transformers): a checkpointed layer
+    recomputed in backward would otherwise append its keys to the cache a second time and fail
+    with a shape mismatch."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    plain = build_model(name, seed=0).train()
+    wrapped = build_model(name, seed=0).train()
+    for i, layer in enumerate(wrapped.layers):
+        wrapped.layers[i] = checkpoint_wrapper(layer)
+    for model in (plain, wrapped):
+        model.layers.apply(lambda m: setattr(m, "dropout", 0.0) if hasattr(m, "dropout") and
+                           isinstance(m.dropout, float) else None)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    out = wrapped(ids, labels=ids)
+    assert out.past_key_values is None
+    out.loss.backward()
+    reference = plain(ids, labels=ids)
+    reference.loss.backward()
+    torch.testing.assert_close(out.loss, reference.loss, rtol=0, atol=0)
+    grads = {n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in wrapped.named_parameters()}
+    for name_, p in plain.named_parameters():
+        torch.testing.assert_close(grads[name_], p.grad, rtol=1e-5, atol=1e-7)
+    assert plain.eval()(ids).past_key_values is not None  # eval mode caches by default
+
+
+# ---------------------------------------------------------------------------------------------
+# layers that differ
+
+
+LAYERED = {
+    # Gemma 3: sandwich norms, sqrt(width) embedding scale, RoPE theta per layer type
+    "gemma-3-like": {"embedding": {"kind": "tokens", "scale": "sqrt_hidden_size"}, "wiring": {"kind": "sandwich"},
+                     "layer_types": ["local", "local", "global", "local"],
+                     "layers": [{"type": "global", "position": {"theta": 1000000.0}}]},
+    # SmolLM3: no position signal on every 4th layer
+    "smollm3-like": {"layers": [{"every": 4, "offset": 3, "position": {"kind": "none"}}]},
+    # DeepSeek-style first-k-dense, here as a wider MLP on the first layer, and a parallel layer
+    "first-k-different": {"layers": [{"range": [0, 1], "mlp": {"intermediate_size": 96}},
+                                     {"indices": [2], "wiring": {"kind": "parallel", "shared_norm": False},
+                                      "attention": {"num_kv_heads": 1}}]},
+    # ALiBi and bucket biases mixed with rotary layers
+    "bias-and-rotary": {"layers": [{"indices": [1], "position": {"kind": "alibi"}},
+                                   {"indices": [3], "position": {"kind": "bucket_bias", "num_buckets": 8,
+                                                                 "max_distance": 16}}]},
+}
+
+
+@pytest.mark.parametrize("name", LAYERED)
+def test_layers_that_differ_keep_the_cache_equivalent(name):
+    from archcomposer.testing import check_cache_equivalence, check_output_contract
+
+    spec = {**load_spec("tiny-seed-oss").to_dict(), "num_layers": 4, **LAYERED[name]}
+    schemes = {"gemma-3-like": 2, "smollm3-like": 2, "first-k-different": 2, "bias-and-rotary": 3}[name]
+    assert len(build_model(spec, device="meta").positions) == schemes  # one module per distinct scheme
+    check_cache_equivalence(spec, prompt_length=5, new_tokens=4)
+    check_output_contract(spec)

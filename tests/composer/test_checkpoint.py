@@ -5,6 +5,7 @@ transformers per family lives in tests/plugins/."""
 import json
 import os
 import pickle
+from itertools import chain
 
 import pytest
 import torch
@@ -32,17 +33,11 @@ def test_own_format_round_trip_is_exact(tmp_path, name):
     assert loaded.spec == model.spec
     assert not loaded.training
     assert torch.equal(logits(loaded), logits(model))
-    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    # built on the meta device, every parameter and buffer is real once loaded
+    assert all(t.device.type == "cpu" for t in chain(loaded.parameters(), loaded.buffers()))
     if model.spec.embedding.tied:
         assert loaded.heads.causal_lm.proj.weight is loaded.embedding.tokens.weight
         assert "heads.causal_lm.proj.weight" not in load_file(out / "model.safetensors")
-
-
-def test_prompt_buffer_is_real_after_loading(tmp_path):
-    """Parameters are built on the meta device; buffers (CPM-Ant's prompt ids) are computed."""
-    model = build_model("tiny-cpm-ant", seed=0)
-    loaded = from_pretrained(model.save_pretrained(tmp_path / "ckpt"))
-    assert torch.equal(loaded.prompt_ids, model.prompt_ids)
 
 
 def test_several_heads_and_dtype(tmp_path):
@@ -259,6 +254,23 @@ def test_spec_no_family_expresses_gets_every_reason(tmp_path):
     for family in ("bloom", "glm-4", "seed-oss", "cpm-ant"):
         assert f"\n  {family}: position.kind = 'none' has no equivalent" in message
     assert not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize(("name", "family"), [("tiny-bloom", "BLOOM"), ("tiny-glm-4", "GLM"),
+                                              ("tiny-seed-oss", "Seed-OSS"), ("tiny-cpm-ant", "CPM-Ant")])
+def test_export_of_per_layer_differences_is_refused_naming_the_field(tmp_path, name, family):
+    """No Hugging Face family here has per-layer differences: even one that changes no tensor
+    shape (a norm eps) is refused, rather than exported as if every layer were the first."""
+    spec = build_model(name, device="meta").spec.to_dict()
+    spec["layers"] = [{"indices": [1], "norm": {"eps": 1e-3}}]
+    model = build_model(spec, seed=0)
+    assert model.spec.layer_specs[1].norm.eps == 1e-3
+    with pytest.raises(CheckpointError, match=rf"layers: per-layer differences have no equivalent in Hugging Face "
+                                              rf"{family}\b"):
+        model.save_pretrained(tmp_path / "hf", format="hf")
+    assert not (tmp_path / "hf").exists()
+    loaded = from_pretrained(model.save_pretrained(tmp_path / "ours"))  # our format keeps them
+    assert loaded.spec.layer_specs[1].norm.eps == 1e-3
 
 
 def test_bad_arguments(tmp_path):

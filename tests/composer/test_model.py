@@ -136,7 +136,7 @@ def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
     has_cache_field = "past_key_values" in {f for f in out.__dataclass_fields__}
     assert has_cache_field == (kind in (None, "causal_lm", "sequence_classification"))
     if has_cache_field:
-        assert out.past_key_values.get_seq_length() == model.prompt_length + length
+        assert out.past_key_values.get_seq_length() == model.num_prepended + length
         assert "past_key_values" in out.keys()
         without = model(ids, use_cache=False)
         assert without.past_key_values is None and "past_key_values" not in without.keys()
@@ -192,12 +192,15 @@ def test_hidden_states_and_attentions(data):
 
     # hidden_states: the embedding output, one per layer, the last after the final norm
     assert len(out.hidden_states) == L + 1 and all(h.shape == (B, S, D) for h in out.hidden_states)
-    embedded = model.embedding.tokens.weight[ids]  # [B, S, D]
-    if model.embedding.segments is not None:
-        embedded = embedded + model.embedding.segments.weight[torch.where(real, model.token_segment, 0)]
-    torch.testing.assert_close(out.hidden_states[0][real], model.embedding.norm(embedded)[real], rtol=0, atol=ATOL)
+    P = model.num_prepended  # the embedding block on its own (tests/blocks), fed the positions the mask gives
+    full_mask = torch.cat([torch.ones(B, P, dtype=torch.bool), real], dim=1)
+    embedded = model.embedding(input_ids=ids, inputs_embeds=None, positions=(full_mask.long().cumsum(-1) - 1).clamp(min=0),
+                               token_mask=full_mask, first=True).x[:, P:]  # [B, S, D]
+    torch.testing.assert_close(out.hidden_states[0][real], embedded[real], rtol=0, atol=ATOL)
     last = out.hidden_states[-1][real]  # final norm with its initial unit scale and zero shift
-    if spec["norm"]["kind"] == "rmsnorm":
+    if not spec["final_norm"]:
+        pass
+    elif spec["norm"]["kind"] == "rmsnorm":
         torch.testing.assert_close(last.pow(2).mean(-1), torch.ones(len(last)), rtol=0, atol=1e-3)
     else:
         torch.testing.assert_close(last.mean(-1), torch.zeros(len(last)), rtol=0, atol=1e-4)
@@ -214,7 +217,7 @@ def test_hidden_states_and_attentions(data):
     for a in out.attentions:
         a = a.permute(0, 2, 1, 3)[real]  # [real queries, H, S]
         assert (a[~may_see[real][:, None, :].expand_as(a)] == 0).all()
-        if model.prompt_length:  # the prompt's columns are dropped from what is returned
+        if model.num_prepended:  # the prompt's columns are dropped from what is returned
             assert (a.sum(-1) <= 1 + 1e-5).all()
         else:
             torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), rtol=0, atol=1e-5)
@@ -280,26 +283,37 @@ def test_inputs_embeds_equal_input_ids(data):
 
 def expected_parameters(spec) -> int:
     """Parameters a spec describes, counted from its fields (tied weights once)."""
-    D, V, L, a = spec.hidden_size, spec.vocab_size, spec.num_layers, spec.attention
-    H, Hkv, Dh = a.num_heads, a.num_kv_heads, a.head_dim
-    norm = D * (2 if spec.norm.kind == "layernorm" and spec.norm.bias else 1)
+    D, V = spec.hidden_size, spec.vocab_size
+
+    def norm(n) -> int:
+        return D * (2 if n.kind == "layernorm" and n.bias else 1)
+
     emb = spec.embedding
-    total = spec.num_embeddings * D + (emb.segments.num_types * D if emb.segments else 0) + (norm if emb.norm else 0)
-    qkv = (H + 2 * Hkv) * Dh
-    attention = D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
-    m, I = spec.mlp, spec.mlp.intermediate_size
-    if m.kind == "gated":
-        mlp = 3 * D * I + ((2 * I + D) if m.bias else 0)
+    if emb.kind == "prompt_segments":
+        total = (V + emb.prompt.num_types * emb.prompt.length) * D + emb.segments.num_types * D
     else:
-        mlp = 2 * D * I + ((I + D) if m.bias else 0)
-    total += L * (attention + mlp + 2 * norm) + norm
-    if spec.position.kind == "bucket_bias":
-        pairs = emb.segments.num_types**2 if spec.position.segments else 0
-        total += (pairs + spec.position.num_buckets) * H
+        total = V * D + (norm(spec.norm) if emb.norm else 0)
+        if emb.learned_positions is not None:
+            total += (spec.max_positions + emb.learned_positions.offset) * D
+    schemes = []
+    for layer in spec.layer_specs:
+        a, m = layer.attention, layer.mlp
+        H, Hkv, Dh, I = a.num_heads, a.num_kv_heads, a.head_dim, m.intermediate_size
+        qkv = (H + 2 * Hkv) * Dh
+        total += D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
+        total += (3 * D * I + ((2 * I + D) if m.bias else 0)) if m.kind == "gated" else (2 * D * I + ((I + D) if m.bias else 0))
+        norms = {"pre_norm": 2, "sandwich": 4, "post_branch_norm": 2, "post_norm": 2,
+                 "parallel": 1 if getattr(layer.wiring, "shared_norm", False) else 2}[layer.wiring.kind]
+        total += norms * norm(layer.norm)
+        p = layer.position
+        if (p, a) not in schemes:  # layers with the same scheme and attention share the module
+            schemes.append((p, a))
+            if p.kind == "bucket_bias":
+                total += ((emb.num_segments**2 if p.segments else 0) + p.num_buckets) * H
+    total += norm(spec.norm) if spec.final_norm else 0
     for head in spec.heads:
         outputs = {"causal_lm": V, "question_answering": 2}.get(head.kind) or head.num_labels
-        tied = head.kind == "causal_lm" and emb.tied
-        total += (0 if tied else D * outputs) + (outputs if head.bias else 0)
+        total += (0 if head.tied_to_embedding(spec) else D * outputs) + (outputs if head.bias else 0)
     return total
 
 
@@ -307,7 +321,7 @@ def expected_parameters(spec) -> int:
 def test_parameter_count_follows_the_spec(spec):
     model = build_model(spec, device="meta")
     assert model.num_parameters() == expected_parameters(load_spec(spec))
-    if spec["embedding"]["tied"]:
+    if spec["embedding"].get("tied"):
         assert model.heads["causal_lm"].proj.weight is model.embedding.tokens.weight
 
 
@@ -343,5 +357,5 @@ def test_prefix_mask_is_checked():
     cpm = build_model("tiny-cpm-ant", seed=0)
     with pytest.raises(InputError, match=r"prefix_mask has shape \(1, 3\); expected \(1, 2\)"):
         cpm(torch.tensor([[5, 6]]), prefix_mask=torch.ones(1, 3))
-    with pytest.raises(InputError, match="prefix_mask is only meaningful for a spec with attention.mask: prefix_lm"):
+    with pytest.raises(InputError, match="prefix_mask marks prefix-LM context, which only an embedding kind"):
         build_model("tiny-glm-4", seed=0)(torch.tensor([[5, 6]]), prefix_mask=torch.ones(1, 2))

@@ -20,6 +20,15 @@ print(sorted(archcomposer.get_registry().families))
 """
 
 
+ACME_PLUGIN = """
+from archcomposer import Family, hookimpl
+
+@hookimpl
+def register_families(register):
+    register(Family(name="acme"))
+"""
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
@@ -41,13 +50,20 @@ def test_installed_wheel_builds_shipped_specs_and_finds_builtin_families(wheel, 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
+    # Another archcomposer plugin installed beside it (as after `pip install ./examples/archcomposer-llama`):
+    # the smoke test asks for this wheel's families only, so it must not see this one.
+    (site / "acme_family.py").write_text(ACME_PLUGIN)
+    dist = site / "acme_family-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-family\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[archcomposer.plugins]\nacme = acme_family\n")
     result = subprocess.run([sys.executable, "-c", SMOKE.format(site=str(site))], capture_output=True, text=True,
                             env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin",
                                  # only this wheel's families, whatever plugins the test environment has
                                  "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "torch.Size([1, 3, 256])" in result.stdout
-    assert "'bloom', 'cpm-ant', 'glm-4', 'seed-oss'" in result.stdout
+    assert "['bloom', 'cpm-ant', 'glm-4', 'seed-oss']\n" in result.stdout
 
 
 def test_editable_install_maps_the_same_packages():

@@ -158,8 +158,8 @@ class MirroredAlibi(AlibiSpec):
 
     kind: Literal["mirrored_alibi"]
 
-    def build(self, spec):
-        return Mirrored(inner=super().build(spec))
+    def build(self, ctx):
+        return Mirrored(inner=super().build(ctx))
 
 
 class BlockPlugin:
@@ -201,9 +201,9 @@ class ConstantScale(ScaleSpec):
     kind: Literal["constant"]
     value: float = 1.0
 
-    def check(self, spec):
-        if spec.mlp.kind != "scaled_gated":
-            raise ValueError(f"scale is set but mlp.kind is {spec.mlp.kind!r}; it needs 'scaled_gated'")
+    def check(self, ctx):
+        if ctx.spec.mlp.kind != "scaled_gated":
+            raise ValueError(f"scale is set but mlp.kind is {ctx.spec.mlp.kind!r}; it needs 'scaled_gated'")
 
 
 class Scaled(nn.Module):
@@ -220,8 +220,9 @@ class ScaledGatedMLP(GatedMLPSpec):
 
     kind: Literal["scaled_gated"]
 
-    def build(self, spec):
-        return Scaled(inner=super().build(spec), value=spec.scale.value if spec.scale is not None else 1.0)
+    def build(self, ctx):
+        scale = ctx.spec.scale
+        return Scaled(inner=super().build(ctx), value=scale.value if scale is not None else 1.0)
 
 
 class SectionPlugin:
@@ -545,16 +546,18 @@ def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
     assert rope["parameters"] == [{"name": "theta", "type": "float (> 0)", "required": False, "default": 10000.0}]
     gqa = {p["name"]: p for p in by_kind["attention", "gqa"]["parameters"]}
     assert gqa["num_heads"] == {"name": "num_heads", "type": "int (> 0)", "required": True, "default": None}
-    assert gqa["mask"]["type"] == "'causal' | 'prefix_lm'" and gqa["mask"]["default"] == "causal"
+    wiring = {p["name"]: p for p in by_kind["wiring", "pre_norm"]["parameters"]}
+    assert wiring["residual_from_norm"] == {"name": "residual_from_norm", "type": "bool", "required": False,
+                                            "default": False}
     assert gqa["num_kv_heads"]["type"] == "int (> 0) | None"
     assert by_kind["scale", "constant"]["source"] == "plugin 'scaling' (registered in-process)"
     assert "scale (spec field `scale`)" in text and "head (spec field `heads`)" in text
     assert "      theta  float (> 0)  = 10000.0" in text
-    assert "      num_heads     int (> 0)               required" in text
+    assert "      num_heads     int (> 0)              required" in text
     assert main(["blocks", "mlp"]) == 0
     assert "gated" in capsys.readouterr().out
     assert main(["blocks", "positon"]) == 2
-    assert "no section 'positon'; sections are ['attention', 'head', 'mlp', 'norm', 'position']" in \
+    assert "no section 'positon'; sections are ['attention', 'embedding', 'head', 'mlp', 'norm', 'position', 'wiring']" in \
         capsys.readouterr().err
 
 
@@ -572,3 +575,38 @@ def test_a_plugin_that_uses_the_registry_while_loading_is_skipped(autoload, tmp_
                                             r"RegistryError: get_registry\(\) was called while plugins are loading"):
         registry = get_registry()
     assert registry.plugins["acme_eager"].error
+
+
+# ---------------------------------------------------------------------------------------------
+# a plugin kind with a different shape of its own
+
+
+class LatentAttentionSpec(archcomposer.spec.AttentionSpec):
+    """An attention kind without ``head_dim`` (as a latent-attention kind would be)."""
+
+    kind: Literal["latent_test"]
+    latent_dim: int = 8
+
+    def build(self, ctx):
+        raise AssertionError("this test only validates specs")
+
+    def kv_bytes_per_token(self, dtype_bytes):
+        return self.latent_dim * dtype_bytes
+
+
+class LatentPlugin:
+    @hookimpl
+    def register_blocks(self, register):
+        register("attention", LatentAttentionSpec)
+
+
+@pytest.mark.parametrize("position", [{"kind": "rope"}, {"kind": "partial_rope", "fraction": 0.5}])
+def test_a_rotary_scheme_over_an_attention_kind_without_head_dim_is_a_spec_error(position):
+    """Was a raw AttributeError from RopeSpec.check."""
+    with archcomposer.testing.registered(LatentPlugin()):
+        with pytest.raises(SpecError, match=r"position\.kind '(partial_)?rope' rotates the channels of each "
+                                            r"attention head, but attention\.kind 'latent_test' has no head_dim"):
+            archcomposer.load_spec(glm_with(position=position, attention={"kind": "latent_test", "num_heads": 4}))
+        spec = archcomposer.load_spec(glm_with(position={"kind": "alibi"},
+                                               attention={"kind": "latent_test", "num_heads": 4}))
+        assert spec.attention.position_head_dim is None

@@ -26,6 +26,10 @@ BASE = {
 }
 
 
+CPM_ANT_EMBEDDING = {"kind": "prompt_segments", "prompt": {"num_types": 2, "length": 3, "type": 1},
+                     "segments": {"num_types": 3}}
+
+
 def changed(**sections) -> dict:
     """BASE with top-level keys replaced and section fields merged (None deletes a key)."""
     spec = copy.deepcopy(BASE)
@@ -48,6 +52,16 @@ COVERAGE = {
     **{f"position {kind}": (lambda kind: lambda s: s["position"]["kind"] == kind)(kind) for kind in KINDS["position"]},
     **{f"norm {kind}": (lambda kind: lambda s: s["norm"]["kind"] == kind)(kind) for kind in KINDS["norm"]},
     **{f"mlp {kind}": (lambda kind: lambda s: s["mlp"]["kind"] == kind)(kind) for kind in KINDS["mlp"]},
+    **{f"embedding {kind}": (lambda kind: lambda s: s["embedding"]["kind"] == kind)(kind)
+       for kind in KINDS["embedding"]},
+    **{f"wiring {kind}": (lambda kind: lambda s: s["wiring"]["kind"] == kind)(kind) for kind in KINDS["wiring"]},
+    **{f"layers selected by {selector}": (lambda sel: lambda s: any(sel in e for e in s.get("layers", [])))(selector)
+       for selector in ("range", "every", "indices", "type")},
+    **{f"layers changing {section}": (lambda sec: lambda s: any(sec in e for e in s.get("layers", [])))(section)
+       for section in ("position", "attention", "norm", "mlp", "wiring")},
+    "a layer with another position kind": lambda s: any(
+        e.get("position", {}).get("kind", s["position"]["kind"]) != s["position"]["kind"]
+        for e in s.get("layers", [])),
     "partial rope, fraction not 1/2, not interleaved": lambda s: s["position"]["kind"] == "partial_rope"
     and s["position"]["fraction"] not in (0.5, 1.0) and not s["position"]["interleaved"],
     "alibi, heads not a power of two": lambda s: s["position"]["kind"] == "alibi"
@@ -59,12 +73,13 @@ COVERAGE = {
     "MHA by default": lambda s: "num_kv_heads" not in s["attention"] and s["attention"]["num_heads"] > 1,
     "fused qkv with bias": lambda s: s["attention"]["fused_qkv"] and s["attention"]["qkv_bias"],
     "fused gated mlp": lambda s: s["mlp"].get("fused") is True,
-    "tied": lambda s: s["embedding"]["tied"],
-    "embedding norm": lambda s: s["embedding"]["norm"],
-    "residual from norm": lambda s: s["residual"]["from_norm"],
-    "CPM-Ant style": lambda s: "prompt" in s["embedding"] and "segments" in s["embedding"]
-    and s["attention"]["mask"] == "prefix_lm",
-    "prefix_lm without prompt": lambda s: s["attention"]["mask"] == "prefix_lm" and "prompt" not in s["embedding"],
+    "tied": lambda s: s["embedding"].get("tied"),
+    "embedding norm": lambda s: s["embedding"].get("norm"),
+    "embedding scaled by sqrt(hidden_size)": lambda s: s["embedding"].get("scale") == "sqrt_hidden_size",
+    "learned positions with an offset": lambda s: s["embedding"].get("learned_positions", {}).get("offset", 0) > 0,
+    "residual from norm": lambda s: s["wiring"].get("residual_from_norm"),
+    "parallel with two norms": lambda s: s["wiring"]["kind"] == "parallel" and not s["wiring"]["shared_norm"],
+    "no final norm": lambda s: not s["final_norm"],
     "odd head_dim": lambda s: s["attention"].get("head_dim", 2) % 2 == 1,
 }
 
@@ -87,7 +102,9 @@ def test_drawn_specs_validate_and_round_trip(spec):
 def test_defaults_are_filled_in():
     spec = load_spec(changed(attention={"num_kv_heads": None}))
     assert (spec.attention.num_kv_heads, spec.attention.head_dim) == (4, 4)
-    assert spec.position.theta == 10000.0 and spec.attention.mask == "causal"
+    assert spec.position.theta == 10000.0
+    assert (spec.embedding.kind, spec.embedding.tied, spec.wiring.kind, spec.final_norm) == \
+        ("tokens", False, "pre_norm", True)
 
 
 def test_a_yaml_file_round_trips(tmp_path):
@@ -107,7 +124,7 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(heads=[{"kind": "causal_lmm"}]), r"heads\[0\].kind: Input tag 'causal_lmm' found using 'kind'"),
     (changed(attention={"num_head": 4}), r"attention\.num_head: Extra inputs are not permitted \(got 4\)"),
     (changed(position={"thetaa": 2.0}), r"position\.thetaa: Extra inputs are not permitted"),
-    (changed(layers=2), r"\n  layers: Extra inputs are not permitted"),
+    (changed(layer=2), r"\n  layer: Extra inputs are not permitted"),
     (changed(attention={"num_heads": 12, "num_kv_heads": 5}),
      r"attention: num_heads \(12\) must be divisible by num_kv_heads \(5\)"),
     (changed(attention={"head_dim": 5}), r"position\.kind 'rope' needs an even attention\.head_dim, got 5"),
@@ -115,16 +132,19 @@ def test_a_yaml_file_round_trips(tmp_path):
      r"position\.fraction \(0\.3\) \* attention\.head_dim \(16\) = 4\.8 must be an even whole number"),
     (changed(position={"kind": "partial_rope", "fraction": 0.25}, attention={"head_dim": 12}),
      r"position\.fraction \(0\.25\) \* attention\.head_dim \(12\) = 3\.0 must be an even whole number"),
-    (changed(embedding={"tied": True, "prompt": {"num_types": 2, "length": 3, "type": 1}}),
-     r"embedding\.tied cannot be true with embedding\.prompt"),
+    (changed(embedding=CPM_ANT_EMBEDDING | {"tied": True}),
+     r"embedding\.tied cannot be true with embedding\.kind 'prompt_segments'"),
+    (changed(embedding={"kind": "tokens", "prompt": {"num_types": 2, "length": 3}}),
+     r"embedding\.prompt: Extra inputs are not permitted"),
+    (changed(embedding={"tied": True}), r"embedding\.kind: Unable to extract tag using discriminator 'kind'"),
     (changed(position={"kind": "bucket_bias", "segments": True}),
-     r"position\.segments is true but embedding\.segments is not set"),
+     r"position\.segments is true but embedding\.kind 'tokens' gives no segment ids"),
     (changed(position={"kind": "bucket_bias", "num_buckets": 3}), r"position\.num_buckets \(3\) is too small"),
     (changed(position={"kind": "bucket_bias", "num_buckets": 32, "max_distance": 8}),
      r"position\.max_distance \(8\) must exceed the 8 exact buckets"),
     (changed(attention={"num_heads": 3, "num_kv_heads": None}),
      r"hidden_size \(16\) is not divisible by attention\.num_heads \(3\); set attention\.head_dim"),
-    (changed(embedding={"segments": {"num_types": 2, "token_segment": 2}}),
+    (changed(embedding=CPM_ANT_EMBEDDING | {"segments": {"num_types": 2, "token_segment": 2}}),
      r"embedding\.segments: Value error, token_segment \(2\) must be < num_types \(2\)|"
      r"embedding\.segments: token_segment \(2\) must be < num_types \(2\)"),
     (changed(mlp={"activation": "swish"}), r"mlp\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
@@ -205,3 +225,91 @@ def test_errors_are_raised_before_any_tensor_is_allocated(monkeypatch):
     monkeypatch.setattr(torch.nn.Linear, "__init__", refuse)
     with pytest.raises(SpecError):
         build_model(changed(attention={"num_heads": 12, "num_kv_heads": 5}))
+
+
+# ---------------------------------------------------------------------------------------------
+# per-layer differences
+
+
+def layered(layers, num_layers=6, **fields) -> dict:
+    return changed(num_layers=num_layers, layers=layers, **fields)
+
+
+def test_each_selector_picks_its_layers():
+    spec = load_spec(layered([
+        {"range": [0, 2], "mlp": {"intermediate_size": 8}},
+        {"every": 3, "offset": 2, "position": {"kind": "none"}},
+        {"indices": [5], "attention": {"num_kv_heads": 4}},
+        {"type": "global", "position": {"theta": 1e6}},
+    ], layer_types=["local", "local", "local", "global", "local", "local"]))
+    layers = spec.layer_specs
+    assert [layer.mlp.intermediate_size for layer in layers] == [8, 8, 32, 32, 32, 32]
+    assert [layer.position.kind for layer in layers] == ["rope", "rope", "none", "rope", "rope", "none"]
+    assert [getattr(layer.position, "theta", None) for layer in layers] == [1e4, 1e4, None, 1e6, 1e4, None]
+    assert [layer.attention.num_kv_heads for layer in layers] == [2, 2, 2, 2, 2, 4]
+    assert layers[5].attention.head_dim == 4  # other fields kept from the spec's attention
+    assert layers[0] is layers[1] and layers[3] is not layers[4]  # layers changed by the same entries share one
+
+
+def test_a_section_with_another_kind_replaces_it_and_fields_merge_otherwise():
+    spec = load_spec(layered([{"indices": [1], "position": {"kind": "partial_rope", "fraction": 0.5}},
+                              {"indices": [2], "mlp": {"kind": "plain", "intermediate_size": 16}},
+                              {"indices": [2], "mlp": {"activation": "relu"}}], num_layers=3))
+    one, two = spec.layer_specs[1:]
+    assert (one.position.kind, one.position.theta, one.position.fraction) == ("partial_rope", 10000.0, 0.5)
+    assert (two.mlp.kind, two.mlp.intermediate_size, two.mlp.activation) == ("plain", 16, "relu")  # later wins
+    assert spec.layer_specs[0].mlp.kind == "gated" and spec.mlp.kind == "gated"
+
+
+def test_layers_round_trip_and_build_different_blocks():
+    data = layered([{"every": 2, "attention": {"num_kv_heads": 1}, "wiring": {"kind": "parallel"}}], num_layers=3)
+    spec = load_spec(data)
+    assert load_spec(spec.to_dict()) == spec
+    model = build_model(spec, device="meta")
+    assert [type(layer).__name__ for layer in model.layers] == ["ParallelLayer", "SequentialLayer", "ParallelLayer"]
+    assert [layer.attention.num_kv_heads for layer in model.layers] == [1, 2, 1]
+
+
+@pytest.mark.parametrize(("layers", "extra", "message"), [
+    ([{"range": [0, 2], "every": 2, "mlp": {"bias": True}}], {},
+     r"layers\[0\]: give exactly one of range, every, indices, type to select layers; got \['range', 'every'\]"),
+    ([{"mlp": {"bias": True}}], {}, r"layers\[0\]: give exactly one of .* got none"),
+    ([{"indices": [1]}], {}, r"layers\[0\]: changes nothing"),
+    ([{"indices": [1], "offset": 1, "mlp": {"bias": True}}], {}, r"offset goes with every"),
+    ([{"range": [3, 3], "mlp": {"bias": True}}], {}, r"range \[3, 3\] is empty"),
+    ([{"range": [2, 9], "mlp": {"bias": True}}], {},
+     r"layers\[0\]\.range: range \[2, 9\] reaches past the last layer \(num_layers = 6\)"),
+    ([{"indices": [6], "mlp": {"bias": True}}], {}, r"layers\[0\]\.indices: indices \[6\] name a layer past the last"),
+    ([{"every": 2, "offset": 6, "mlp": {"bias": True}}], {}, r"layers\[0\]\.offset: offset 6 selects no layer"),
+    ([{"type": "global", "mlp": {"bias": True}}], {}, r"layers\[0\]\.type: type 'global' is not among layer_types"),
+    ([], {"layer_types": ["a", "b"]}, r"layer_types: layer_types has 2 entries; expected one per layer"),
+    ([{"indices": [0], "mlp": {"bias": 3}}], {}, r"layers\[0\]\.mlp\.bias: Input should be a valid boolean.*\(layer 0\)"),
+    ([{"indices": [3], "attention": {"num_kv_heads": 3}}], {},
+     r"layers\[0\]\.attention: num_heads \(4\) must be divisible by num_kv_heads \(3\) \(layer 3\)"),
+    ([{"indices": [1], "mlp": {"kind": "gatd"}}], {}, r"layers\[0\]\.mlp\.kind: Input tag 'gatd' found using 'kind' does not match.*\(layer 1\)"),
+    ([{"indices": [4], "attention": {"head_dim": 5}}], {},
+     r"layer 4 \(as the layers entries make it\): position\.kind 'rope' needs an even attention\.head_dim, got 5"),
+])
+def test_bad_layer_entries_name_the_entry_and_the_layer(layers, extra, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(layered(layers, **extra))
+
+
+def test_a_layer_error_in_a_file_reports_its_line(tmp_path):
+    path = tmp_path / "layered.yaml"
+    path.write_text(yaml.safe_dump(BASE | {"num_layers": 4}, sort_keys=False)
+                    + "layers:\n  - every: 2\n    attention:\n      num_kv_heads: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    line = len(yaml.safe_dump(BASE | {"num_layers": 4}, sort_keys=False).splitlines()) + 3
+    assert f"{path}:{line}: layers[0].attention: num_heads (4) must be divisible by num_kv_heads (3) (layer 0)" \
+        in str(info.value)
+
+
+def test_the_readme_layers_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Layers that differ", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = load_spec({**BASE, **example, "mlp": {"kind": "gated", "intermediate_size": 32}})
+    assert [getattr(layer.position, "theta", None) for layer in spec.layer_specs] == [1e4, 1e4, 1e4, None, 1e4, 1e6]
+    assert spec.layer_specs[0].mlp.intermediate_size == 18432

@@ -71,8 +71,8 @@ class StepRotary(nn.Module):
 class StepRopeSpec(RopeSpec):
     kind: Literal["step_rope"]
 
-    def build(self, spec):
-        return StepRotary(inner=super().build(spec))
+    def build(self, ctx):
+        return StepRotary(inner=super().build(ctx))
 
 
 class LosslessHead(CausalLMHead):
@@ -85,8 +85,8 @@ class LosslessHead(CausalLMHead):
 class LosslessHeadSpec(CausalLMHeadSpec):
     kind: Literal["lossless_lm"]
 
-    def build(self, spec, embedding):
-        head = super().build(spec, embedding)
+    def build(self, ctx):
+        head = super().build(ctx)
         return LosslessHead(proj=head.proj, shift_labels=head.shift_labels)
 
 

@@ -80,6 +80,18 @@ def test_sliding_window_export_is_refused_naming_the_field(tmp_path):
         model.save_pretrained(tmp_path / "hf", format="hf")
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"wiring": {"kind": "pre_norm", "dropout": 0.1}}, "wiring.dropout = 0.1 has no equivalent in Hugging Face Llama"),
+    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face Llama"),
+    ({"layers": [{"range": [0, 1], "position": {"kind": "rope"}}]},
+     "layers: per-layer differences have no equivalent in Hugging Face Llama"),
+], ids=["wiring-dropout", "sandwich", "layers"])
+def test_export_of_what_llama_cannot_express_names_the_field(tmp_path, change, message):
+    spec = {**archcomposer.load_spec("tiny-llama").to_dict(), **change}
+    with pytest.raises(archcomposer.CheckpointError, match=message):
+        archcomposer.build_model(spec, seed=0).save_pretrained(tmp_path / "hf", format="hf")
+
+
 @pytest.mark.parametrize("window", [1, 3, 64])
 def test_sliding_window_matches_mistral(tmp_path, window):
     """Mistral is Llama with a sliding window and the same tensor names: its checkpoint, read

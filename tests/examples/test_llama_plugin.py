@@ -51,7 +51,7 @@ import archcomposer_llama
 info = archcomposer.get_registry().plugins["llama"]
 print(json.dumps({"file": archcomposer_llama.__file__, "distribution": info.distribution, "version": info.version,
                   "registered": info.registered, "attention": type(model.layers[0].attention).__name__,
-                  "position": type(model.position).__name__, "family": model.spec.family}))
+                  "position": type(model.positions[0]).__name__, "family": model.spec.family}))
 """
 
 
@@ -104,7 +104,7 @@ def test_commands_list_the_plugin_and_its_blocks_and_the_env_var_hides_it(venv, 
     blocks = run(venv, "-m", "archcomposer", "blocks", "attention")
     assert blocks.returncode == 0, blocks.stderr
     assert "  sliding_window  [plugin 'llama' (distribution 'archcomposer-llama' 0.1.0)]" in blocks.stdout
-    assert "      window        int (> 0)               = 4096" in blocks.stdout
+    assert "      window        int (> 0)              = 4096" in blocks.stdout
 
     (tmp_path / "my-llama.yaml").write_text(USER_SPEC)
     hidden = run(venv, "-m", "archcomposer", "validate", str(tmp_path / "my-llama.yaml"),

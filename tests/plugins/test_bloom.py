@@ -45,7 +45,10 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="BloomForCausalLM", config=config(**overrides),
                         head="causal_lm", inputs=INPUTS)
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", True)
+    assert ours.spec.embedding.norm
     assert ours.spec.attention.num_heads == overrides["n_head"]
+    assert ours.spec.wiring.kind == "pre_norm"
+    assert ours.spec.wiring.residual_from_norm == overrides.get("apply_residual_connection_post_layernorm", False)
 
 
 def test_qkv_rows_are_permuted_per_head(tmp_path):
@@ -91,4 +94,38 @@ def test_export_of_a_spec_bloom_cannot_express_names_the_block(tmp_path):
     model = build_model(spec, seed=0)
     with pytest.raises(CheckpointError, match=r"mlp.kind = 'gated' has no equivalent in Hugging Face BLOOM"):
         model.save_pretrained(tmp_path / "out", format="hf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_hidden_dropout_and_residual_from_norm_are_the_wiring():
+    from archcomposer.plugins.bloom import FAMILY as family
+
+    data = family.spec_from_hf_config(config(hidden_dropout=0.1, apply_residual_connection_post_layernorm=True)
+                                      .to_dict(), "BloomForCausalLM")
+    data["name"] = "wiring"
+    spec = build_model(data, device="meta").spec
+    assert (spec.wiring.kind, spec.wiring.residual_from_norm, spec.wiring.dropout) == ("pre_norm", True, 0.1)
+    exported = family.hf_config_from_spec(spec, "BloomForCausalLM")
+    assert (exported["hidden_dropout"], exported["apply_residual_connection_post_layernorm"]) == (0.1, True)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"embedding": {"kind": "tokens", "tied": True}},
+     "embedding.norm = False has no equivalent in Hugging Face BLOOM, which needs True"),
+    ({"embedding": {"kind": "tokens", "tied": True, "norm": True, "scale": "sqrt_hidden_size"}},
+     "embedding.scale = 'sqrt_hidden_size' has no equivalent in Hugging Face BLOOM"),
+    ({"embedding": {"kind": "tokens", "tied": True, "norm": True, "learned_positions": {}}},
+     "embedding.learned_positions = LearnedPositionsSpec"),
+    ({"embedding": {"kind": "prompt_segments", "prompt": {"num_types": 3, "length": 2}, "segments": {"num_types": 3}},
+      "heads": []}, "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face BLOOM, which needs 'tokens'"),
+    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face BLOOM"),
+    ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent in Hugging Face BLOOM"),
+    ({"wiring": {"kind": "post_norm"}}, "wiring.kind = 'post_norm' has no equivalent in Hugging Face BLOOM"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face BLOOM, which needs True"),
+], ids=["no-embedding-norm", "embedding-scale", "learned-positions", "prompt-segments", "sandwich", "parallel",
+        "post-norm", "no-final-norm"])
+def test_export_of_what_bloom_cannot_express_names_the_field(tmp_path, change, message):
+    spec = {**build_model("tiny-bloom", device="meta").spec.to_dict(), **change}
+    with pytest.raises(CheckpointError, match=message):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
     assert not (tmp_path / "out").exists()

@@ -50,7 +50,8 @@ def test_matches_transformers(tmp_path, architecture, head, variant):
     assert spec.embedding.segments.num_types == overrides["segment_types"]
     assert (spec.embedding.prompt.num_types, spec.embedding.prompt.length) == (overrides["prompt_types"],
                                                                               overrides["prompt_length"])
-    assert spec.attention.mask == "prefix_lm"
+    assert spec.embedding.kind == "prompt_segments"  # prompt tokens, segments and the prefix-LM mask
+    assert spec.wiring.dropout == spec.attention.dropout == 0.0
     if head:
         assert spec.heads[0].shift_labels is False
 
@@ -59,8 +60,8 @@ def test_bias_table_keeps_position_buckets_first(tmp_path):
     reference = transformers.CpmAntForCausalLM(config(**CONFIGS["32-buckets-4-segments-prompt-3"])).eval()
     reference.save_pretrained(tmp_path)
     ours = from_pretrained(tmp_path)
-    assert torch.equal(ours.position.weight, reference.cpmant.position_bias.relative_attention_bias)
-    assert ours.position.weight.shape == (4 * 4 + 32, 4)
+    assert torch.equal(ours.positions[0].weight, reference.cpmant.position_bias.relative_attention_bias)
+    assert ours.positions[0].weight.shape == (4 * 4 + 32, 4)
 
 
 def test_shipped_spec_is_what_the_default_config_translates_to():
@@ -78,3 +79,38 @@ def test_export_of_a_prompt_type_transformers_hard_codes_names_the_field(tmp_pat
     spec["embedding"]["prompt"]["type"] = 1
     with pytest.raises(CheckpointError, match=r"embedding.prompt.type = 1 has no equivalent in Hugging Face CPM-Ant"):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
+
+
+def test_dropout_p_is_the_attention_and_the_wiring_dropout():
+    from archcomposer.plugins.cpmant import FAMILY as family
+
+    data = family.spec_from_hf_config(config(dropout_p=0.1).to_dict(), "CpmAntForCausalLM")
+    data["name"] = "dropout"
+    spec = build_model(data, device="meta").spec
+    assert spec.attention.dropout == spec.wiring.dropout == 0.1
+    assert family.hf_config_from_spec(spec, "CpmAntForCausalLM")["dropout_p"] == 0.1
+
+
+EMBEDDING = {"kind": "prompt_segments", "segments": {"num_types": 4}, "prompt": {"num_types": 4, "length": 3}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"embedding": {"kind": "tokens"}, "position": {"kind": "bucket_bias", "num_buckets": 32, "max_distance": 64}},
+     "position.segments = False has no equivalent in Hugging Face CPM-Ant"),  # a tokens embedding has no segments
+    ({"embedding": {**EMBEDDING, "segments": {"num_types": 4, "token_segment": 1}}},
+     "embedding.segments.token_segment = 1 has no equivalent in Hugging Face CPM-Ant, which needs 2"),
+    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face CPM-Ant"),
+    ({"wiring": {"kind": "post_norm"}}, "wiring.kind = 'post_norm' has no equivalent in Hugging Face CPM-Ant"),
+    ({"wiring": {"kind": "pre_norm", "residual_from_norm": True}},
+     "wiring.residual_from_norm = True has no equivalent in Hugging Face CPM-Ant, which needs False"),
+    ({"wiring": {"kind": "pre_norm", "dropout": 0.1}},
+     r"wiring.dropout \(one dropout_p covers attention and residuals\) = 0.1 has no equivalent in Hugging Face "
+     r"CPM-Ant, which needs 0.0"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face CPM-Ant, which needs True"),
+], ids=["tokens-embedding", "token-segment", "sandwich", "post-norm", "residual-from-norm", "wiring-dropout",
+        "no-final-norm"])
+def test_export_of_what_cpmant_cannot_express_names_the_field(tmp_path, change, message):
+    spec = {**build_model("tiny-cpm-ant", device="meta").spec.to_dict(), **change}
+    with pytest.raises(CheckpointError, match=message):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
+    assert not (tmp_path / "out").exists()

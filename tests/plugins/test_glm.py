@@ -85,6 +85,20 @@ def test_export_without_fused_gate_up_names_the_field(tmp_path):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"wiring": {"kind": "pre_norm", "dropout": 0.1}}, "wiring.dropout = 0.1 has no equivalent in Hugging Face GLM, "
+                                                       "which needs 0.0"),
+    ({"wiring": {"kind": "parallel", "shared_norm": False}}, "wiring.kind = 'parallel' has no equivalent in "
+                                                             "Hugging Face GLM, which needs 'pre_norm'"),
+    ({"embedding": {"kind": "tokens", "scale": 2.0}}, "embedding.scale = 2.0 has no equivalent in Hugging Face GLM"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face GLM"),
+], ids=["wiring-dropout", "parallel", "embedding-scale", "no-final-norm"])
+def test_export_of_what_glm_cannot_express_names_the_field(tmp_path, change, message):
+    spec = {**build_model("tiny-glm-4", device="meta").spec.to_dict(), **change}
+    with pytest.raises(CheckpointError, match=message):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
+
+
 def test_question_answering_has_no_glm_architecture(tmp_path):
     spec = build_model("tiny-glm-4", device="meta").spec.to_dict()
     spec["heads"] = [{"kind": "question_answering"}]

@@ -82,8 +82,39 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
 
 
-def test_export_of_a_prefix_lm_spec_names_the_field(tmp_path):
-    spec = build_model("tiny-seed-oss", device="meta").spec.to_dict()
-    spec["attention"]["mask"] = "prefix_lm"
-    with pytest.raises(CheckpointError, match=r"attention.mask = 'prefix_lm' has no equivalent in Hugging Face"):
+def test_residual_dropout_is_the_wiring_dropout():
+    from archcomposer.plugins.seed_oss import FAMILY as family
+
+    data = family.spec_from_hf_config(config(residual_dropout=0.2).to_dict(), "SeedOssForCausalLM")
+    data["name"] = "dropout"
+    spec = build_model(data, device="meta").spec
+    assert (spec.wiring.kind, spec.wiring.dropout) == ("pre_norm", 0.2)
+    assert family.hf_config_from_spec(spec, "SeedOssForCausalLM")["residual_dropout"] == 0.2
+
+
+PROMPT_SEGMENTS = {"kind": "prompt_segments", "prompt": {"num_types": 3, "length": 2}, "segments": {"num_types": 3}}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"embedding": PROMPT_SEGMENTS},  # prompt tokens and a prefix-LM mask
+     "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face Seed-OSS, which needs 'tokens'"),
+    ({"embedding": {"kind": "tokens", "norm": True}}, "embedding.norm = True has no equivalent"),
+    ({"embedding": {"kind": "tokens", "scale": "sqrt_hidden_size"}},
+     "embedding.scale = 'sqrt_hidden_size' has no equivalent in Hugging Face Seed-OSS, which needs 1.0"),
+    ({"embedding": {"kind": "tokens", "learned_positions": {"offset": 2}}},
+     r"embedding.learned_positions = LearnedPositionsSpec\(offset=2\) has no equivalent"),
+    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face Seed-OSS, "
+                                       "which needs 'pre_norm'"),
+    ({"wiring": {"kind": "post_branch_norm"}}, "wiring.kind = 'post_branch_norm' has no equivalent"),
+    ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent"),
+    ({"wiring": {"kind": "post_norm"}, "final_norm": False}, "wiring.kind = 'post_norm' has no equivalent"),
+    ({"wiring": {"kind": "pre_norm", "residual_from_norm": True}},
+     "wiring.residual_from_norm = True has no equivalent in Hugging Face Seed-OSS, which needs False"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face Seed-OSS, which needs True"),
+], ids=["prompt-segments", "embedding-norm", "embedding-scale", "learned-positions", "sandwich", "post-branch-norm",
+        "parallel", "post-norm", "residual-from-norm", "no-final-norm"])
+def test_export_of_what_the_llama_layout_cannot_express_names_the_field(tmp_path, change, message):
+    spec = {**build_model("tiny-seed-oss", device="meta").spec.to_dict(), **change}
+    with pytest.raises(CheckpointError, match=message):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
+    assert not (tmp_path / "out").exists()

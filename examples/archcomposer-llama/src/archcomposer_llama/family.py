@@ -61,7 +61,7 @@ def spec_from_hf_config(config: dict, architecture: str) -> dict:
         "bos_token_id": config.get("bos_token_id", 1),
         "eos_token_id": config.get("eos_token_id", 2),
         "initializer_range": config.get("initializer_range", 0.02),
-        "embedding": {"tied": config.get("tie_word_embeddings", False)},
+        "embedding": {"kind": "tokens", "tied": config.get("tie_word_embeddings", False)},
         "position": _position_from_hf(config),
         "attention": {"kind": "gqa", "num_heads": heads, "num_kv_heads": config.get("num_key_value_heads") or heads,
                       "head_dim": config.get("head_dim") or config["hidden_size"] // heads,
@@ -83,7 +83,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
         raise CheckpointError(f"position.kind = {p.kind!r} has no equivalent in Hugging Face {NAME}, which needs "
                               f"'rope' or 'llama3_rope'")
     require(NAME, "attention.out_bias (one attention_bias flag covers q, k, v and o)", a.out_bias, a.qkv_bias)
-    require(NAME, "residual.dropout", spec.residual.dropout, 0.0)
+    require(NAME, "wiring.dropout", spec.wiring.dropout, 0.0)
     return {
         "model_type": "llama",
         **llama_layout_config(spec, NAME),
