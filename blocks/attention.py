@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -27,11 +28,10 @@ class Attention(nn.Module):
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``scores_bias`` [B, H or 1, S, K] is added to the scaled scores: the mask (0 or a large
         negative number) plus any position bias. ``start`` is where these tokens go in the cache."""
-        B, S, _ = x.shape
         q, k, v = self.qkv(x)
-        q = rotate(q.view(B, S, self.num_heads, self.head_dim).transpose(1, 2))  # [B, H, S, Dh]
-        k = rotate(k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2))  # [B, Hkv, S, Dh]
-        v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, S, Dh]
+        q = rotate(rearrange(q, "b s (h d) -> b h s d", d=self.head_dim))  # [B, H, S, Dh]
+        k = rotate(rearrange(k, "b s (h d) -> b h s d", d=self.head_dim))  # [B, Hkv, S, Dh]
+        v = rearrange(v, "b s (h d) -> b h s d", d=self.head_dim)  # [B, Hkv, S, Dh]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, start)  # [B, Hkv, K, Dh]
         dropout = self.dropout if self.training else 0.0
@@ -41,7 +41,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
                                                scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads)
             weights = None
-        y = y.transpose(1, 2).reshape(B, S, self.num_heads * self.head_dim)  # [B, S, H*Dh]
+        y = rearrange(y, "b h s d -> b s (h d)")  # [B, S, H*Dh]
         return self.out(y), weights
 
 
