@@ -120,7 +120,7 @@ def check_output_contract(spec_or_model: SpecLike | ComposedModel, *, batch_size
     ``[B, S, hidden_size]`` and ``attentions`` ``num_layers`` tensors ``[B, num_heads, S, S]`` whose
     rows sum to 1 (at most 1 with prompt tokens, whose columns are dropped); ``past_key_values``
     holds the tokens seen (only for heads that return a cache); with labels, ``loss`` is a finite
-    scalar and comes first; the built-in heads' outputs have their documented shapes; and the same
+    scalar and comes first; each head's outputs have the shapes its ``output_shapes`` gives; and the same
     input gives the same output twice."""
     model = _as_model(spec_or_model, seed)
     spec = model.spec
@@ -215,8 +215,8 @@ def _check_sizes(model: ComposedModel, head_spec: Any, out: ModelOutput, ids: to
     if attentions is None or len(attentions) != spec.num_layers:
         raise AssertionError(f"{where}: attentions must hold num_layers = {spec.num_layers} tensors; got "
                              f"{None if attentions is None else len(attentions)}")
-    H = spec.attention.num_heads
     for i, a in enumerate(attentions):
+        H = spec.layer_specs[i].attention.num_heads  # layers may differ
         if tuple(a.shape) != (B, H, S, S):
             raise AssertionError(f"{where}: attentions[{i}] has shape {tuple(a.shape)}; expected {(B, H, S, S)}")
         rows = a.float().sum(-1)  # [B, H, S]

@@ -245,6 +245,8 @@ LAYERED = {
     "first-k-different": {"layers": [{"range": [0, 1], "mlp": {"intermediate_size": 96}},
                                      {"indices": [2], "wiring": {"kind": "parallel", "shared_norm": False},
                                       "attention": {"num_kv_heads": 1}}]},
+    # another head count on one layer (the output contract reads each layer's)
+    "heads-per-layer": {"layers": [{"indices": [1], "attention": {"num_heads": 2, "num_kv_heads": 2}}]},
     # ALiBi and bucket biases mixed with rotary layers
     "bias-and-rotary": {"layers": [{"indices": [1], "position": {"kind": "alibi"}},
                                    {"indices": [3], "position": {"kind": "bucket_bias", "num_buckets": 8,
@@ -257,7 +259,8 @@ def test_layers_that_differ_keep_the_cache_equivalent(name):
     from archcomposer.testing import check_cache_equivalence, check_output_contract
 
     spec = {**load_spec("tiny-seed-oss").to_dict(), "num_layers": 4, **LAYERED[name]}
-    schemes = {"gemma-3-like": 2, "smollm3-like": 2, "first-k-different": 2, "bias-and-rotary": 3}[name]
+    schemes = {"gemma-3-like": 2, "smollm3-like": 2, "first-k-different": 2, "heads-per-layer": 2,
+               "bias-and-rotary": 3}[name]
     assert len(build_model(spec, device="meta").positions) == schemes  # one module per distinct scheme
     check_cache_equivalence(spec, prompt_length=5, new_tokens=4)
     check_output_contract(spec)
