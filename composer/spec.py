@@ -446,11 +446,6 @@ class EmbeddingSpec(Strict):
     def build(self, ctx: BuildContext) -> nn.Module: ...
 
     @property
-    def num_embeddings(self) -> int | None:
-        """Rows of the token embedding beyond ``vocab_size`` (None: none)."""
-        return None
-
-    @property
     def num_segments(self) -> int:
         """Segment types this kind gives its tokens (0: no segment ids)."""
         return 0
@@ -531,7 +526,8 @@ class PromptSegmentsSpec(EmbeddingSpec):
         return self
 
     @property
-    def num_embeddings(self) -> int:
+    def prompt_rows(self) -> int:
+        """Rows of the token embedding after the vocabulary: every prompt type's tokens."""
         return self.prompt.num_types * self.prompt.length
 
     @property
@@ -541,7 +537,7 @@ class PromptSegmentsSpec(EmbeddingSpec):
     def build(self, ctx):
         V, D, p = ctx.spec.vocab_size, ctx.spec.hidden_size, self.prompt
         return embedding.PromptSegmentsEmbedding(
-            tokens=nn.Embedding(V + self.num_embeddings, D), segments=nn.Embedding(self.segments.num_types, D),
+            tokens=nn.Embedding(V + self.prompt_rows, D), segments=nn.Embedding(self.segments.num_types, D),
             prompt_start=V + p.type * p.length, prompt_length=p.length, token_segment=self.segments.token_segment)
 
 
