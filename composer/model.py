@@ -28,15 +28,16 @@ class ComposedModel(nn.Module):
         ctx = BuildContext(spec, embedding=self.embedding)
         # Layers whose position scheme (and the attention it serves) are equal share one module,
         # called once per forward.
-        schemes: list[tuple] = []
+        schemes: list[tuple] = []  # (position, attention), the first layer of each is where it is built
+        first_layer: list[int] = []
         self.position_of: list[int] = []
-        for layer in spec.layer_specs:
+        for i, layer in enumerate(spec.layer_specs):
             key = (layer.position, layer.attention)
             if key not in schemes:
                 schemes.append(key)
+                first_layer.append(i)
             self.position_of.append(schemes.index(key))
-        first_layer = {j: self.position_of.index(j) for j in range(len(schemes))}
-        self.positions = nn.ModuleList(schemes[j][0].build(ctx.at(first_layer[j])) for j in range(len(schemes)))
+        self.positions = nn.ModuleList(position.build(ctx.at(i)) for (position, _), i in zip(schemes, first_layer))
         self.layers = nn.ModuleList(spec.layer_specs[i].wiring.build(ctx.at(i)) for i in range(spec.num_layers))
         self.final_norm = spec.norm.build(ctx, dim=spec.hidden_size) if spec.final_norm else nn.Identity()
         self.heads = nn.ModuleDict({h.kind: h.build(ctx) for h in spec.heads})
