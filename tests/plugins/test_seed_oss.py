@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, check_parity, report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
 
 FAMILY = "seed-oss"
 
@@ -80,6 +80,7 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     ours = build_model(data, device="meta").spec
     shipped = build_model("seed-oss-36b", device="meta").spec
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+    check_shipped_spec("seed-oss-36b", "SeedOssForCausalLM", transformers.SeedOssConfig(**published))
 
 
 def test_residual_dropout_is_the_wiring_dropout():
