@@ -42,6 +42,18 @@ def test_plain_tokens_and_inputs_embeds():
 
 
 @torch.no_grad()
+def test_dropout_applies_in_training_only():
+    embedding = TokenEmbedding(tokens=torch.nn.Embedding(10, 64), dropout=0.5)
+    ids = torch.tensor([[1, 2, 9]])
+    rows = embedding.tokens.weight[ids]
+    assert torch.equal(step(embedding.eval(), ids).x, rows)
+    x = step(embedding.train(), ids).x
+    dropped = x == 0
+    assert dropped.any() and not dropped.all()
+    torch.testing.assert_close(x[~dropped], 2 * rows[~dropped])
+
+
+@torch.no_grad()
 def test_prompt_segments_prepend_the_prompt_once_and_mark_context():
     tokens, segments = torch.nn.Embedding(10 + 6, 4), torch.nn.Embedding(3, 4)
     embedding = PromptSegmentsEmbedding(tokens=tokens, segments=segments, prompt_start=12, prompt_length=2,
