@@ -86,6 +86,14 @@ def test_refused_config_flags_name_the_key(tmp_path, overrides, message):
         from_pretrained(tmp_path)
 
 
+def test_double_heads_model_is_not_read(tmp_path):
+    """GPT2DoubleHeadsModel adds a multiple-choice summary head, which we do not have."""
+    transformers.GPT2DoubleHeadsModel(config()).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"architectures \['GPT2DoubleHeadsModel'\] names none that family "
+                                              r"'gpt2' reads"):
+        from_pretrained(tmp_path)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"embedding": {"kind": "tokens", "tied": True}},
      r"embedding.learned_positions = None has no equivalent in Hugging Face GPT-2: its config.json reads back as "
