@@ -58,6 +58,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "norm.bias", spec.norm.bias, True)
     require_plain_trunk(spec, NAME, embedding_norm=True)
     require(NAME, "attention.kind", a.kind, "gqa")
+    require(NAME, "attention.sliding_window", a.sliding_window, None)
     require(NAME, "attention.num_kv_heads", a.num_kv_heads, a.num_heads)
     require(NAME, "attention.head_dim", a.head_dim, spec.hidden_size // a.num_heads)
     require(NAME, "attention.fused_qkv", a.fused_qkv, True)
