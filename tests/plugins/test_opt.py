@@ -2,10 +2,11 @@
 without a final norm), enable_bias off, tied and untied LM heads, the offset-2 learned positions."""
 
 import pytest
+import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
+from tests.plugins.parity import Inputs, build_reference, check_parity, check_shipped_spec, report
 
 FAMILY = "opt"
 
@@ -58,6 +59,18 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert spec.final_norm == (before and not overrides.get("_remove_final_layer_norm", False))
     assert spec.attention.qkv_bias == spec.mlp.bias == overrides.get("enable_bias", True)
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", True)
+
+
+def test_checkpoint_saved_from_the_bare_model_loads_into_the_lm(tmp_path):
+    """Published OPT checkpoints (facebook/opt-1.3b) name tensors ``decoder.layers.0...`` without
+    ``model.`` while config.json says OPTForCausalLM, as an OPTModel checkpoint with a tied head would."""
+    reference = build_reference("OPTForCausalLM", config())
+    reference.model.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config_file.read_text().replace('"OPTModel"', '"OPTForCausalLM"'))
+    ours = from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert (ours(INPUTS.single).logits - reference(INPUTS.single).logits).abs().max() <= 1e-4
 
 
 def test_shipped_spec_is_what_the_published_config_translates_to():
