@@ -199,32 +199,82 @@ class BucketBiasSpec(PositionSpec):
 
 
 class NormSpec(Strict):
-    """Base of norms. ``build(ctx, dim=...)`` normalises vectors of ``dim`` channels."""
+    """Base of norms. ``build(ctx, dim=...)`` normalises vectors over their last axis; ``dim`` is
+    the shape of the learned weight: the channel count, or ``(num_heads, head_dim)`` for a weight
+    per head (``attention.qk_norm`` with scope ``per_head``)."""
 
     kind: str
     eps: PositiveFloat = 1e-5
 
     @abstractmethod
-    def build(self, ctx: BuildContext, *, dim: int) -> nn.Module: ...
+    def build(self, ctx: BuildContext, *, dim: int | tuple[int, int]) -> nn.Module: ...
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether this norm learns a scale (``attention.qk_norm`` scope ``per_head`` needs one)."""
+        return True
 
 
 class LayerNormSpec(NormSpec):
-    """LayerNorm with learned scale and (by default) shift (BLOOM)."""
+    """LayerNorm with learned scale and (by default) shift (BLOOM); ``affine: false`` learns
+    neither (OLMo), and ``bias`` then defaults to false."""
 
     kind: Literal["layernorm"]
     bias: bool = True
+    affine: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bias_follows_affine(cls, data):
+        if isinstance(data, dict) and data.get("affine") is False and "bias" not in data:
+            data = {**data, "bias": False}
+        return data
+
+    @model_validator(mode="after")
+    def _affine(self):
+        if self.bias and not self.affine:
+            raise ValueError("norm.bias is true but norm.affine is false: a norm without learned parameters has "
+                             "no shift")
+        return self
+
+    @property
+    def has_weights(self):
+        return self.affine
 
     def build(self, ctx, *, dim):
-        return norm.LayerNorm(dim=dim, eps=self.eps, bias=self.bias)
+        if not self.affine:
+            return norm.ParameterFreeLayerNorm(eps=self.eps)
+        if isinstance(dim, int):
+            return norm.LayerNorm(dim=dim, eps=self.eps, bias=self.bias)
+        return norm.HeadLayerNorm(dim=dim, eps=self.eps, bias=self.bias)
 
 
 class RMSNormSpec(NormSpec):
-    """RMSNorm (GLM-4, Seed-OSS, CPM-Ant)."""
+    """RMSNorm (GLM-4, Seed-OSS, CPM-Ant). ``unit_offset`` scales by ``1 + weight`` with the weight
+    initialised to zeros, as Gemma's GemmaRMSNorm (weights stored as Gemma stores them);
+    ``affine: false`` learns no scale."""
 
     kind: Literal["rmsnorm"]
     eps: PositiveFloat = 1e-6
+    unit_offset: bool = False
+    affine: bool = True
+
+    @model_validator(mode="after")
+    def _affine(self):
+        if self.unit_offset and not self.affine:
+            raise ValueError("norm.unit_offset is true but norm.affine is false: unit_offset offsets the learned "
+                             "scale, and a norm without learned parameters has none")
+        return self
+
+    @property
+    def has_weights(self):
+        return self.affine
 
     def build(self, ctx, *, dim):
+        if not self.affine:
+            return norm.ParameterFreeRMSNorm(eps=self.eps)
+        if self.unit_offset:
+            return norm.OffsetRMSNorm(dim=dim, eps=self.eps)
         return norm.RMSNorm(dim=dim, eps=self.eps)
 
 
