@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
-                      TypeAdapter, model_validator)
+                      SerializeAsAny, TypeAdapter, ValidationError, field_validator, model_validator)
 from torch import nn
 
 from archcomposer import outputs
@@ -301,13 +301,58 @@ class AttentionSpec(Strict):
         """The per-head width a rotary position scheme rotates (None: this kind has none)."""
         return getattr(self, "head_dim", None)
 
+    @property
+    def score_scale(self) -> float | None:
+        """The factor on the query-key scores (None: this kind has no single one); a scaled
+        position bias (``position.scaled``) is multiplied by it too."""
+        return None
+
     def resolved(self, hidden_size: int) -> AttentionSpec:
         """This spec with defaults that depend on the model filled in."""
         return self
 
 
+class QKNormSpec(Strict):
+    """Normalise queries and keys after their projection, before the rotary embedding (and before
+    ``clip_qkv``, as OLMoE). ``scope``: ``head`` normalises each head over its head_dim channels
+    with one weight [Dh] shared by all heads (Qwen3, Gemma 3, Phi, Persimmon); ``per_head`` the
+    same with each head its own weight [H, Dh] (Cohere's use_qk_norm, StableLM's qk_layernorm);
+    ``projection`` the whole projection output, of width H*Dh for queries and Hkv*Dh for keys
+    (OLMo 2). ``norm``: a norm section for these norms (StableLM's has no bias where its layer norms
+    do); left out, the layer's own ``norm``."""
+
+    scope: Literal["head", "per_head", "projection"] = "head"
+    norm: SerializeAsAny[NormSpec] | None = None
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _registered_norm_kind(cls, value):
+        if value is None or isinstance(value, NormSpec):
+            return value
+        from archcomposer.registry import get_registry  # the norm kinds plugins registered
+
+        try:
+            return _section_adapter(get_registry().spec_class(), "norm").validate_python(value)
+        except ValidationError as exc:  # reported at attention.qk_norm.norm, naming the field within
+            err = exc.errors(include_url=False)[0]
+            tag = err["type"].startswith("union_tag")
+            kind = value.get("kind") if isinstance(value, dict) else None
+            loc = ".".join([str(p) for p in err["loc"] if p != kind] + (["kind"] if tag else []))
+            got = "" if tag or err["type"] in ("missing", "value_error") else f" (got {err['input']!r})"
+            raise ValueError(f"{loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}{got}") from None
+
+    def norm_spec(self, ctx: BuildContext) -> NormSpec:
+        return self.norm if self.norm is not None else ctx.layer_spec.norm
+
+
 class GQASpec(AttentionSpec):
-    """Grouped-query attention; MHA when num_kv_heads == num_heads, MQA when it is 1."""
+    """Grouped-query attention; MHA when num_kv_heads == num_heads, MQA when it is 1.
+
+    ``scale`` multiplies the query-key scores (default head_dim**-0.5; Gemma 2's
+    query_pre_attn_scalar**-0.5, Granite's attention_multiplier, MPT's softmax_scale).
+    ``softcap`` caps the scaled scores at ``tanh(s / softcap) * softcap`` before the mask and any
+    position bias are added (Gemma 2). ``clip_qkv`` clamps the projected queries, keys and values
+    to [-clip_qkv, clip_qkv] (OLMo, MPT). ``qk_norm`` normalises queries and keys (see QKNormSpec)."""
 
     kind: Literal["gqa"]
     num_kv_heads: PositiveInt | None = None
@@ -316,6 +361,10 @@ class GQASpec(AttentionSpec):
     out_bias: bool = False
     fused_qkv: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scale: PositiveFloat | None = None
+    softcap: PositiveFloat | None = None
+    clip_qkv: PositiveFloat | None = None
+    qk_norm: QKNormSpec | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -333,6 +382,31 @@ class GQASpec(AttentionSpec):
             head_dim = hidden_size // self.num_heads
         return self.model_copy(update={"num_kv_heads": self.num_kv_heads or self.num_heads, "head_dim": head_dim})
 
+    @property
+    def score_scale(self) -> float:
+        return self.scale if self.scale is not None else self.head_dim**-0.5
+
+    def check(self, ctx):
+        if self.qk_norm is not None and self.qk_norm.scope == "per_head":
+            norm_spec = self.qk_norm.norm_spec(ctx)
+            if not norm_spec.has_weights:
+                where = "attention.qk_norm.norm" if self.qk_norm.norm is not None else "norm"
+                raise ValueError(f"attention.qk_norm.scope 'per_head' gives each head its own norm weights, but "
+                                 f"{where} (kind {norm_spec.kind!r}, affine false) learns none; use scope 'head'")
+
+    def _qk_norms(self, ctx) -> tuple[nn.Module | None, nn.Module | None]:
+        """The query and key norms, each applying a norm to every head (or to the whole projection)."""
+        if self.qk_norm is None:
+            return None, None
+        norm_spec, scope, Dh = self.qk_norm.norm_spec(ctx), self.qk_norm.scope, self.head_dim
+
+        def qk_norm(heads: int) -> nn.Module:
+            width = heads * Dh if scope == "projection" else Dh  # the vector normalised
+            weight = (heads, Dh) if scope == "per_head" else width
+            return norm.HeadNorm(norm=norm_spec.build(ctx, dim=weight), head_dim=width)
+
+        return qk_norm(self.num_heads), qk_norm(self.num_kv_heads)
+
     def build(self, ctx):
         D, H, Hkv, Dh = ctx.spec.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
         sizes = [H * Dh, Hkv * Dh, Hkv * Dh]
@@ -340,8 +414,11 @@ class GQASpec(AttentionSpec):
             qkv = projection.FusedProjection(proj=_linear(D, sum(sizes), self.qkv_bias), sizes=sizes)
         else:
             qkv = projection.SplitProjection(**{n: _linear(D, s, self.qkv_bias) for n, s in zip("qkv", sizes)})
+        q_norm, k_norm = self._qk_norms(ctx)
         return attention.Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh, qkv=qkv,
-                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer)
+                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer,
+                                   scale=self.score_scale, softcap=self.softcap, clip_qkv=self.clip_qkv,
+                                   q_norm=q_norm, k_norm=k_norm)
 
     def kv_bytes_per_token(self, dtype_bytes):
         return 2 * self.num_kv_heads * self.head_dim * dtype_bytes
