@@ -159,12 +159,24 @@ class PartialRopeSpec(PositionSpec):
 
 
 class AlibiSpec(PositionSpec):
-    """ALiBi linear biases with BLOOM's slopes (any head count)."""
+    """ALiBi linear biases with BLOOM's slopes (any head count). ``max_bias`` sets the slopes
+    (MPT's alibi_bias_max; BLOOM's are 8). ``scaled`` multiplies the bias by the attention's score
+    scale, as Falcon adds it before scaling: ``(q·k + alibi) * scale``."""
 
     kind: Literal["alibi"]
+    max_bias: PositiveFloat = 8.0
+    scaled: bool = False
+
+    def check(self, ctx):
+        attn = ctx.layer_spec.attention
+        if self.scaled and attn.score_scale is None:
+            raise ValueError(f"position.scaled is true but attention.kind {attn.kind!r} has no score scale to "
+                             f"multiply the bias by")
 
     def build(self, ctx):
-        return position.ALiBi(num_heads=ctx.layer_spec.attention.num_heads)
+        attn = ctx.layer_spec.attention
+        return position.ALiBi(num_heads=attn.num_heads, max_bias=self.max_bias,
+                              scale=attn.score_scale if self.scaled else 1.0)
 
 
 class BucketBiasSpec(PositionSpec):
