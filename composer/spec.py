@@ -735,6 +735,10 @@ class CausalLMHeadSpec(HeadSpec):
     bias: bool = False
     #: False scores position t against label t (CPM-Ant) rather than label t+1.
     shift_labels: bool = True
+    #: Multiplies the logits (Cohere's logit_scale; Granite's is 1 / logits_scaling).
+    logit_scale: PositiveFloat = 1.0
+    #: Caps the scaled logits at tanh(logits / softcap) * softcap (Gemma 2's final_logit_softcapping).
+    softcap: PositiveFloat | None = None
     output_class: ClassVar = outputs.CausalLMOutputWithPast
     keeps_positions: ClassVar = True
 
@@ -742,7 +746,8 @@ class CausalLMHeadSpec(HeadSpec):
         proj = _linear(ctx.spec.hidden_size, ctx.spec.vocab_size, self.bias)
         if self.tied_to_embedding(ctx.spec):
             proj.weight = ctx.embedding.tokens.weight
-        return heads.CausalLMHead(proj=proj, shift_labels=self.shift_labels)
+        return heads.CausalLMHead(proj=proj, shift_labels=self.shift_labels, logit_scale=self.logit_scale,
+                                  softcap=self.softcap)
 
     def tied_to_embedding(self, spec):
         return spec.embedding.tied
