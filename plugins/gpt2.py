@@ -6,10 +6,10 @@ config keys are GPT-2's own (``n_embd``, ``n_layer``, ``n_head``, ``n_positions`
 the three ``*_pdrop``). GPT2DoubleHeadsModel (LM plus a multiple-choice summary head) is not read:
 we have no multiple-choice head."""
 
+import math
 from dataclasses import replace
 
 from archcomposer import hookimpl
-from archcomposer.errors import CheckpointError
 from archcomposer.hf_table import (ACTIVATIONS_TO_HF, HEADS, TRANSPOSED, Activation, Expect, Fixed, HFTable, Key,
                                    Tensor, hf_family, token_ids)
 
@@ -26,21 +26,30 @@ class InnerWidth:
 
 
 class AttentionScale:
-    """``scale_attn_weights`` (False: no 1/sqrt(head_dim)) and ``scale_attn_by_inverse_layer_idx``
-    (layer i's scale divided by i + 1) <-> ``attention.scale``, the second through ``layers``
-    entries of one layer each."""
+    """``scale_attn_weights`` (False: no 1/sqrt(head_dim)) <-> ``attention.scale`` 1.0; with
+    ``by_layer``, also ``scale_attn_by_inverse_layer_idx`` (layer i's scale divided by i + 1)
+    <-> a ``layers`` entry per layer after the first setting its ``attention.scale``."""
+
+    def __init__(self, *, by_layer: bool):
+        self.by_layer = by_layer
 
     def to_spec(self, config, data):
-        if not config.get("scale_attn_weights", True):
-            raise CheckpointError("config.json scale_attn_weights = False is not supported (only True): it "
-                                  "drops the 1/sqrt(head_dim) score scale")
-        if config.get("scale_attn_by_inverse_layer_idx", False):
-            raise CheckpointError("config.json scale_attn_by_inverse_layer_idx = True is not supported (only False): "
-                                  "it divides layer i's attention scores by i + 1")
+        attention = data["attention"]
+        weights = config.get("scale_attn_weights", True)
+        if not weights:
+            attention["scale"] = 1.0
+        if self.by_layer and config.get("scale_attn_by_inverse_layer_idx", False):
+            base = (data["hidden_size"] // attention["num_heads"]) ** -0.5 if weights else 1.0
+            data["layers"] = [{"indices": [i], "attention": {"scale": base / (i + 1)}}
+                              for i in range(1, data["num_layers"])]
 
     def to_config(self, spec, config):
-        config["scale_attn_weights"] = True
-        config["scale_attn_by_inverse_layer_idx"] = False
+        # Another scale reads back as head_dim**-0.5 (or 1.0) and the read-back check names it.
+        scales = [layer.attention.score_scale for layer in spec.layer_specs]
+        config["scale_attn_weights"] = scales[0] is None or not math.isclose(scales[0], 1.0)
+        if self.by_layer:
+            config["scale_attn_by_inverse_layer_idx"] = (
+                len(scales) > 1 and None not in scales[:2] and math.isclose(scales[1], scales[0] / 2))
 
 
 #: GPT-2's name for the tanh GELU is gelu_new (the same function).
@@ -81,7 +90,7 @@ TABLE = HFTable(
     },
     base="transformer.",
     # reorder_and_upcast_attn scales before the product and upcasts to fp32: the same in fp32.
-    config=[*CONFIG, GPT2_ACTIVATION, AttentionScale()],
+    config=[*CONFIG, GPT2_ACTIVATION, AttentionScale(by_layer=True)],
     tensors=[
         Tensor("embedding.tokens", "{base}wte"),
         Tensor("embedding.positions", "{base}wpe"),

@@ -34,7 +34,7 @@ TABLE = HFTable(
     },
     base="transformer.",
     config=[*CONFIG, Activation("activation_function", default="gelu_pytorch_tanh"), MultiQuery(),
-            AttentionScale()],
+            AttentionScale(by_layer=False)],
     tensors=[
         Tensor("embedding.tokens", "{base}wte"),
         Tensor("embedding.positions", "{base}wpe"),

@@ -71,7 +71,7 @@ TABLE = HFTable(
         Activation("activation_function", default="relu"),
         Key("attention_dropout", "attention.dropout", 0.0),
         Key("dropout", "wiring.dropout", 0.1),
-        Expect("layer_norm_elementwise_affine", True, "layer norms without learned scale and shift"),
+        Key("layer_norm_elementwise_affine", "norm.affine", True),
         Expect("layerdrop", 0.0, "it skips whole layers at random in training"),
         Wiring(),
         EmbeddingWidth(),

@@ -1,5 +1,5 @@
 """GPT-2 checkpoints against transformers: every head, Conv1D weights, n_inner set and unset, tied
-and untied LM heads, the attention scale flags, the dropouts."""
+and untied LM heads, the attention scale flags (per layer through ``layers``), the dropouts."""
 
 import pytest
 import transformers
@@ -56,6 +56,19 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", True)
 
 
+@pytest.mark.parametrize(("overrides", "scales"), [
+    ({"scale_attn_weights": False}, [1.0, 1.0, 1.0]),
+    ({"scale_attn_by_inverse_layer_idx": True}, [12**-0.5, 12**-0.5 / 2, 12**-0.5 / 3]),
+    ({"scale_attn_weights": False, "scale_attn_by_inverse_layer_idx": True}, [1.0, 1 / 2, 1 / 3]),
+], ids=["unscaled", "by-inverse-layer-idx", "unscaled-by-inverse-layer-idx"])
+def test_attention_scale_flags_match_transformers(tmp_path, overrides, scales):
+    """scale_attn_by_inverse_layer_idx is a layers entry per layer after the first, setting its scale."""
+    ours = check_parity(tmp_path, family=FAMILY, architecture="GPT2LMHeadModel",
+                        config=config(n_layer=3, **overrides), head="causal_lm", inputs=INPUTS,
+                        hf_kwargs_for_batch=position_ids)
+    assert [layer.attention.score_scale for layer in ours.spec.layer_specs] == pytest.approx(scales)
+
+
 def test_conv1d_weights_are_transposed(tmp_path):
     reference = build_reference("GPT2LMHeadModel", config())
     reference.save_pretrained(tmp_path)
@@ -107,7 +120,15 @@ def test_double_heads_model_is_not_read(tmp_path):
      "mlp.bias = False has no equivalent in Hugging Face GPT-2"),
     ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent in Hugging Face GPT-2"),
     ({"norm": {"kind": "rmsnorm"}}, "norm.kind = 'rmsnorm' has no equivalent in Hugging Face GPT-2"),
-], ids=["no-learned-positions", "position-offset", "alibi", "gqa", "mlp-no-bias", "parallel", "rmsnorm"])
+    ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": True, "out_bias": True, "fused_qkv": True,
+                    "scale": 0.5}},
+     "attention.scale = 0.5 has no equivalent in Hugging Face GPT-2: its config.json reads back as None"),
+    ({"layers": [{"indices": [1], "attention": {"scale": 0.1}}]},
+     r"attention.scale \(layers 1\) = 0.1 has no equivalent in Hugging Face GPT-2"),
+    ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": True, "out_bias": True, "fused_qkv": True,
+                    "softcap": 30.0}}, "attention.softcap = 30.0 has no equivalent in Hugging Face GPT-2"),
+], ids=["no-learned-positions", "position-offset", "alibi", "gqa", "mlp-no-bias", "parallel", "rmsnorm",
+        "other-scale", "other-layer-scale", "softcap"])
 def test_export_of_what_gpt2_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-gpt2", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):

@@ -46,7 +46,8 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
 @pytest.mark.parametrize("overrides", [
     {"multi_query": False, "n_inner": 72, "tie_word_embeddings": False},
     {"n_head": 6, "activation_function": "gelu_new", "attention_softmax_in_fp32": False},
-], ids=["multi-head-inner-untied", "mqa-6-heads-gelu-new"])
+    {"scale_attn_weights": False},
+], ids=["multi-head-inner-untied", "mqa-6-heads-gelu-new", "unscaled"])
 def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="GPTBigCodeForCausalLM", config=config(**overrides),
                         head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
@@ -54,6 +55,7 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert a.num_kv_heads == (1 if overrides.get("multi_query", True) else a.num_heads)
     assert ours.spec.mlp.intermediate_size == overrides.get("n_inner", 4 * 48)
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", True)
+    assert a.scale == (None if overrides.get("scale_attn_weights", True) else 1.0)
 
 
 def test_multi_head_c_attn_rows_are_per_head(tmp_path):

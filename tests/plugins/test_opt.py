@@ -1,5 +1,6 @@
 """OPT checkpoints against transformers: every head, pre-norm and post-norm (OPT-350m's wiring,
-without a final norm), enable_bias off, tied and untied LM heads, the offset-2 learned positions."""
+without a final norm), enable_bias off, norms without parameters, tied and untied LM heads, the
+offset-2 learned positions."""
 
 import pytest
 import torch
@@ -49,7 +50,10 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
     {"do_layer_norm_before": False, "activation_function": "gelu"},
     {"enable_bias": False, "tie_word_embeddings": False, "num_attention_heads": 3, "dropout": 0.2},
     {"_remove_final_layer_norm": True},
-], ids=["post-norm-gelu", "no-bias-untied-3-heads", "no-final-norm"])
+    {"layer_norm_elementwise_affine": False},
+    {"layer_norm_elementwise_affine": False, "do_layer_norm_before": False},
+], ids=["post-norm-gelu", "no-bias-untied-3-heads", "no-final-norm", "norms-without-parameters",
+        "post-norm-without-parameters"])
 def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="OPTForCausalLM", config=config(**overrides),
                         head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
@@ -59,6 +63,7 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert spec.final_norm == (before and not overrides.get("_remove_final_layer_norm", False))
     assert spec.attention.qkv_bias == spec.mlp.bias == overrides.get("enable_bias", True)
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", True)
+    assert spec.norm.affine == spec.norm.bias == overrides.get("layer_norm_elementwise_affine", True)
 
 
 def test_checkpoint_saved_from_the_bare_model_loads_into_the_lm(tmp_path):
@@ -108,7 +113,11 @@ def test_refused_config_flags_name_the_key(tmp_path, overrides, message):
     ({"mlp": {"kind": "plain", "intermediate_size": 128, "bias": False}},
      "mlp.bias = False has no equivalent in Hugging Face OPT"),
     ({"norm": {"kind": "layernorm", "eps": 1e-6}}, "norm.eps = 1e-06 has no equivalent in Hugging Face OPT"),
-], ids=["post-norm-with-final-norm", "parallel", "position-offset", "mlp-bias-alone", "norm-eps"])
+    ({"norm": {"kind": "layernorm", "bias": False}}, "norm.bias = False has no equivalent in Hugging Face OPT: its "
+                                                     "config.json reads back as True"),
+    ({"norm": {"kind": "rmsnorm", "eps": 1e-5}}, "norm.kind = 'rmsnorm' has no equivalent in Hugging Face OPT"),
+], ids=["post-norm-with-final-norm", "parallel", "position-offset", "mlp-bias-alone", "norm-eps", "norm-scale-only",
+        "rmsnorm"])
 def test_export_of_what_opt_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-opt", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):
