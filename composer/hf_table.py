@@ -271,7 +271,18 @@ class HFTable:
                                   f"(a bug in the family's table): {exc}") from None
         for path, ours, theirs in _differences(spec, back):
             raise CheckpointError(f"{path} = {ours!r} has no equivalent in Hugging Face {self.display}: its "
-                                  f"config.json reads back as {theirs!r}")
+                                  f"config.json reads back as {theirs!r}{self._shared_key(spec, _field(path))}")
+
+    def _shared_key(self, spec: ModelSpecBase, path: str) -> str:
+        """Where ``path`` differs because one config key holds it and another field of another value
+        (GPT-NeoX's ``attention_bias``: q/k/v and output biases), say so."""
+        for row in self.config:
+            if isinstance(row, Key) and row.ours == path:
+                others = [r.ours for r in self.config if isinstance(r, Key) and r is not row
+                          and r.names[0] == row.names[0] and _get(spec, r.ours) not in (_ABSENT, _get(spec, path))]
+                if others:
+                    return f" ({row.names[0]} is both {path} and {', '.join(others)})"
+        return ""
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -355,6 +366,11 @@ def _differences(spec: ModelSpecBase, back: ModelSpecBase):
     for (path, ours, theirs), layers in found.items():
         where = "" if len(layers) == spec.num_layers else f" (layers {', '.join(map(str, layers))})"
         yield path + where, ours, theirs
+
+
+def _field(path: str) -> str:
+    """A difference's field path without the layers it names (``attention.qkv_bias (layers 0, 2)``)."""
+    return path.split(" (")[0]
 
 
 def _hashable(diff):

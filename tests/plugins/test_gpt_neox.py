@@ -124,7 +124,8 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     ({"attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True, "out_bias": True,
                     "fused_qkv": True}}, "attention.num_kv_heads = 2 has no equivalent"),
     ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": True, "out_bias": False, "fused_qkv": True}},
-     "attention.qkv_bias = True has no equivalent"),  # one attention_bias for both
+     r"attention.qkv_bias = True has no equivalent in Hugging Face GPT-NeoX: its config.json reads back as False "
+     r"\(attention_bias is both attention.qkv_bias and attention.out_bias\)"),
     ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": True, "out_bias": True}},
      "attention.fused_qkv = False has no equivalent"),
     ({"position": {"kind": "partial_rope", "fraction": 0.25, "interleaved": True}},
