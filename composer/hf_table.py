@@ -306,8 +306,8 @@ class HFTable:
             layers = range(spec.num_layers) if "{i}" in row.ours else [None]
             rows += [(row.ours.format(i=i), row.theirs.format(i=i, base=base), row.transform,
                       None if i is None else spec.layer_specs[i]) for i in layers]
-        rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads
-                 if not h.tied_to_embedding(spec)]
+        # a head tied to the embedding owns no weight, but may own a bias (Phi's LM head)
+        rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads]
         maps, fused = [], {}
         for ours, theirs, transform, layer in rows:
             parent, _, part = ours.rpartition(".")
