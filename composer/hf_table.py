@@ -448,6 +448,16 @@ class Rope:
         config["rope_parameters"] = rope
 
 
+def parallel_residual(*, default: bool, shared_norm: bool) -> Key:
+    """``use_parallel_residual`` (GPT-NeoX, StableLM): attention and MLP side by side (``parallel``,
+    with one norm or one each) or one after the other (``pre_norm``). It sets the whole wiring
+    section, so rows for the wiring's other fields (dropout) come after it."""
+    parallel = {"kind": "parallel", "shared_norm": shared_norm}
+    return Key("use_parallel_residual", "wiring", default,
+               read=lambda on: dict(parallel) if on else {"kind": "pre_norm"},
+               write=lambda wiring: wiring.kind == "parallel")
+
+
 def without(rows: Sequence[Any], *ours: str) -> list:
     """``rows`` but those for the spec fields ``ours``, which a family translates otherwise."""
     return [row for row in rows if getattr(row, "ours", None) not in ours]

@@ -10,7 +10,7 @@ drops the embeddings and each branch. Older configs (Pythia's) name the rotary f
 
 from archcomposer import hookimpl
 from archcomposer.hf_table import (GROUPED_QKV, HEADS, Activation, Fixed, HFTable, Key, Rope, Tensor, hf_family,
-                                   token_ids)
+                                   parallel_residual, token_ids)
 
 
 class LegacyRope(Rope):
@@ -28,15 +28,6 @@ class LegacyRope(Rope):
             if old is not None and config.get(old) is not None:
                 rope.setdefault(key, config[old])
         super().to_spec({**config, "rope_parameters": rope}, data)
-
-
-def parallel_residual(*, default: bool, shared_norm: bool) -> Key:
-    """``use_parallel_residual``: attention and MLP side by side (``parallel``, with one norm or
-    one each) or one after the other (``pre_norm``). Rows for the wiring's other fields follow it."""
-    parallel = {"kind": "parallel", "shared_norm": shared_norm}
-    return Key("use_parallel_residual", "wiring", default,
-               read=lambda on: dict(parallel) if on else {"kind": "pre_norm"},
-               write=lambda wiring: wiring.kind == "parallel")
 
 
 TABLE = HFTable(
