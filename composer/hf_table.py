@@ -306,7 +306,7 @@ class HFTable:
             layers = range(spec.num_layers) if "{i}" in row.ours else [None]
             rows += [(row.ours.format(i=i), row.theirs.format(i=i, base=base), row.transform,
                       None if i is None else spec.layer_specs[i]) for i in layers]
-        # a head tied to the embedding owns no weight, but may own a bias (Phi's LM head)
+        # A tied head's weight is the embedding's (not in ``params``); its bias, if any, is its own.
         rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads]
         maps, fused = [], {}
         for ours, theirs, transform, layer in rows:
@@ -392,6 +392,9 @@ def _dict_differences(a: Any, b: Any, path: str):
             if key in _LAYOUT_FIELDS and a.get(key) is True:
                 continue
             yield from _dict_differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(x, dict) for x in a):
+        for k, (x, y) in enumerate(zip(a, b)):  # heads: name the field of the head that differs
+            yield from _dict_differences(x, y, f"{path}.{k}")
     elif isinstance(a, float) and isinstance(b, float):
         if not math.isclose(a, b, rel_tol=1e-9):
             yield path, a, b
