@@ -430,6 +430,8 @@ class Rope:
 
     def to_spec(self, config: dict, data: dict) -> None:
         rope = rope_parameters_of(config, default_theta=self.theta)
+        if self.fraction is None:  # the family's rotary rotates the whole head, whatever the config says
+            rope.pop("partial_rotary_factor", None)
         data["position"] = position_from_hf(rope, max_positions=data["max_positions"],
                                             fraction=self.fraction if self.fraction is not None else 1.0,
                                             interleaved=self.interleaved)
@@ -440,6 +442,8 @@ class Rope:
         rope = rope_parameters_to_hf(spec.position, max_positions=spec.max_positions)
         if self.fraction is not None:
             rope.setdefault("partial_rotary_factor", 1.0)
+        else:  # not read back: a partial_rope spec is named by the read-back check
+            rope.pop("partial_rotary_factor", None)
         config["rope_parameters"] = rope
 
 
