@@ -14,20 +14,17 @@ from archcomposer.hf_table import (GROUPED_QKV, HEADS, Activation, Fixed, HFTabl
 
 
 class LegacyRope(Rope):
-    """``Rope`` that also reads the rotary keys of older configs, as transformers does: a
-    ``rope_scaling`` dict for ``rope_parameters``, and ``rope_theta`` and ``partial_rotary_factor``
-    under older names (GPT-NeoX's ``rotary_emb_base`` and ``rotary_pct``)."""
+    """``Rope`` that also reads ``rope_theta`` and ``partial_rotary_factor`` under the older names
+    of a family's configs (GPT-NeoX's ``rotary_emb_base`` and ``rotary_pct``), as transformers does."""
 
-    def __init__(self, *, theta_key: str | None = None, fraction_key: str | None = None, **kwargs):
+    def __init__(self, *, theta_key: str, fraction_key: str, **kwargs):
         super().__init__(**kwargs)
         self.legacy = {"rope_theta": theta_key, "partial_rotary_factor": fraction_key}
 
     def to_spec(self, config, data):
-        rope = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
-        for key, old in self.legacy.items():
-            if old is not None and config.get(old) is not None:
-                rope.setdefault(key, config[old])
-        super().to_spec({**config, "rope_parameters": rope}, data)
+        renamed = {key: config[old] for key, old in self.legacy.items()
+                   if config.get(key) is None and config.get(old) is not None}
+        super().to_spec({**config, **renamed}, data)
 
 
 TABLE = HFTable(

@@ -93,10 +93,19 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     ({"norm": {"kind": "rmsnorm"}}, "norm.kind = 'rmsnorm' has no equivalent"),
     ({"mlp": {"kind": "gated", "intermediate_size": 128, "bias": True}}, "mlp.kind = 'gated' has no equivalent"),
     ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent"),
-    ({"position": {"kind": "partial_rope", "fraction": 0.5}}, "position.kind = 'partial_rope' has no equivalent"),
+    ({"position": {"kind": "partial_rope", "fraction": 0.5, "interleaved": False}},
+     "position.kind = 'partial_rope' has no equivalent"),
 ], ids=["mlp-bias-alone", "norm-no-bias", "rmsnorm", "gated", "parallel", "partial-rope"])
 def test_export_of_what_starcoder2_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-starcoder2", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
     assert not (tmp_path / "out").exists()
+
+
+def test_partial_rotary_factor_is_ignored_as_transformers_does(tmp_path):
+    """StarCoder 2's rotary rotates whole heads: transformers ignores a partial_rotary_factor."""
+    hf = config(rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5})
+    ours = check_parity(tmp_path, family=FAMILY, architecture="Starcoder2ForCausalLM", config=hf, head="causal_lm",
+                        inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    assert ours.spec.position.kind == "rope"
