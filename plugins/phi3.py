@@ -4,11 +4,26 @@ part of each head for Phi-4-mini), GQA, RMSNorm, fused QKV and gate/up projectio
 Hugging Face Phi-3 (``model_type: phi3``) has the Llama layout (``model.``) with q/k/v fused as
 ``qkv_proj`` (rows ``[q | k | v]``) and gate/up as ``gate_up_proj`` (rows ``[gate | up]``), as ours,
 and no biases; ``resid_pdrop`` drops each branch (``embd_pdrop`` is in the config but transformers
-does not use it)."""
+does not use it). LongRoPE switches to its long factors when a forward reaches past
+``original_max_position_embeddings``; transformers' Phi-3 ``generate`` then encodes the whole
+sequence again with them, where ours keeps the keys cached before (exact up to that length)."""
 
 from archcomposer import hookimpl
 from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Expect, Fixed, HFTable, Key, Rope, Tensor, hf_family,
                                    llama_config, token_ids, without)
+
+
+class OriginalLength:
+    """``original_max_position_embeddings``: Phi-3 keeps LongRoPE's pretraining length at the top
+    level (default 4096), and transformers lets it win over ``rope_parameters``' own, so export
+    writes it there (``Rope`` reads it)."""
+
+    def to_spec(self, config, data):
+        pass
+
+    def to_config(self, spec, config):
+        original = getattr(getattr(spec.position, "scaling", None), "original_max_positions", None)
+        config["original_max_position_embeddings"] = original or spec.max_positions
 
 TABLE = HFTable(
     display="Phi-3",
@@ -27,7 +42,7 @@ TABLE = HFTable(
         Key("intermediate_size", "mlp.intermediate_size", 8192),
         Expect("sliding_window", None, "a sliding window needs attention.sliding_window"),
         Key("resid_pdrop", "wiring.dropout", 0.0),
-        Rope(fraction=1.0),
+        Rope(fraction=1.0), OriginalLength(),
         *token_ids(pad=32000, bos=1, eos=32000),
     ],
     tensors=[*(t for t in LLAMA_TENSORS if ".qkv." not in t.ours and ".gate_up." not in t.ours),

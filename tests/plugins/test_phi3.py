@@ -1,11 +1,14 @@
 """Phi-3 checkpoints against transformers: every head, GQA and MQA, partial rotary (Phi-4-mini), tied
 and untied LM heads, fused QKV and gate/up rows."""
 
+import json
+
 import pytest
+import torch
 import transformers
 
-from archcomposer import CheckpointError, build_model
-from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
+from archcomposer import CheckpointError, build_model, from_pretrained
+from tests.plugins.parity import Inputs, assert_close, build_reference, check_parity, check_shipped_spec, report
 
 FAMILY = "phi3"
 
@@ -55,6 +58,41 @@ def test_causal_lm_variants_match_transformers(tmp_path, rope, overrides):
     assert spec.attention.num_kv_heads == overrides["num_key_value_heads"]
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", False)
     assert getattr(spec.position, "fraction", 1.0) == rope.get("partial_rotary_factor", 1.0)
+
+
+def longrope(rotated_pairs=8):
+    return {"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(rotated_pairs)],
+            "long_factor": [2.0 + 0.5 * i for i in range(rotated_pairs)]}
+
+
+def test_longrope_within_the_original_length_matches_transformers(tmp_path):
+    """Greedy generation stays within original_max_position_embeddings (short factors); the
+    attention factor comes from max_position_embeddings / original."""
+    hf = config(longrope(), max_position_embeddings=128, original_max_position_embeddings=32)
+    ours = check_parity(tmp_path, family=FAMILY, architecture="Phi3ForCausalLM", config=hf, head="causal_lm",
+                        inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    scaling = ours.spec.position.scaling
+    assert (scaling.type, scaling.original_max_positions, ours.spec.max_positions) == ("longrope", 32, 128)
+
+
+@pytest.mark.parametrize("factor", [0.75, 1.0])
+def test_longrope_past_the_original_length_matches_transformers(tmp_path, factor):
+    """A forward past original_max_position_embeddings rotates with the long factors, ours and
+    transformers' alike, also after our export (which writes the top-level original length
+    Phi-3 reads)."""
+    hf = config({**longrope(int(8 * factor)), "partial_rotary_factor": factor}, max_position_embeddings=64,
+                original_max_position_embeddings=8)
+    reference = build_reference("Phi3ForCausalLM", hf)
+    reference.save_pretrained(tmp_path / "hf")
+    ours = from_pretrained(tmp_path / "hf")
+    exported = ours.save_pretrained(tmp_path / "export", format="hf")
+    assert json.loads((exported / "config.json").read_text())["original_max_position_embeddings"] == 8
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    ids = torch.randint(4, 160, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs, mine, back = reference(ids).logits, ours(ids).logits, reloaded(ids).logits
+    assert_close(FAMILY, "longrope past the original length logits", mine, theirs)
+    assert_close(FAMILY, "longrope past the original length export logits", back, theirs)
 
 
 def test_resid_pdrop_is_the_wiring_dropout():
