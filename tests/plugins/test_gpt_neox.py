@@ -20,11 +20,11 @@ def report_largest_difference():
     print("\n" + report(FAMILY))
 
 
-def config(partial_rotary_factor=0.25, **overrides):
+def config(partial_rotary_factor=0.25, scaling=None, **overrides):
     fields = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   pad_token_id=1, bos_token_id=0, eos_token_id=2, num_labels=3, max_position_embeddings=256,
                   rope_parameters={"rope_type": "default", "rope_theta": 500.0,
-                                   "partial_rotary_factor": partial_rotary_factor})
+                                   "partial_rotary_factor": partial_rotary_factor, **(scaling or {})})
     return transformers.GPTNeoXConfig(**{**fields, **overrides})
 
 
@@ -63,6 +63,15 @@ def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
     assert spec.position.kind == ("rope" if factor == 1.0 else "partial_rope")
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", False)
     assert spec.attention.qkv_bias == spec.attention.out_bias == overrides.get("attention_bias", True)
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
+                                     {"rope_type": "dynamic", "factor": 2.0}], ids=["linear", "dynamic"])
+def test_rope_scalings_of_the_rotated_part_match_transformers(tmp_path, scaling):
+    ours = check_parity(tmp_path, family=FAMILY, architecture="GPTNeoXForCausalLM",
+                        config=config(0.5, scaling, max_position_embeddings=16), head="causal_lm", inputs=INPUTS,
+                        hf_kwargs_for_batch=position_ids)
+    assert (ours.spec.position.kind, ours.spec.position.scaling.type) == ("partial_rope", scaling["rope_type"])
 
 
 def test_pythia_config_keys_load(tmp_path):
