@@ -9,7 +9,7 @@ does not use it). LongRoPE switches to its long factors when a forward reaches p
 sequence again with them, where ours keeps the keys cached before (exact up to that length)."""
 
 from archcomposer import hookimpl
-from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Expect, Fixed, HFTable, Key, Rope, Tensor, hf_family,
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Key, Rope, Tensor, hf_family,
                                    llama_config, token_ids, without)
 
 
@@ -40,7 +40,7 @@ TABLE = HFTable(
         Fixed("attention.fused_qkv", True), Fixed("mlp.fused", True),
         Key("hidden_size", "hidden_size", 3072),
         Key("intermediate_size", "mlp.intermediate_size", 8192),
-        Expect("sliding_window", None, "a sliding window needs attention.sliding_window"),
+        Key("sliding_window", "attention.sliding_window", None),
         Key("resid_pdrop", "wiring.dropout", 0.0),
         Rope(fraction=1.0), OriginalLength(),
         *token_ids(pad=32000, bos=1, eos=32000),

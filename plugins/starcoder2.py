@@ -6,7 +6,7 @@ Hugging Face StarCoder 2 (``model_type: starcoder2``) has the Llama layout's att
 bias; ``residual_dropout`` drops each branch and ``embedding_dropout`` the embeddings."""
 
 from archcomposer import hookimpl
-from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Expect, Fixed, HFTable, Key, Rope, Tensor,
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Fixed, HFTable, Key, Rope, Tensor,
                                    hf_family, token_ids)
 
 TABLE = HFTable(
@@ -35,7 +35,7 @@ TABLE = HFTable(
         Key("use_bias", "attention.out_bias", True),
         Key("use_bias", "mlp.bias", True),
         Key("attention_dropout", "attention.dropout", 0.0),
-        Expect("sliding_window", None, "a sliding window needs attention.sliding_window"),
+        Key("sliding_window", "attention.sliding_window", None),
         Key("norm_epsilon", "norm.eps", 1e-5),
         Key("intermediate_size", "mlp.intermediate_size", 12288),
         Activation("hidden_act", default="gelu_pytorch_tanh"),

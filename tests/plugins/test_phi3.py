@@ -1,5 +1,5 @@
-"""Phi-3 checkpoints against transformers: every head, GQA and MQA, partial rotary (Phi-4-mini), tied
-and untied LM heads, fused QKV and gate/up rows."""
+"""Phi-3 checkpoints against transformers: every head, GQA and MQA, partial rotary (Phi-4-mini), a
+sliding window, LongRoPE within and past the original length, tied and untied LM heads."""
 
 import json
 
@@ -49,8 +49,8 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
 
 @pytest.mark.parametrize(("rope", "overrides"), [
     ({"partial_rotary_factor": 0.75}, {"num_key_value_heads": 1, "tie_word_embeddings": True}),
-    ({}, {"num_key_value_heads": 4, "hidden_act": "gelu"}),
-], ids=["mqa-tied-three-quarter-rotary", "mha-gelu"])
+    ({}, {"num_key_value_heads": 4, "hidden_act": "gelu", "sliding_window": 4}),
+], ids=["mqa-tied-three-quarter-rotary", "mha-gelu-window"])
 def test_causal_lm_variants_match_transformers(tmp_path, rope, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="Phi3ForCausalLM", config=config(rope, **overrides),
                         head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
@@ -58,6 +58,7 @@ def test_causal_lm_variants_match_transformers(tmp_path, rope, overrides):
     assert spec.attention.num_kv_heads == overrides["num_key_value_heads"]
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", False)
     assert getattr(spec.position, "fraction", 1.0) == rope.get("partial_rotary_factor", 1.0)
+    assert spec.attention.sliding_window == overrides.get("sliding_window")
 
 
 def longrope(rotated_pairs=8):
@@ -111,7 +112,7 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
 
     published = dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                      num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                     original_max_position_embeddings=4096, rope_theta=10000.0, rope_scaling=None,
+                     original_max_position_embeddings=4096, rope_theta=10000.0, rope_scaling=None, sliding_window=2047,
                      rms_norm_eps=1e-5, hidden_act="silu", resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0,
                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
                      model_type="phi3")  # Phi-3-mini-4k-instruct
