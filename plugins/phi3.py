@@ -13,6 +13,19 @@ from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Key, Ro
                                    llama_config, token_ids, without)
 
 
+class Phi3Rope(Rope):
+    """``Rope``, with the older Phi-3 configs' ``rope_scaling`` types ``su`` and ``yarn`` read as
+    ``longrope``, as Phi-3's config does (its ``yarn`` is LongRoPE, not YaRN)."""
+
+    def to_spec(self, config, data):
+        key = "rope_scaling" if config.get("rope_scaling") else "rope_parameters"
+        rope = dict(config.get(key) or {})
+        for name in ("rope_type", "type"):
+            if rope.get(name) in ("su", "yarn"):
+                rope[name] = "longrope"
+        super().to_spec({**config, key: rope}, data)
+
+
 class OriginalLength:
     """``original_max_position_embeddings``: Phi-3 keeps LongRoPE's pretraining length at the top
     level (default 4096), and transformers lets it win over ``rope_parameters``' own, so export
@@ -42,7 +55,7 @@ TABLE = HFTable(
         Key("intermediate_size", "mlp.intermediate_size", 8192),
         Key("sliding_window", "attention.sliding_window", None),
         Key("resid_pdrop", "wiring.dropout", 0.0),
-        Rope(fraction=1.0), OriginalLength(),
+        Phi3Rope(fraction=1.0), OriginalLength(),
         *token_ids(pad=32000, bos=1, eos=32000),
     ],
     tensors=[*(t for t in LLAMA_TENSORS if ".qkv." not in t.ours and ".gate_up." not in t.ours),

@@ -96,6 +96,24 @@ def test_longrope_past_the_original_length_matches_transformers(tmp_path, factor
     assert_close(FAMILY, "longrope past the original length export logits", back, theirs)
 
 
+@pytest.mark.parametrize("old_type", ["su", "yarn"])
+def test_older_rope_scaling_types_are_longrope(old_type):
+    """Phi-3's config reads rope_scaling types 'su' and 'yarn' (Phi-3-mini-128k's first config) as
+    LongRoPE."""
+    from archcomposer.plugins.phi3 import FAMILY as family
+
+    hf = config().to_dict()
+    del hf["rope_parameters"]
+    scaling = {"type": old_type, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8}
+    data = family.spec_from_hf_config({**hf, "rope_theta": 500.0, "rope_scaling": scaling,
+                                       "original_max_position_embeddings": 64}, "Phi3ForCausalLM")
+    assert data["position"]["scaling"]["type"] == "longrope"
+    assert data["position"]["scaling"]["original_max_positions"] == 64
+    if old_type == "yarn":  # transformers 5.23 reads 'su' only with original_max_position_embeddings in it
+        reference = transformers.Phi3Config(**{**hf, "rope_scaling": scaling, "original_max_position_embeddings": 64})
+        assert reference.rope_parameters["rope_type"] == "longrope"
+
+
 def test_resid_pdrop_is_the_wiring_dropout():
     from archcomposer.plugins.phi3 import FAMILY as family
 
