@@ -128,6 +128,25 @@ class Expect:
         config[self.hf] = self.value
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A boolean config key that switches an optional spec section on: true sets ``ours`` to
+    ``value(config)`` (Phi's ``qk_layernorm`` -> ``attention.qk_norm``), false leaves it unset.
+    Export writes whether the spec has it; the read-back check compares the section itself."""
+
+    hf: str
+    ours: str
+    value: Callable[[dict], Any]
+    default: bool = False
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        if config.get(self.hf, self.default):
+            _set(data, self.ours, self.value(config))
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        config[self.hf] = _get(spec, self.ours) not in (None, _ABSENT)
+
+
 #: transformers' ``hidden_act`` names -> ours, and back.
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                   "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
