@@ -7,7 +7,7 @@ each head's queries and keys with one LayerNorm (weight and bias) shared by the 
 ``embd_pdrop`` drops the embeddings, ``resid_pdrop`` each branch."""
 
 from archcomposer import hookimpl
-from archcomposer.hf_table import (HEADS, Activation, Expect, Fixed, HFTable, Key, Rope, Tensor, hf_family,
+from archcomposer.hf_table import (HEADS, Activation, Fixed, Flag, HFTable, Key, Rope, Tensor, hf_family,
                                    token_ids)
 
 TABLE = HFTable(
@@ -34,7 +34,7 @@ TABLE = HFTable(
         Key("num_key_value_heads", "attention.num_kv_heads", None),
         Key("head_dim", "attention.head_dim", None),
         Key("attention_dropout", "attention.dropout", 0.0),
-        Expect("qk_layernorm", False, "LayerNorm on queries and keys needs attention.qk_norm"),
+        Flag("qk_layernorm", "attention.qk_norm", lambda config: {"scope": "head"}),  # the layer's LayerNorm
         Key("layer_norm_eps", "norm.eps", 1e-5),
         Key("intermediate_size", "mlp.intermediate_size", 8192),
         Activation("hidden_act", default="gelu_new"),
@@ -50,6 +50,8 @@ TABLE = HFTable(
         Tensor("layers.{i}.attention.qkv.k", "{base}layers.{i}.self_attn.k_proj"),
         Tensor("layers.{i}.attention.qkv.v", "{base}layers.{i}.self_attn.v_proj"),
         Tensor("layers.{i}.attention.out", "{base}layers.{i}.self_attn.dense"),
+        Tensor("layers.{i}.attention.q_norm.norm", "{base}layers.{i}.self_attn.q_layernorm"),
+        Tensor("layers.{i}.attention.k_norm.norm", "{base}layers.{i}.self_attn.k_layernorm"),
         Tensor("layers.{i}.mlp.up", "{base}layers.{i}.mlp.fc1"),
         Tensor("layers.{i}.mlp.down", "{base}layers.{i}.mlp.fc2"),
     ],

@@ -6,9 +6,34 @@ Hugging Face StableLM (``model_type: stablelm``) has the Llama layout (``model.`
 its own (weight only), stored as ``q_layernorm.norms.{h}``; ``use_parallel_residual`` runs
 attention and MLP side by side on the input norm; ``hidden_dropout`` drops the MLP branch alone."""
 
+import torch
+
 from archcomposer import hookimpl
-from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Expect, Fixed, HFTable, Key, Rope, hf_family,
-                                   parallel_residual, token_ids)
+from archcomposer.family import TensorMap
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Expect, Fixed, Flag, HFTable, Key, Rope,
+                                   hf_family, parallel_residual, token_ids)
+
+
+def _qk_layernorm(config):
+    """Each query and key head its own LayerNorm, weight only, at the layers' epsilon."""
+    eps = config.get("layer_norm_eps", 1e-5)
+    return {"scope": "per_head", "norm": {"kind": "layernorm", "bias": False, "eps": eps}}
+
+
+def _per_head_norms(spec, architecture, base):
+    """Our per-head q/k norm weight [H, Dh] <-> their ``norms.{h}.weight`` [Dh], one per head."""
+    maps = []
+    for i, layer in enumerate(spec.layer_specs):  # layers alike share one LayerSpec: count them here
+        a = layer.attention
+        if a.qk_norm is None:
+            continue
+        for ours, theirs, heads in (("q_norm", "q_layernorm", a.num_heads), ("k_norm", "k_layernorm", a.num_kv_heads)):
+            names = tuple(f"{base}layers.{i}.self_attn.{theirs}.norms.{h}.weight" for h in range(heads))
+            maps.append(TensorMap(f"layers.{i}.attention.{ours}.norm.weight", names,
+                                  to_ours=lambda *ts: torch.stack(ts),  # [H, Dh]
+                                  to_theirs=lambda t: tuple(w.clone() for w in t.unbind(0))))
+    return maps
+
 
 TABLE = HFTable(
     display="StableLM",
@@ -32,7 +57,7 @@ TABLE = HFTable(
         Key("num_key_value_heads", "attention.num_kv_heads", 32),
         Key("use_qkv_bias", "attention.qkv_bias", False),
         Key("attention_dropout", "attention.dropout", 0.0),
-        Expect("qk_layernorm", False, "LayerNorm on queries and keys needs attention.qk_norm"),
+        Flag("qk_layernorm", "attention.qk_norm", _qk_layernorm),
         Key("layer_norm_eps", "norm.eps", 1e-5),
         Key("intermediate_size", "mlp.intermediate_size", 6912),
         Activation("hidden_act", default="silu"),
@@ -44,6 +69,7 @@ TABLE = HFTable(
     ],
     tensors=LLAMA_TENSORS,
     heads=HEADS,
+    extra_tensors=_per_head_norms,
 )
 
 FAMILY = hf_family(name="stablelm", table=TABLE,

@@ -1,5 +1,5 @@
-"""Phi checkpoints against transformers: every head, MHA and GQA, rotary fractions, tied and untied LM
-heads (the bias stays the head's own), the dropouts."""
+"""Phi checkpoints against transformers: every head, MHA and GQA, rotary fractions, q/k LayerNorm,
+tied and untied LM heads (the bias stays the head's own), the dropouts."""
 
 import pytest
 import transformers
@@ -47,7 +47,8 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
 @pytest.mark.parametrize(("factor", "overrides"), [
     (0.25, {"num_key_value_heads": 2, "tie_word_embeddings": True}),
     (1.0, {"num_key_value_heads": 1, "hidden_act": "gelu"}),
-], ids=["gqa-tied-quarter-rotary", "mqa-full-rotary-gelu"])
+    (0.5, {"num_key_value_heads": 4, "qk_layernorm": True, "layer_norm_eps": 1e-6}),
+], ids=["gqa-tied-quarter-rotary", "mqa-full-rotary-gelu", "qk-layernorm"])
 def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="PhiForCausalLM",
                         config=config(partial_rotary_factor=factor, **overrides), head="causal_lm", inputs=INPUTS,
@@ -57,6 +58,8 @@ def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", False)
     assert spec.heads[0].bias
     assert spec.position.kind == ("rope" if factor == 1.0 else "partial_rope")
+    qk_norm = spec.attention.qk_norm
+    assert (qk_norm.scope, qk_norm.norm) == ("head", None) if overrides.get("qk_layernorm") else qk_norm is None
 
 
 def test_tied_lm_head_keeps_its_own_bias(tmp_path):
@@ -106,7 +109,11 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": False, "out_bias": True}},
      "attention.qkv_bias = False has no equivalent"),
     ({"norm": {"kind": "rmsnorm"}}, "norm.kind = 'rmsnorm' has no equivalent"),
-], ids=["two-norms", "pre-norm", "lm-head-without-bias", "no-qkv-bias", "rmsnorm"])
+    ({"attention": {"kind": "gqa", "num_heads": 4, "qkv_bias": True, "out_bias": True,
+                    "qk_norm": {"scope": "per_head"}}},
+     "attention.qk_norm.scope = 'per_head' has no equivalent in Hugging Face Phi: its config.json reads back as "
+     "'head'"),
+], ids=["two-norms", "pre-norm", "lm-head-without-bias", "no-qkv-bias", "rmsnorm", "qk-norm-per-head"])
 def test_export_of_what_phi_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-phi", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):

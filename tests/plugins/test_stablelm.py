@@ -1,7 +1,9 @@
-"""StableLM checkpoints against transformers: every head, GQA and MQA, q/k/v bias on and off,
-sequential and parallel residuals, tied and untied LM heads; hidden_dropout refused."""
+"""StableLM checkpoints against transformers: every head with per-head q/k LayerNorms, GQA and MQA,
+q/k/v bias on and off, sequential and parallel residuals, tied and untied LM heads; hidden_dropout
+refused."""
 
 import pytest
+import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
@@ -18,7 +20,8 @@ def report_largest_difference():
 
 def config(partial_rotary_factor=0.25, **overrides):
     fields = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, use_qkv_bias=True, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                  num_key_value_heads=2, use_qkv_bias=True, qk_layernorm=True, pad_token_id=1, bos_token_id=0,
+                  eos_token_id=2,
                   num_labels=3, max_position_embeddings=256,
                   rope_parameters={"rope_type": "default", "rope_theta": 500.0,
                                    "partial_rotary_factor": partial_rotary_factor})
@@ -46,8 +49,8 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
 
 @pytest.mark.parametrize(("factor", "overrides"), [
     (0.5, {"use_parallel_residual": True, "use_qkv_bias": False}),
-    (1.0, {"num_key_value_heads": 1, "tie_word_embeddings": True}),
-], ids=["parallel-half-rotary-no-bias", "mqa-tied-full-rotary"])
+    (1.0, {"num_key_value_heads": 1, "tie_word_embeddings": True, "qk_layernorm": False, "layer_norm_eps": 1e-6}),
+], ids=["parallel-half-rotary-no-bias", "mqa-tied-full-rotary-no-qk-norm"])
 def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="StableLmForCausalLM",
                         config=config(partial_rotary_factor=factor, **overrides), head="causal_lm", inputs=INPUTS,
@@ -58,6 +61,21 @@ def test_causal_lm_variants_match_transformers(tmp_path, factor, overrides):
         ("parallel" if parallel else "pre_norm", True)
     assert spec.attention.qkv_bias == overrides.get("use_qkv_bias", True)
     assert spec.embedding.tied == overrides.get("tie_word_embeddings", False)
+    qk_norm = spec.attention.qk_norm
+    if overrides.get("qk_layernorm", True):
+        assert (qk_norm.scope, qk_norm.norm.kind, qk_norm.norm.bias) == ("per_head", "layernorm", False)
+    else:
+        assert qk_norm is None and spec.norm.eps == 1e-6
+
+
+def test_per_head_qk_norms_are_stacked(tmp_path):
+    """HF keeps one LayerNorm per head (q_layernorm.norms.{h}); ours is one weight [H, Dh]."""
+    build = transformers.StableLmForCausalLM(config()).eval()
+    for h, norm in enumerate(build.model.layers[1].self_attn.k_layernorm.norms):
+        torch.nn.init.constant_(norm.weight, float(h))
+    build.save_pretrained(tmp_path)
+    weight = from_pretrained(tmp_path).layers[1].attention.k_norm.norm.weight
+    assert weight.shape == (2, 16) and torch.equal(weight[:, 0], torch.tensor([0.0, 1.0]))
 
 
 def test_shipped_spec_is_what_the_published_config_translates_to():
@@ -91,7 +109,13 @@ def test_hidden_dropout_is_refused_on_import(tmp_path):
      "attention.out_bias = True has no equivalent"),
     ({"norm": {"kind": "rmsnorm"}}, "norm.kind = 'rmsnorm' has no equivalent"),
     ({"mlp": {"kind": "gated", "intermediate_size": 128, "bias": True}}, "mlp.bias = True has no equivalent"),
-], ids=["two-norms", "wiring-dropout", "out-bias", "rmsnorm", "mlp-bias"])
+    ({"attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True, "qk_norm": {"scope": "head"}}},
+     "attention.qk_norm.scope = 'head' has no equivalent in Hugging Face StableLM: its config.json reads back as "
+     "'per_head'"),
+    ({"attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True,
+                    "qk_norm": {"scope": "per_head", "norm": {"kind": "layernorm", "bias": True}}}},
+     "attention.qk_norm.norm.bias = True has no equivalent"),
+], ids=["two-norms", "wiring-dropout", "out-bias", "rmsnorm", "mlp-bias", "qk-norm-shared", "qk-norm-bias"])
 def test_export_of_what_stablelm_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-stablelm", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):
