@@ -745,12 +745,14 @@ class LearnedPositionsSpec(Strict):
 class TokenEmbeddingSpec(EmbeddingSpec):
     """Token embedding, optionally scaled (Gemma by sqrt(hidden_size), Granite's
     ``embedding_multiplier``), plus learned absolute positions, then optionally normed with the
-    spec's norm kind (BLOOM's ``word_embeddings_layernorm``)."""
+    spec's norm kind (BLOOM's ``word_embeddings_layernorm``), then dropped out in training
+    (GPT-NeoX's ``hidden_dropout``, StarCoder 2's ``embedding_dropout``, Phi's ``embd_pdrop``)."""
 
     kind: Literal["tokens"]
     scale: PositiveFloat | Literal["sqrt_hidden_size"] = 1.0
     norm: bool = False
     learned_positions: LearnedPositionsSpec | None = None
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     def build(self, ctx):
         spec = ctx.spec
@@ -761,7 +763,7 @@ class TokenEmbeddingSpec(EmbeddingSpec):
         return embedding.TokenEmbedding(
             tokens=nn.Embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
             positions=positions, position_offset=self.learned_positions.offset if self.learned_positions else 0,
-            norm=spec.norm.build(ctx, dim=D) if self.norm else None)
+            norm=spec.norm.build(ctx, dim=D) if self.norm else None, dropout=self.dropout)
 
 
 class SegmentsSpec(Strict):
