@@ -24,7 +24,7 @@ class Embedded(NamedTuple):
 class TokenEmbedding(nn.Module):
     """Token embedding times ``scale`` (Gemma, Granite), plus learned absolute positions at
     ``position + position_offset`` (GPT-2, OPT), then an optional norm (BLOOM), then ``dropout``
-    in training (GPT-2)."""
+    in training (GPT-NeoX, StarCoder 2, Phi)."""
 
     num_prepended = 0
     prefix_lm = False
@@ -32,8 +32,7 @@ class TokenEmbedding(nn.Module):
     def __init__(self, *, tokens: nn.Embedding, scale: float = 1.0, positions: nn.Embedding | None = None,
                  position_offset: int = 0, norm: nn.Module | None = None, dropout: float = 0.0):
         super().__init__()
-        self.dropout = dropout
-        self.tokens, self.scale = tokens, scale
+        self.tokens, self.scale, self.dropout = tokens, scale, dropout
         self.positions, self.position_offset = positions, position_offset
         self.norm = norm if norm is not None else nn.Identity()
 
