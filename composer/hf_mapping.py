@@ -56,16 +56,16 @@ def heads_from_hf(config: dict[str, Any], kind: str | None, **fields: Any) -> li
 def hf_head_config(spec: ModelSpecBase, family: str, **fields: Any) -> dict[str, Any]:
     """The config.json fields for the spec's head (its ``hf_config``), after checking it
     matches transformers' task head: its ``bias`` is the kind's ``hf_bias``, and each of
-    ``fields`` (the head fields the family's transformers model fixes; by default
-    ``shift_labels=True``, as transformers shifts LM labels, and the logits neither scaled nor
-    capped) has that value, where the head's kind has the field."""
+    ``fields`` (the head fields the family's transformers model fixes; default
+    ``shift_labels=True``, as transformers shifts LM labels) has that value, where the head's
+    kind has the field."""
     if not spec.heads:
         return {}
     head = spec.heads[0]
     names = type(head).model_fields
     if "bias" in names:
         require(family, "heads[0].bias", head.bias, head.hf_bias)
-    for field, expected in {"shift_labels": True, "logit_scale": 1.0, "softcap": None, **fields}.items():
+    for field, expected in {"shift_labels": True, **fields}.items():
         if field in names:
             require(family, f"heads[0].{field}", getattr(head, field), expected)
     return head.hf_config()
@@ -129,34 +129,11 @@ def require_same_layers(spec: ModelSpecBase, family: str) -> None:
                               f"whose layers are all alike")
 
 
-#: Option fields of the built-in kinds and their values when off, by section. A family whose
-#: Hugging Face model has none of these options requires them off (``require_options_off``).
-OPTIONS_OFF: dict[str, dict[str, Any]] = {
-    "norm": {"unit_offset": False, "affine": True},
-    "attention": {"scale": None, "softcap": None, "clip_qkv": None, "qk_norm": None},
-    "position": {"max_bias": 8.0, "scaled": False},
-    "wiring": {"residual_scale": 1.0},
-}
-
-
-def require_options_off(spec: ModelSpecBase, family: str) -> None:
-    """Refuse the option fields of ``OPTIONS_OFF`` set on the spec's sections (an attention
-    ``scale`` equal to the default head_dim**-0.5 is off); call with ``require_same_layers``."""
-    head_dim = getattr(spec.attention, "head_dim", None)
-    for section, fields in OPTIONS_OFF.items():
-        block = getattr(spec, section)
-        for name, off in fields.items():
-            value = getattr(block, name, off)
-            if not (section, name) == ("attention", "scale") or head_dim is None or value != head_dim**-0.5:
-                require(family, f"{section}.{name}", value, off)
-
-
 def require_plain_trunk(spec: ModelSpecBase, family: str, *, embedding_norm: bool = False) -> None:
     """Check the parts of the spec that Hugging Face families of the usual decoder share: a
     ``tokens`` embedding, unscaled and without learned positions (normed only with
-    ``embedding_norm``), pre-norm layers with a final norm, no per-layer differences and no
-    option of ``OPTIONS_OFF``. Each family checks ``wiring.residual_from_norm`` and
-    ``wiring.dropout`` itself."""
+    ``embedding_norm``), pre-norm layers with a final norm, and no per-layer differences. Each
+    family checks ``wiring.residual_from_norm`` and ``wiring.dropout`` itself."""
     e = spec.embedding
     require(family, "embedding.kind", e.kind, "tokens")
     require(family, "embedding.norm", e.norm, embedding_norm)
@@ -165,7 +142,6 @@ def require_plain_trunk(spec: ModelSpecBase, family: str, *, embedding_norm: boo
     require(family, "wiring.kind", spec.wiring.kind, "pre_norm")
     require(family, "final_norm", spec.final_norm, True)
     require_same_layers(spec, family)
-    require_options_off(spec, family)
 
 
 def llama_layout_config(spec: ModelSpecBase, family: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ head is a separate matrix whose loss is not shifted. Its input embedding holds t
 and then every prompt row, as ours does."""
 
 from archcomposer import Family, TensorMap, hookimpl
-from archcomposer.hf_mapping import heads_from_hf, hf_head_config, require, require_options_off, require_same_layers
+from archcomposer.hf_mapping import heads_from_hf, hf_head_config, require, require_same_layers
 
 NAME = "CPM-Ant"
 #: What Hugging Face CPM-Ant hard-codes.
@@ -71,7 +71,6 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "wiring.dropout (one dropout_p covers attention and residuals)", spec.wiring.dropout, a.dropout)
     require(NAME, "final_norm", spec.final_norm, True)
     require_same_layers(spec, NAME)
-    require_options_off(spec, NAME)
     return {
         "model_type": "cpmant",
         "vocab_size": spec.vocab_size,

@@ -273,33 +273,6 @@ def test_export_of_per_layer_differences_is_refused_naming_the_field(tmp_path, n
     assert loaded.spec.layer_specs[1].norm.eps == 1e-3
 
 
-@pytest.mark.parametrize(("name", "family"), [("tiny-bloom", "BLOOM"), ("tiny-glm-4", "GLM"),
-                                              ("tiny-seed-oss", "Seed-OSS"), ("tiny-cpm-ant", "CPM-Ant")])
-@pytest.mark.parametrize(("section", "change", "field"), [
-    ("attention", {"softcap": 30.0}, "attention.softcap = 30.0"),
-    ("attention", {"qk_norm": {"scope": "head"}}, "attention.qk_norm = QKNormSpec"),
-    ("norm", {"affine": False}, r"norm\.(affine|bias) = False"),  # BLOOM checks its bias first
-    ("wiring", {"residual_scale": 0.5}, "wiring.residual_scale = 0.5"),
-    ("heads", {"softcap": 30.0}, r"heads\[0\].softcap = 30.0"),
-    ("heads", {"logit_scale": 0.5}, r"heads\[0\].logit_scale = 0.5"),
-])
-def test_export_refuses_options_the_family_has_not(tmp_path, name, family, section, change, field):
-    spec = build_model(name, device="meta").spec.to_dict()
-    if section == "heads":
-        spec["heads"] = [{**spec["heads"][0], **change}]
-    else:
-        spec[section] = {**{k: v for k, v in spec[section].items() if k != "bias"}, **change}
-    with pytest.raises(CheckpointError, match=rf"{field}.* has no equivalent in Hugging Face {family}\b"):
-        build_model(spec, device="meta").save_pretrained(tmp_path / "hf", format="hf")
-
-
-def test_export_accepts_an_attention_scale_equal_to_the_default(tmp_path):
-    spec = build_model("tiny-seed-oss", device="meta").spec.to_dict()
-    spec["attention"]["scale"] = spec["attention"]["head_dim"] ** -0.5
-    out = build_model(spec, seed=0).save_pretrained(tmp_path / "hf", format="hf")
-    assert json.loads((out / "config.json").read_text())["model_type"] == "seed_oss"
-
-
 def test_bad_arguments(tmp_path):
     model = build_model("tiny-glm-4", seed=0)
     with pytest.raises(CheckpointError, match=r"format='gguf': expected one of \('archcomposer', 'hf'\)"):
