@@ -19,12 +19,14 @@ class Attention(nn.Module):
     and keys (Qwen3, OLMo 2, Cohere), before ``clip_qkv`` clamps q, k and v to [-clip_qkv, clip_qkv]
     (OLMo, MPT; OLMoE does both in this order). ``scale`` multiplies the scores (default
     head_dim**-0.5). ``softcap`` caps the scaled scores at ``tanh(s / softcap) * softcap`` before
-    ``scores_bias`` is added (Gemma 2); SDPA cannot, so attention is then computed explicitly."""
+    ``scores_bias`` is added (Gemma 2); SDPA cannot, so attention is then computed explicitly.
+    ``sliding_window``: the window the model's ``scores_bias`` restricts this layer to, which the
+    block tells the cache so it keeps only the keys still visible (None: every key)."""
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, qkv: nn.Module,
                  out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0, scale: float | None = None,
                  softcap: float | None = None, clip_qkv: float | None = None, q_norm: nn.Module | None = None,
-                 k_norm: nn.Module | None = None):
+                 k_norm: nn.Module | None = None, sliding_window: int | None = None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv, self.out = qkv, out
@@ -32,6 +34,7 @@ class Attention(nn.Module):
         self.k_norm = k_norm if k_norm is not None else nn.Identity()
         self.clip = nn.Hardtanh(-clip_qkv, clip_qkv) if clip_qkv is not None else nn.Identity()  # a clamp
         self.dropout, self.layer_idx = dropout, layer_idx
+        self.sliding_window = sliding_window
         self.scale = scale if scale is not None else head_dim**-0.5
         self.cap = SoftCap(cap=softcap) if softcap is not None else nn.Identity()
         self.sdpa = softcap is None  # whether SDPA can compute these scores
@@ -48,7 +51,7 @@ class Attention(nn.Module):
         k = rotate(rearrange(k, "b s (h d) -> b h s d", d=self.head_dim))  # [B, Hkv, S, Dh]
         v = rearrange(v, "b s (h d) -> b h s d", d=self.head_dim)  # [B, Hkv, S, Dh]
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v, start)  # [B, Hkv, K, Dh]
+            k, v = cache.update(self.layer_idx, k, v, start, window=self.sliding_window)  # [B, Hkv, K, Dh]
         dropout = self.dropout if self.training else 0.0
         if need_weights or not self.sdpa:
             y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, self.cap)

@@ -54,7 +54,10 @@ def test_left_padded_rows_get_the_logits_they_get_alone(position, data):
     batch = model(ids, attention_mask=mask).logits
     for i, row in enumerate(rows):
         alone = model(row[None]).logits
-        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=ATOL, rtol=0)
+        # A row alone runs other matmul shapes, so fp32 rounds differently, more so as logits grow:
+        # 2e-5 where they reach 4.6 (3 post-norm layers, no final norm; exact in fp64).
+        atol = ATOL * max(1.0, alone.abs().max().item())
+        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=atol, rtol=0)
 
 
 @given(data=st.data())
@@ -114,7 +117,7 @@ def draw_labels(data, kind: str, spec: dict, batch: int, length: int) -> dict:
 @given(data=st.data())
 @torch.no_grad()
 def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
-    spec, model = draw_model(data, heads=(kind,) if kind else ())
+    spec, model = draw_model(data, heads=(kind,) if kind else (), length_dependent=True)
     batch, length = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(2, 6), label="length")
     ids = torch.randint(1, spec["vocab_size"], (batch, length))
     out = model(ids)
@@ -323,7 +326,7 @@ def expected_parameters(spec) -> int:
     return total
 
 
-@given(spec=spec_dicts(heads=HEADS))
+@given(spec=spec_dicts(heads=HEADS, length_dependent=True))
 def test_parameter_count_follows_the_spec(spec):
     model = build_model(spec, device="meta")
     assert model.num_parameters() == expected_parameters(load_spec(spec))

@@ -50,7 +50,7 @@ def test_installed_wheel_builds_shipped_specs_and_finds_builtin_families(wheel, 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    # Another archcomposer plugin installed beside it (as after `pip install ./examples/archcomposer-llama`):
+    # Another archcomposer plugin installed beside it (as after `pip install ./examples/archcomposer-nemotron`):
     # the smoke test asks for this wheel's families only, so it must not see this one.
     (site / "acme_family.py").write_text(ACME_PLUGIN)
     dist = site / "acme_family-1.0.dist-info"
@@ -63,7 +63,8 @@ def test_installed_wheel_builds_shipped_specs_and_finds_builtin_families(wheel, 
                                  "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "torch.Size([1, 3, 256])" in result.stdout
-    assert "['bloom', 'cpm-ant', 'glm-4', 'seed-oss']\n" in result.stdout
+    assert "['bloom', 'cpm-ant', 'glm-4', 'gpt-neox', 'phi', 'phi3', 'seed-oss', 'stablelm', 'starcoder2']\n" \
+        in result.stdout
 
 
 def test_editable_install_maps_the_same_packages():
