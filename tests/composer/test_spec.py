@@ -386,6 +386,18 @@ def test_the_readme_layers_example_validates():
     assert spec.layer_specs[0].mlp.intermediate_size == 18432
 
 
+def test_the_readme_options_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Options of the dense families", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = load_spec({**BASE, **example, "hidden_size": 64})
+    a = spec.attention
+    assert (a.score_scale, a.softcap, a.clip_qkv, a.qk_norm.scope, a.qk_norm.norm.bias) == (0.0625, 50, 8, "head", False)
+    assert (spec.norm.unit_offset, spec.position.scaled, spec.wiring.residual_scale) == (True, False, 0.22)
+    assert (spec.heads[0].logit_scale, spec.heads[0].softcap) == (0.0625, 30)
+    build_model(spec, device="meta")
+
+
 # ---------------------------------------------------------------------------------------------
 # RoPE scalings
 
