@@ -65,7 +65,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
     if ours:
         spec = load_spec(directory / SPEC_FILE)
-        maps = [TensorMap(ours=name, theirs=(name,)) for name in _own_tensors(skeleton(spec))]
+        maps = [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))]
         describe = "archcomposer checkpoint"
     else:
         spec, maps, describe = _read_hf_config(directory)
@@ -113,7 +113,7 @@ def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], st
 
 def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedModel:
     model = skeleton(spec)
-    expected = _own_tensors(model)
+    expected = own_tensors(model)
     aliases = tied_parameters(model)
     maps = _without_absent_prefixes(maps, files)
     _check(spec, maps, expected, files, describe)
@@ -197,7 +197,7 @@ def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files
 # the model skeleton
 
 
-def _own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """What a checkpoint of this model holds: the persistent state, each tied tensor once."""
     aliases = tied_parameters(model)
     return {name: t for name, t in model.state_dict(keep_vars=True).items() if name not in aliases}
@@ -223,7 +223,7 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)
-    own = {name: t.detach() for name, t in _own_tensors(model).items()}
+    own = {name: t.detach() for name, t in own_tensors(model).items()}
     if format == "archcomposer":
         if head is not None:
             raise CheckpointError("head= selects the head of a Hugging Face export; our format keeps every head")

@@ -178,3 +178,14 @@ def check_export(tmp_path, family, architecture, reference, ours, head, inputs, 
         with torch.no_grad():
             theirs = reloaded.generate(inputs.single, max_new_tokens=NEW_TOKENS, do_sample=False, **extra)
         assert torch.equal(ours.generate(inputs.single, max_new_tokens=NEW_TOKENS), theirs)
+
+
+def check_shipped_spec(name: str, architecture: str, config: transformers.PretrainedConfig) -> int:
+    """The shipped spec ``name`` has as many parameters as transformers' ``architecture`` built on
+    the meta device from the published ``config`` (tied weights counted once); returns the count."""
+    with torch.device("meta"):
+        reference = getattr(transformers, architecture)(config)
+    theirs = sum(p.numel() for p in reference.parameters())  # parameters() yields a tied weight once
+    ours = archcomposer.build_model(name, device="meta").num_parameters()
+    assert ours == theirs, f"{name}: {ours:,} parameters, transformers' {architecture} has {theirs:,}"
+    return ours

@@ -111,17 +111,18 @@ def test_hidden_dropout_and_residual_from_norm_are_the_wiring():
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"embedding": {"kind": "tokens", "tied": True}},
-     "embedding.norm = False has no equivalent in Hugging Face BLOOM, which needs True"),
+     "embedding.norm = False has no equivalent in Hugging Face BLOOM: its config.json reads back as True"),
     ({"embedding": {"kind": "tokens", "tied": True, "norm": True, "scale": "sqrt_hidden_size"}},
      "embedding.scale = 'sqrt_hidden_size' has no equivalent in Hugging Face BLOOM"),
     ({"embedding": {"kind": "tokens", "tied": True, "norm": True, "learned_positions": {}}},
-     "embedding.learned_positions = LearnedPositionsSpec"),
+     "embedding.learned_positions = {'offset': 0} has no equivalent"),
     ({"embedding": {"kind": "prompt_segments", "prompt": {"num_types": 3, "length": 2}, "segments": {"num_types": 3}},
-      "heads": []}, "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face BLOOM, which needs 'tokens'"),
+      "heads": []}, "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face BLOOM: its "
+                  "config.json reads back as 'tokens'"),
     ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face BLOOM"),
     ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent in Hugging Face BLOOM"),
     ({"wiring": {"kind": "post_norm"}}, "wiring.kind = 'post_norm' has no equivalent in Hugging Face BLOOM"),
-    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face BLOOM, which needs True"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face BLOOM: its config.json reads back as True"),
 ], ids=["no-embedding-norm", "embedding-scale", "learned-positions", "prompt-segments", "sandwich", "parallel",
         "post-norm", "no-final-norm"])
 def test_export_of_what_bloom_cannot_express_names_the_field(tmp_path, change, message):

@@ -86,10 +86,10 @@ def test_export_without_fused_gate_up_names_the_field(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"wiring": {"kind": "pre_norm", "dropout": 0.1}}, "wiring.dropout = 0.1 has no equivalent in Hugging Face GLM, "
-                                                       "which needs 0.0"),
+    ({"wiring": {"kind": "pre_norm", "dropout": 0.1}}, "wiring.dropout = 0.1 has no equivalent in Hugging Face GLM: "
+                                                       "its config.json reads back as 0.0"),
     ({"wiring": {"kind": "parallel", "shared_norm": False}}, "wiring.kind = 'parallel' has no equivalent in "
-                                                             "Hugging Face GLM, which needs 'pre_norm'"),
+                                                             "Hugging Face GLM: its config.json reads back as 'pre_norm'"),
     ({"embedding": {"kind": "tokens", "scale": 2.0}}, "embedding.scale = 2.0 has no equivalent in Hugging Face GLM"),
     ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face GLM"),
 ], ids=["wiring-dropout", "parallel", "embedding-scale", "no-final-norm"])

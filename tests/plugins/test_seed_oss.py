@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, check_parity, report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
 
 FAMILY = "seed-oss"
 
@@ -80,6 +80,7 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     ours = build_model(data, device="meta").spec
     shipped = build_model("seed-oss-36b", device="meta").spec
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+    check_shipped_spec("seed-oss-36b", "SeedOssForCausalLM", transformers.SeedOssConfig(**published))
 
 
 def test_residual_dropout_is_the_wiring_dropout():
@@ -97,20 +98,24 @@ PROMPT_SEGMENTS = {"kind": "prompt_segments", "prompt": {"num_types": 3, "length
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"embedding": PROMPT_SEGMENTS},  # prompt tokens and a prefix-LM mask
-     "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face Seed-OSS, which needs 'tokens'"),
+     "embedding.kind = 'prompt_segments' has no equivalent in Hugging Face Seed-OSS: its config.json reads "
+     "back as 'tokens'"),
     ({"embedding": {"kind": "tokens", "norm": True}}, "embedding.norm = True has no equivalent"),
     ({"embedding": {"kind": "tokens", "scale": "sqrt_hidden_size"}},
-     "embedding.scale = 'sqrt_hidden_size' has no equivalent in Hugging Face Seed-OSS, which needs 1.0"),
+     "embedding.scale = 'sqrt_hidden_size' has no equivalent in Hugging Face Seed-OSS: its config.json "
+     "reads back as 1.0"),
     ({"embedding": {"kind": "tokens", "learned_positions": {"offset": 2}}},
-     r"embedding.learned_positions = LearnedPositionsSpec\(offset=2\) has no equivalent"),
-    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face Seed-OSS, "
-                                       "which needs 'pre_norm'"),
+     "embedding.learned_positions = {'offset': 2} has no equivalent"),
+    ({"wiring": {"kind": "sandwich"}}, "wiring.kind = 'sandwich' has no equivalent in Hugging Face Seed-OSS: its "
+                                       "config.json reads back as 'pre_norm'"),
     ({"wiring": {"kind": "post_branch_norm"}}, "wiring.kind = 'post_branch_norm' has no equivalent"),
     ({"wiring": {"kind": "parallel"}}, "wiring.kind = 'parallel' has no equivalent"),
-    ({"wiring": {"kind": "post_norm"}, "final_norm": False}, "wiring.kind = 'post_norm' has no equivalent"),
+    ({"wiring": {"kind": "post_norm"}, "final_norm": False}, "final_norm = False has no equivalent"),
     ({"wiring": {"kind": "pre_norm", "residual_from_norm": True}},
-     "wiring.residual_from_norm = True has no equivalent in Hugging Face Seed-OSS, which needs False"),
-    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face Seed-OSS, which needs True"),
+     "wiring.residual_from_norm = True has no equivalent in Hugging Face Seed-OSS: its config.json reads "
+     "back as False"),
+    ({"final_norm": False}, "final_norm = False has no equivalent in Hugging Face Seed-OSS: its config.json "
+                            "reads back as True"),
 ], ids=["prompt-segments", "embedding-norm", "embedding-scale", "learned-positions", "sandwich", "post-branch-norm",
         "parallel", "post-norm", "residual-from-norm", "no-final-norm"])
 def test_export_of_what_the_llama_layout_cannot_express_names_the_field(tmp_path, change, message):

@@ -1,0 +1,482 @@
+"""Families as data. A family that reads and writes Hugging Face checkpoints declares three tables
+and ``hf_family(...)`` turns them into a ``Family``:
+
+- ``config``: rows that translate ``config.json`` to the spec and back. ``Key`` maps a config key
+  to a spec field (with transformers' default for the key, and a named conversion where the two
+  differ); ``Fixed`` is a spec field the family always has; ``Expect`` is a config flag honoured
+  only at one value. What no row covers is a codec of the family's own: any object with
+  ``to_spec(config, data)`` and ``to_config(spec, config)`` (``archcomposer.hf_codecs`` has the
+  shared ones: RoPE, sliding windows).
+- ``tensors``: our module <-> their module, ``{i}`` for each layer and ``{base}`` for the
+  architecture's base-model prefix, with a transform where the layouts differ (``TRANSPOSED``
+  for GPT-2's Conv1D, ``GROUPED_QKV`` for QKV fused per head or per KV group). Every parameter
+  of our module (weight, bias, ...) maps to theirs of the same name; rows for parameters the
+  spec at hand does not have (a bias that is off) are skipped.
+- ``heads``: head kind -> their module; ``architectures``: theirs -> our head kind.
+
+Export needs no list of what a family cannot express: the spec is written to a config, read back
+through the same rows, and any field that comes back different is named in the error
+(``attention.softcap = 30.0 has no equivalent in Hugging Face Qwen3: its config.json reads back
+as None``). Fused and split projections are one computation in two layouts: a model with fused
+``qkv.proj`` (or ``gate_up.proj``) exports to a checkpoint with separate q/k/v (gate/up)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from archcomposer.errors import CheckpointError, SpecError
+from archcomposer.family import Family, TensorMap
+from archcomposer.hf_rope import position_from_hf, rope_parameters_of, rope_parameters_to_hf
+from archcomposer.registry import get_registry
+from archcomposer.spec import LAYER_SECTIONS, LayerSpec, ModelSpecBase
+
+REQUIRED = object()  # a Key default: the config must have the key
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+_ABSENT = object()  # a spec field that the kind at hand does not have
+
+
+def _get(spec: Any, path: str) -> Any:
+    for part in path.split("."):
+        spec = getattr(spec, part, _ABSENT) if spec is not None else None
+        if spec is _ABSENT:
+            break
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
+# config rows
+
+
+@dataclass(frozen=True)
+class Key:
+    """``config.json`` key ``hf`` <-> spec field ``ours`` (a dotted path: ``attention.num_heads``).
+
+    hf: the key, or several (the first is written; the others are older names also read, such as
+        GPT-2's ``n_embd`` for ``hidden_size``).
+    default: the value when the config lacks the key (transformers' default for it); ``REQUIRED``
+        refuses such a config.
+    read / write: their value -> ours / ours -> theirs, where they differ (``ACTIVATION``)."""
+
+    hf: str | tuple[str, ...]
+    ours: str
+    default: Any = REQUIRED
+    read: Callable[[Any], Any] | None = None
+    write: Callable[[Any], Any] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.hf,) if isinstance(self.hf, str) else self.hf
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        name = next((n for n in self.names if n in config), None)
+        if name is None and self.default is REQUIRED:
+            raise CheckpointError(f"config.json has no {self.names[0]!r}")
+        value = config[name] if name is not None else self.default
+        _set(data, self.ours, self.read(value) if self.read is not None and value is not None else value)
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        value = _get(spec, self.ours)
+        if value is _ABSENT:  # another kind (the read-back check names it)
+            return
+        config[self.names[0]] = self.write(value) if self.write is not None and value is not None else value
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A spec field every model of the family has (``norm.kind: rmsnorm``)."""
+
+    ours: str
+    value: Any
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        _set(data, self.ours, self.value)
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        pass  # the read-back check refuses a spec with another value
+
+
+@dataclass(frozen=True)
+class Expect:
+    """A config flag honoured only at ``value``: another value is refused on import (``why``
+    says what it would change), and export writes ``value``."""
+
+    hf: str
+    value: Any
+    why: str = ""
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        got = config.get(self.hf, self.value)
+        if got != self.value:
+            raise CheckpointError(f"config.json {self.hf} = {got!r} is not supported (only {self.value!r})"
+                                  + (f": {self.why}" if self.why else ""))
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        config[self.hf] = self.value
+
+
+#: transformers' ``hidden_act`` names -> ours, and back.
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS_TO_HF = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
+def _activation(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise CheckpointError(f"config.json activation {name!r} is not supported; supported: {sorted(HF_ACTIVATIONS)}")
+    return HF_ACTIVATIONS[name]
+
+
+def Activation(hf: str | tuple[str, ...], ours: str = "mlp.activation", default: Any = "silu") -> Key:
+    """An activation name (``hidden_act``) <-> ours."""
+    return Key(hf, ours, default, read=_activation, write=ACTIVATIONS_TO_HF.__getitem__)
+
+
+def reciprocal(x: float) -> float:
+    """For a config value the reference divides by where the spec multiplies (Granite's
+    ``logits_scaling``)."""
+    return 1.0 / x
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor transforms
+
+
+@dataclass(frozen=True)
+class Transform:
+    """How their tensor(s) become ours and back, per parameter (``weight``, ``bias``) of a layer
+    (``layer`` is None outside the layers). Both must be inverse and must not modify inputs."""
+
+    name: str
+    to_ours: Callable[[tuple[torch.Tensor, ...], str, LayerSpec | None], torch.Tensor]
+    to_theirs: Callable[[torch.Tensor, str, LayerSpec | None], tuple[torch.Tensor, ...]]
+
+
+def _transpose_weight(t: torch.Tensor, param: str) -> torch.Tensor:
+    return t.t().contiguous() if param == "weight" else t
+
+
+#: GPT-2's Conv1D stores a weight as [in, out], nn.Linear as [out, in].
+TRANSPOSED = Transform("transposed", lambda ts, p, layer: _transpose_weight(ts[0], p),
+                       lambda t, p, layer: (_transpose_weight(t, p),))
+
+
+def _grouped_sizes(layer: LayerSpec) -> tuple[int, int, int]:
+    a = layer.attention
+    return a.num_kv_heads, a.num_heads // a.num_kv_heads, a.head_dim
+
+
+def _grouped_to_ours(ts, param, layer):
+    Hkv, g, Dh = _grouped_sizes(layer)
+    x = ts[0].unflatten(0, (Hkv, g + 2, Dh))  # [Hkv, g+2, Dh, ...]: per KV group, its g queries, k, v
+    return torch.cat([x[:, :g].flatten(0, 2), x[:, g].flatten(0, 1), x[:, g + 1].flatten(0, 1)])  # [q | k | v]
+
+
+def _grouped_to_theirs(t, param, layer):
+    Hkv, g, Dh = _grouped_sizes(layer)
+    q, k, v = t.split([Hkv * g * Dh, Hkv * Dh, Hkv * Dh])
+    groups = [q.unflatten(0, (Hkv, g, Dh)), k.unflatten(0, (Hkv, 1, Dh)), v.unflatten(0, (Hkv, 1, Dh))]
+    return (torch.cat(groups, dim=1).flatten(0, 2),)  # [Hkv, g+2, Dh, ...] -> rows
+
+
+#: QKV fused per KV group: rows [Hkv, g + 2, Dh] (each group's g query heads, its key, its value)
+#: against ours [q | k | v]. BLOOM and GPT-NeoX are the g = 1 case ([H, 3, Dh]); Falcon's new
+#: decoder architecture the general one.
+GROUPED_QKV = Transform("grouped_qkv", _grouped_to_ours, _grouped_to_theirs)
+
+
+# ---------------------------------------------------------------------------------------------
+# the family
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """Our module ``ours`` <-> their module ``theirs`` (``{i}``: each layer; ``{base}``: the
+    architecture's base-model prefix), each parameter under the same name."""
+
+    ours: str
+    theirs: str
+    transform: Transform | None = None
+
+
+@dataclass(frozen=True)
+class HFTable:
+    """A family's translation as data (see the module docstring).
+
+    display: the family's name in messages (``Hugging Face Qwen3``).
+    base: the base-model prefix of the head architectures (``model.``); ``bases`` overrides it per
+        architecture. The bare model's is ``""``.
+    head_fields: per head kind, head fields the family's transformers model fixes (GPT-J's LM head
+        has a bias).
+    extra_tensors: ``(spec, architecture, base) -> [TensorMap]`` for tensors no row expresses."""
+
+    display: str
+    architectures: Mapping[str, str | None]
+    config: Sequence[Any]
+    tensors: Sequence[Tensor]
+    heads: Mapping[str, str]
+    model_types: tuple[str, ...]
+    base: str = "model."
+    bases: Mapping[str, str] = field(default_factory=dict)
+    head_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    extra_tensors: Callable[[ModelSpecBase, str, str], list[TensorMap]] | None = None
+
+    # -- config ------------------------------------------------------------------------------
+
+    def spec_from_hf_config(self, config: dict, architecture: str) -> dict:
+        data: dict[str, Any] = {}
+        for row in self.config:
+            row.to_spec(config, data)
+        kind = self.architectures[architecture]
+        data["heads"] = [] if kind is None else [self._head_from_hf(config, kind)]
+        return data
+
+    def _head_from_hf(self, config: dict, kind: str) -> dict:
+        cls = get_registry().kinds["head"][kind][0]
+        head = {"kind": kind, **cls.from_hf_config(config)}
+        if "bias" in cls.model_fields:
+            head["bias"] = cls.hf_bias
+        return {**head, **self.head_fields.get(kind, {})}
+
+    def hf_config_from_spec(self, spec: ModelSpecBase, architecture: str) -> dict:
+        config: dict[str, Any] = {"model_type": self.model_types[0]}
+        for row in self.config:
+            row.to_config(spec, config)
+        if spec.heads:
+            config.update(spec.heads[0].hf_config())
+        self._require_read_back(spec, config, architecture)
+        return config
+
+    def _require_read_back(self, spec: ModelSpecBase, config: dict, architecture: str) -> None:
+        """Refuse a spec that the config would not give back, naming the first field that differs."""
+        from archcomposer.specfile import load_spec
+
+        data = {**self.spec_from_hf_config(config, architecture), "name": spec.name, "family": spec.family}
+        try:
+            back = load_spec(data)
+        except SpecError as exc:
+            raise CheckpointError(f"its Hugging Face {self.display} config.json reads back as an invalid spec "
+                                  f"(a bug in the family's table): {exc}") from None
+        for path, ours, theirs in _differences(spec, back):
+            raise CheckpointError(f"{path} = {ours!r} has no equivalent in Hugging Face {self.display}: its "
+                                  f"config.json reads back as {theirs!r}")
+
+    # -- tensors -----------------------------------------------------------------------------
+
+    def base_of(self, architecture: str) -> str:
+        if self.architectures[architecture] is None:
+            return self.bases.get(architecture, "")
+        return self.bases.get(architecture, self.base)
+
+    def hf_tensors(self, spec: ModelSpecBase, architecture: str) -> list[TensorMap]:
+        from archcomposer.build import skeleton
+        from archcomposer.checkpoint import own_tensors
+
+        own = own_tensors(skeleton(spec))
+        params: dict[str, list[str]] = {}  # our module -> its parameter names
+        for name in own:
+            module, _, param = name.rpartition(".")
+            params.setdefault(module, []).append(param)
+        base = self.base_of(architecture)
+        rows: list[tuple[str, str, Transform | None, LayerSpec | None]] = []
+        for row in self.tensors:
+            layers = range(spec.num_layers) if "{i}" in row.ours else [None]
+            rows += [(row.ours.format(i=i), row.theirs.format(i=i, base=base), row.transform,
+                      None if i is None else spec.layer_specs[i]) for i in layers]
+        rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads
+                 if not h.tied_to_embedding(spec)]
+        maps, fused = [], {}
+        for ours, theirs, transform, layer in rows:
+            parent, _, part = ours.rpartition(".")
+            if ours not in params and f"{parent}.proj" in params:  # theirs split, ours fused
+                fused.setdefault(parent, []).append(theirs)
+                continue
+            for param in params.get(ours, []):
+                maps.append(_tensor_map(f"{ours}.{param}", f"{theirs}.{param}", transform, param, layer))
+        for parent, parts in fused.items():
+            sizes = _fused_sizes(spec, parent, own, len(parts))
+            for param in params[f"{parent}.proj"]:
+                maps.append(TensorMap(f"{parent}.proj.{param}", tuple(f"{t}.{param}" for t in parts),
+                                      to_ours=lambda *ts: torch.cat(ts), to_theirs=partial(_split, sizes=sizes)))
+        if self.extra_tensors is not None:
+            maps += self.extra_tensors(spec, architecture, base)
+        return maps
+
+
+def _tensor_map(ours: str, theirs: str, transform: Transform | None, param: str, layer) -> TensorMap:
+    if transform is None:
+        return TensorMap(ours, theirs)
+    return TensorMap(ours, theirs, to_ours=lambda *ts: transform.to_ours(ts, param, layer),
+                     to_theirs=lambda t: transform.to_theirs(t, param, layer))
+
+
+def _split(t: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, ...]:
+    return tuple(part.contiguous() for part in t.split(sizes))
+
+
+def _fused_sizes(spec: ModelSpecBase, parent: str, own: dict, parts: int) -> list[int]:
+    """The row sizes of the parts of our fused projection ``parent`` (q/k/v or gate/up)."""
+    rows = own[f"{parent}.proj.weight"].shape[0]
+    if parts == 3:  # q, k, v of this layer's attention
+        a = spec.layer_specs[int(parent.split(".")[1])].attention
+        return [a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.num_kv_heads * a.head_dim]
+    return [rows // parts] * parts
+
+
+#: Layout-only spec fields: the same computation stored fused or split; the tensor maps convert
+#: a fused model to a split checkpoint (the other way is refused by the read-back check).
+_LAYOUT_FIELDS = ("fused_qkv", "fused")
+
+
+def _differences(spec: ModelSpecBase, back: ModelSpecBase):
+    """(path, ours, theirs) for each field where ``back`` differs from ``spec``: the model-wide
+    fields, then each section of each layer (named with the layers where only some differ)."""
+    exclude = {"name", "family", "layers", "layer_types", *LAYER_SECTIONS}
+    yield from _dict_differences(spec.model_dump(mode="json", exclude=exclude),
+                                 back.model_dump(mode="json", exclude=exclude), "")
+    found: dict[tuple, list[int]] = {}
+    for ours, theirs in zip(spec.layer_specs, back.layer_specs):
+        for name in LAYER_SECTIONS:
+            a, b = getattr(ours, name).model_dump(mode="json"), getattr(theirs, name).model_dump(mode="json")
+            for diff in _dict_differences(a, b, name):
+                found.setdefault(_hashable(diff), []).append(ours.index)
+    for (path, ours, theirs), layers in found.items():
+        where = "" if len(layers) == spec.num_layers else f" (layers {', '.join(map(str, layers))})"
+        yield path + where, ours, theirs
+
+
+def _hashable(diff):
+    path, a, b = diff
+    return path, _freeze(a), _freeze(b)
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _dict_differences(a: Any, b: Any, path: str):
+    if isinstance(a, dict) and isinstance(b, dict) and a.get("kind") == b.get("kind"):
+        for key in [*a, *(k for k in b if k not in a)]:
+            if key in _LAYOUT_FIELDS and a.get(key) is True:
+                continue
+            yield from _dict_differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    elif isinstance(a, float) and isinstance(b, float):
+        if not math.isclose(a, b, rel_tol=1e-9):
+            yield path, a, b
+    elif a != b:
+        yield (f"{path}.kind", a.get("kind"), b.get("kind")) if isinstance(a, dict) and isinstance(b, dict) \
+            else (path, a, b)
+
+
+def hf_family(*, name: str, description: str, table: HFTable) -> Family:
+    """The ``Family`` a plugin registers for a table."""
+    return Family(name=name, description=description, hf_model_types=table.model_types,
+                  hf_architectures=table.architectures, spec_from_hf_config=table.spec_from_hf_config,
+                  hf_config_from_spec=table.hf_config_from_spec, hf_tensors=table.hf_tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared rows
+
+
+class Rope:
+    """``rope_parameters`` (or the older top-level ``rope_theta`` and ``rope_scaling``) <-> the
+    position section, with every scaling ``archcomposer.hf_rope`` translates.
+
+    theta: transformers' default ``rope_theta`` for the family. fraction: its default
+    ``partial_rotary_factor`` where the family rotates part of each head (GLM, Phi, GPT-NeoX),
+    None where it rotates all of it; a fraction of 1 reads as ``rope``, less as ``partial_rope``.
+    interleaved: rotates adjacent pairs (GLM, Cohere, GPT-J) rather than halves. Runs after the
+    row that sets ``max_positions``."""
+
+    def __init__(self, *, theta: float = 10000.0, fraction: float | None = None, interleaved: bool = False):
+        self.theta, self.fraction, self.interleaved = theta, fraction, interleaved
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        rope = rope_parameters_of(config, default_theta=self.theta)
+        data["position"] = position_from_hf(rope, max_positions=data["max_positions"],
+                                            fraction=self.fraction if self.fraction is not None else 1.0,
+                                            interleaved=self.interleaved)
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        if spec.position.kind not in ("rope", "partial_rope"):
+            return  # the read-back check names position.kind
+        rope = rope_parameters_to_hf(spec.position, max_positions=spec.max_positions)
+        if self.fraction is not None:
+            rope.setdefault("partial_rotary_factor", 1.0)
+        config["rope_parameters"] = rope
+
+
+def without(rows: Sequence[Any], *ours: str) -> list:
+    """``rows`` but those for the spec fields ``ours``, which a family translates otherwise."""
+    return [row for row in rows if getattr(row, "ours", None) not in ours]
+
+
+def token_ids(*, pad: Any = None, bos: Any = 1, eos: Any = 2) -> list[Key]:
+    """``pad_token_id``, ``bos_token_id``, ``eos_token_id`` with the family's defaults."""
+    return [Key("pad_token_id", "pad_token_id", pad), Key("bos_token_id", "bos_token_id", bos),
+            Key("eos_token_id", "eos_token_id", eos)]
+
+
+def llama_config(*, vocab_size: int = 32000, max_positions: int = 2048, eps: float = 1e-6, heads: int = 32,
+                 attention_bias: Any = False, tied: bool = False, act: str = "silu") -> list:
+    """Rows of the Llama layout's config (transformers' LlamaConfig keys; the defaults are each
+    family's own): RMSNorm, GQA, gated MLP, pre-norm layers, ``attention_bias`` on q/k/v and o.
+    A family adds its position codec and token ids, and replaces rows it has otherwise (``without``)."""
+    return [
+        Fixed("embedding.kind", "tokens"), Fixed("norm.kind", "rmsnorm"), Fixed("attention.kind", "gqa"),
+        Fixed("mlp.kind", "gated"), Fixed("wiring.kind", "pre_norm"),
+        Key("vocab_size", "vocab_size", vocab_size),
+        Key("hidden_size", "hidden_size", 4096),
+        Key("num_hidden_layers", "num_layers", 32),
+        Key("max_position_embeddings", "max_positions", max_positions),
+        Key("initializer_range", "initializer_range", 0.02),
+        Key("tie_word_embeddings", "embedding.tied", tied),
+        Key("num_attention_heads", "attention.num_heads", heads),
+        Key("num_key_value_heads", "attention.num_kv_heads", None),
+        Key("head_dim", "attention.head_dim", None),
+        Key("attention_bias", "attention.qkv_bias", attention_bias),
+        Key("attention_bias", "attention.out_bias", attention_bias),
+        Key("attention_dropout", "attention.dropout", 0.0),
+        Key("rms_norm_eps", "norm.eps", eps),
+        Key("intermediate_size", "mlp.intermediate_size", 11008),
+        Activation("hidden_act", default=act),
+        Key("mlp_bias", "mlp.bias", False),
+    ]
+
+
+#: The Llama layout's tensors (Llama, Mistral, Qwen, Seed-OSS, Granite, ...).
+LLAMA_TENSORS = (
+    Tensor("embedding.tokens", "{base}embed_tokens"),
+    Tensor("final_norm", "{base}norm"),
+    Tensor("layers.{i}.attn_norm", "{base}layers.{i}.input_layernorm"),
+    Tensor("layers.{i}.attention.qkv.q", "{base}layers.{i}.self_attn.q_proj"),
+    Tensor("layers.{i}.attention.qkv.k", "{base}layers.{i}.self_attn.k_proj"),
+    Tensor("layers.{i}.attention.qkv.v", "{base}layers.{i}.self_attn.v_proj"),
+    Tensor("layers.{i}.attention.out", "{base}layers.{i}.self_attn.o_proj"),
+    Tensor("layers.{i}.mlp_norm", "{base}layers.{i}.post_attention_layernorm"),
+    Tensor("layers.{i}.mlp.gate_up.gate", "{base}layers.{i}.mlp.gate_proj"),
+    Tensor("layers.{i}.mlp.gate_up.up", "{base}layers.{i}.mlp.up_proj"),
+    Tensor("layers.{i}.mlp.down", "{base}layers.{i}.mlp.down_proj"),
+)
+
+#: Head kind -> module, as most transformers decoders name them.
+HEADS = {"causal_lm": "lm_head", "sequence_classification": "score", "token_classification": "score",
+         "question_answering": "qa_outputs"}
