@@ -9,8 +9,8 @@ names in its ``layer_types`` and gives the sliding layers their window through a
 
 from archcomposer import hookimpl
 from archcomposer.errors import CheckpointError
-from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Key, Rope, hf_family, llama_config,
-                                   token_ids, without)
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Rope, hf_family, llama_config, token_ids,
+                                   without)
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -19,14 +19,15 @@ class WindowLayers:
     """``use_sliding_window``, ``sliding_window``, ``max_window_layers`` and ``layer_types`` <-> the
     spec's ``layer_types`` and a ``layers`` entry with the window of the sliding layers (Qwen2,
     Qwen3, SmolLM3: transformers gives a ``sliding_attention`` layer the window only when
-    ``use_sliding_window`` is on). ``window`` and ``max_window_layers``: the family's defaults."""
+    ``use_sliding_window`` is on). ``window`` and ``max_window_layers``: the family's defaults (None:
+    it has no ``max_window_layers``)."""
 
-    def __init__(self, *, window: int | None = 4096, max_window_layers: int = 28):
+    def __init__(self, *, window: int | None = 4096, max_window_layers: int | None = 28):
         self.window, self.max_window_layers = window, max_window_layers
 
     def to_spec(self, config, data):
         window = config.get("sliding_window", self.window) if config.get("use_sliding_window", False) else None
-        n, start = data["num_layers"], config.get("max_window_layers", self.max_window_layers)
+        n, start = data["num_layers"], config.get("max_window_layers", self.max_window_layers) or 0
         types = config.get("layer_types") or [SLIDING if window is not None and i >= start else FULL
                                               for i in range(n)]
         unknown = sorted(set(types) - {SLIDING, FULL})
@@ -46,7 +47,8 @@ class WindowLayers:
         slides = [i for i, w in enumerate(windows) if w is not None]
         config["use_sliding_window"] = bool(slides)
         config["sliding_window"] = windows[slides[0]] if slides else None  # read back: one window for all
-        config["max_window_layers"] = slides[0] if slides else spec.num_layers
+        if self.max_window_layers is not None:
+            config["max_window_layers"] = slides[0] if slides else spec.num_layers
         config["layer_types"] = [FULL if w is None else SLIDING for w in windows]
 
 
@@ -62,11 +64,9 @@ TABLE = HFTable(
     },
     bases={"Qwen2ForQuestionAnswering": "transformer."},
     config=[
-        *without(llama_config(vocab_size=151936, max_positions=32768), "attention.qkv_bias", "attention.out_bias",
-                 "mlp.bias", "attention.num_kv_heads", "mlp.intermediate_size"),
+        *without(llama_config(vocab_size=151936, max_positions=32768, kv_heads=32, intermediate_size=22016),
+                 "attention.qkv_bias", "attention.out_bias", "mlp.bias"),
         Fixed("attention.qkv_bias", True), Fixed("attention.out_bias", False), Fixed("mlp.bias", False),
-        Key("num_key_value_heads", "attention.num_kv_heads", 32),
-        Key("intermediate_size", "mlp.intermediate_size", 22016),
         WindowLayers(),
         Rope(),
         *token_ids(pad=None, bos=None, eos=None),
