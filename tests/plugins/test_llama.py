@@ -5,7 +5,7 @@ import pytest
 import transformers
 
 from archcomposer import CheckpointError, build_model
-from tests.plugins.parity import Inputs, check_parity, report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
 
 FAMILY = "llama"
 
@@ -71,6 +71,19 @@ def test_pretraining_tp_changes_nothing(tmp_path):
     """transformers 5 reads ``pretraining_tp`` nowhere: a Llama 2 config with 2 still loads."""
     check_parity(tmp_path, family=FAMILY, architecture="LlamaForCausalLM", config=config(pretraining_tp=2),
                  head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+
+
+PUBLISHED_3_1_8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    bos_token_id=128000, eos_token_id=128001,
+    rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+
+
+def test_shipped_spec_has_transformers_parameter_count():
+    published = transformers.LlamaConfig(**PUBLISHED_3_1_8B)
+    assert check_shipped_spec("llama-3.1-8b", "LlamaForCausalLM", published) == 8_030_261_248
 
 
 def test_unknown_activation_is_refused(tmp_path):
