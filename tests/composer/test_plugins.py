@@ -35,8 +35,8 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "llama": "llama", "qwen2": "qwen2",
-                    "smollm3": "smollm3"}
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "llama": "llama",
+                    "mistral": "mistral", "qwen2": "qwen2", "smollm3": "smollm3"}
 
 
 

@@ -86,6 +86,33 @@ def test_shipped_spec_has_transformers_parameter_count():
     assert check_shipped_spec("llama-3.1-8b", "LlamaForCausalLM", published) == 8_030_261_248
 
 
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8}
+
+
+@pytest.mark.parametrize(("architecture", "head"), [("LlamaForCausalLM", "causal_lm"), ("LlamaModel", None)])
+def test_llama3_scaled_rope_matches_transformers(tmp_path, architecture, head):
+    """original_max_position_embeddings 8: the test sequences and generation run past it."""
+    ours = check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(rope_parameters=LLAMA3),
+                        head=head, inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    scaling = ours.spec.position.scaling
+    assert (scaling.type, scaling.factor, scaling.original_max_positions) == ("llama3", 8.0, 8)
+
+
+def test_shipped_spec_is_what_the_published_config_translates_to():
+    from archcomposer.plugins.llama import FAMILY as family
+
+    shipped = build_model("llama-3.1-8b", device="meta").spec
+    rope = PUBLISHED_3_1_8B["rope_parameters"]
+    legacy = {**PUBLISHED_3_1_8B, "rope_theta": rope["rope_theta"], "rope_parameters": None,  # as Meta published it
+              "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"}}
+    for published in (transformers.LlamaConfig(**PUBLISHED_3_1_8B).to_dict(), legacy):
+        data = family.spec_from_hf_config(published, "LlamaForCausalLM")
+        data["name"], data["family"] = "llama-3.1-8b", FAMILY
+        ours = build_model(data, device="meta").spec
+        assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+
+
 def test_unknown_activation_is_refused(tmp_path):
     from archcomposer.plugins.llama import FAMILY as family
 
