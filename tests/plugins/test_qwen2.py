@@ -63,6 +63,18 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", False)
 
 
+@pytest.mark.parametrize(("overrides", "windows"), [
+    ({"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1}, [None, 3]),
+    ({"use_sliding_window": True, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]},
+     [4, None]),
+    ({"use_sliding_window": False, "sliding_window": 3, "max_window_layers": 0}, [None, None]),
+], ids=["from-max-window-layers", "from-layer-types", "window-off"])
+def test_sliding_windows_match_transformers(tmp_path, overrides, windows):
+    ours = check_parity(tmp_path, family=FAMILY, architecture="Qwen2ForCausalLM", config=config(**overrides),
+                        head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    assert [layer.attention.sliding_window for layer in ours.spec.layer_specs] == windows
+
+
 def test_shipped_spec_is_what_the_published_config_translates_to():
     """Qwen2.5-7B's config.json: 28 layers that would slide from max_window_layers 28 on, but
     use_sliding_window is false."""
@@ -92,16 +104,20 @@ def test_sliding_attention_without_a_window_is_refused():
 
 
 @pytest.mark.parametrize(("change", "message"), [
+    ({"layers": [{"indices": [0], "attention": {"sliding_window": 3}},
+                {"indices": [1], "attention": {"sliding_window": 5}}]},
+     r"attention.sliding_window \(layers 1\) = 5 has no equivalent in Hugging Face Qwen2: its config.json reads back "
+     r"as 3"),
     ({"attention": {"qkv_bias": False}},
      "attention.qkv_bias = False has no equivalent in Hugging Face Qwen2: its config.json reads back as True"),
     ({"attention": {"out_bias": True}},
      "attention.out_bias = True has no equivalent in Hugging Face Qwen2: its config.json reads back as False"),
     ({"mlp": {"bias": True}}, "mlp.bias = True has no equivalent in Hugging Face Qwen2"),
-], ids=["no-qkv-bias", "out-bias", "mlp-bias"])
+], ids=["two-windows", "no-qkv-bias", "out-bias", "mlp-bias"])
 def test_export_of_what_qwen2_cannot_express_names_the_field(tmp_path, change, message):
     spec = spec_of(config())
     for section, fields in change.items():
-        spec[section] = {**spec[section], **fields}
+        spec[section] = fields if section == "layers" else {**spec[section], **fields}
     with pytest.raises(CheckpointError, match=message):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
     assert not (tmp_path / "out").exists()

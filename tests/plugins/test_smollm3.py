@@ -66,6 +66,19 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert kinds == (["none", "rope"] if overrides.get("no_rope_layers") else ["rope", "none", "rope"])
 
 
+@pytest.mark.parametrize(("overrides", "windows"), [
+    ({"use_sliding_window": True, "sliding_window": 3}, [None, 3]),
+    ({"use_sliding_window": False, "sliding_window": 3, "layer_types": ["sliding_attention", "full_attention"]},
+     [3, None]),
+], ids=["nope-layers-slide", "layer-types-slide-without-use-sliding-window"])
+def test_sliding_windows_match_transformers(tmp_path, overrides, windows):
+    """transformers masks a sliding_attention layer with sliding_window even when use_sliding_window
+    is off (that flag only chooses the default layer_types)."""
+    ours = check_parity(tmp_path, family=FAMILY, architecture="SmolLM3ForCausalLM", config=config(**overrides),
+                        head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    assert [layer.attention.sliding_window for layer in ours.spec.layer_specs] == windows
+
+
 def test_a_config_without_no_rope_layers_drops_rope_every_interval_layers():
     from archcomposer.plugins.smollm3 import FAMILY as family
 
