@@ -60,7 +60,7 @@ class RopeScaling:
 @dataclass(frozen=True)
 class LinearScaling(RopeScaling):
     """Position interpolation: every frequency divided by ``factor`` (kaiokendev's SuperHOT,
-    Code Llama's long-context fine-tunes; ``rope_type: linear``)."""
+    Gemma 3's global layers; ``rope_type: linear``)."""
 
     factor: float
 
@@ -70,7 +70,7 @@ class LinearScaling(RopeScaling):
 
 @dataclass(frozen=True)
 class DynamicNTKScaling(RopeScaling):
-    """Dynamic NTK-aware scaling (``rope_type: dynamic``): past ``original_max_positions`` the
+    """Dynamic NTK-aware scaling (``rope_type: dynamic``; InternLM2): past ``original_max_positions`` the
     base ``theta`` grows with the length reached, ``theta * (factor * L / original - (factor - 1))
     ** (R / (R - 2))``; up to it the frequencies are RoPE's.
 

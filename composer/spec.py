@@ -139,7 +139,7 @@ def _original_max_positions(scaling: RopeScalingSpec, ctx: BuildContext) -> int:
 
 
 class LinearScalingSpec(RopeScalingSpec):
-    """Position interpolation: frequencies divided by ``factor`` (SuperHOT, Code Llama fine-tunes)."""
+    """Position interpolation: frequencies divided by ``factor`` (SuperHOT, Gemma 3's global layers)."""
 
     type: Literal["linear"]
     factor: PositiveFloat
@@ -149,8 +149,8 @@ class LinearScalingSpec(RopeScalingSpec):
 
 
 class DynamicScalingSpec(RopeScalingSpec):
-    """Dynamic NTK: past ``original_max_positions`` the base grows with the length a forward
-    reaches, so the frequencies change as a sequence grows (transformers' ``dynamic``)."""
+    """Dynamic NTK (InternLM2): past ``original_max_positions`` the base grows with the length a
+    forward reaches, so the frequencies change as a sequence grows (transformers' ``dynamic``)."""
 
     type: Literal["dynamic"]
     factor: PositiveFloat
