@@ -36,7 +36,8 @@ from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
 BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "llama": "llama",
-                    "mistral": "mistral", "qwen2": "qwen2", "smollm3": "smollm3"}
+                    "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                    "smollm3": "smollm3"}
 
 
 
