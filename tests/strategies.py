@@ -12,7 +12,8 @@ lengths (cache equivalence, padding, generation) hold: ``length_dependent=True``
 and LongRoPE that switch to their long factors within a few tokens, for properties of one forward
 (output contract, parameter count, spec round trips).
 Per-layer ``layers`` entries are drawn with every selector (range, every/offset, indices, type with
-``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select.
+``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select; an
+attention change sets or clears a sliding window, so windowed and global layers mix.
 
 Weights built from these specs use ``initializer_range`` = c / sqrt(hidden_size) with c in [0.75, 1.25]:
 attention scores and logits then have a spread of about c**2 and c whatever the width. The usual
@@ -138,10 +139,15 @@ def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False, le
 # attention, norm, mlp
 
 
+#: Sliding windows: small, so that most drawn sequences (2 to 9 tokens) are longer than the window.
+SLIDING_WINDOWS = st.one_of(st.none(), st.integers(1, 5))
+
+
 @st.composite
-def attention_specs(draw, *, head_dim: int) -> dict:
-    """A ``gqa`` section: MHA, GQA or MQA. Returns the section; ``num_heads * head_dim`` is the
-    model width when ``head_dim`` is left out (the caller sets hidden_size accordingly)."""
+def attention_specs(draw, *, head_dim: int, windows: bool = True) -> dict:
+    """A ``gqa`` section: MHA, GQA or MQA, with or without a sliding window (``windows``). Returns
+    the section; ``num_heads * head_dim`` is the model width when ``head_dim`` is left out (the
+    caller sets hidden_size accordingly)."""
     num_kv_heads = draw(st.integers(1, 3))
     num_heads = num_kv_heads * draw(st.integers(1, 3))
     spec = {"kind": "gqa", "num_heads": num_heads, "head_dim": head_dim, "qkv_bias": draw(st.booleans()),
@@ -149,6 +155,9 @@ def attention_specs(draw, *, head_dim: int) -> dict:
             "dropout": draw(st.sampled_from([0.0, 0.1]))}
     if num_kv_heads != num_heads or draw(st.booleans()):  # MHA may leave num_kv_heads to its default
         spec["num_kv_heads"] = num_kv_heads
+    window = draw(SLIDING_WINDOWS) if windows else None
+    if window is not None:
+        spec["sliding_window"] = window
     return spec
 
 
@@ -249,6 +258,8 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
             divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
             entry["attention"] = {"num_kv_heads": draw(st.sampled_from(divisors)),
                                   "qkv_bias": draw(st.booleans())}
+            if not segments:  # see spec_dicts
+                entry["attention"]["sliding_window"] = draw(SLIDING_WINDOWS)
         elif section == "norm":
             entry["norm"] = draw(norm_specs())
         elif section == "mlp":
@@ -276,7 +287,10 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
     embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
     segments = embedding["kind"] == "prompt_segments"
     head_dim = draw(head_dims(position))
-    attention = draw(attention_specs(head_dim=head_dim))
+    # No sliding window with prompt_segments: a window counts cache slots, pads included (as
+    # transformers), and the prompt sits before a padded row's pads, so it would leave the window
+    # sooner than in the row alone (the padding properties would not hold; the cache still would).
+    attention = draw(attention_specs(head_dim=head_dim, windows=not segments))
     # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
     # alone moves the logits by about 1e-5.
     if attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # head_dim left to its default

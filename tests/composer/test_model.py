@@ -54,7 +54,10 @@ def test_left_padded_rows_get_the_logits_they_get_alone(position, data):
     batch = model(ids, attention_mask=mask).logits
     for i, row in enumerate(rows):
         alone = model(row[None]).logits
-        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=ATOL, rtol=0)
+        # A row alone runs other matmul shapes, so fp32 rounds differently, more so as logits grow:
+        # 2e-5 where they reach 4.6 (3 post-norm layers, no final norm; exact in fp64).
+        atol = ATOL * max(1.0, alone.abs().max().item())
+        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=atol, rtol=0)
 
 
 @given(data=st.data())
