@@ -35,8 +35,9 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "llama": "llama",
-                    "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant",
+                    "gpt_neox": "gpt-neox", "starcoder2": "starcoder2", "phi": "phi", "stablelm": "stablelm",
+                    "phi3": "phi3", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                     "smollm3": "smollm3"}
 
 
