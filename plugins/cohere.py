@@ -8,8 +8,20 @@ side by side; RoPE rotates adjacent pairs; the LM head multiplies the logits by 
 weight ([H, Dh])."""
 
 from archcomposer import hookimpl
-from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Key, Rope, hf_family, llama_config, token_ids,
-                                   without)
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Fixed, HFTable, Key, Rope, Tensor, hf_family, llama_config,
+                                   token_ids, without)
+
+
+class _QKNorm:
+    """``use_qk_norm``: a LayerNorm over each head of the queries and keys, each head its own weight."""
+
+    def to_spec(self, config, data):
+        if config.get("use_qk_norm", False):
+            data.setdefault("attention", {})["qk_norm"] = {"scope": "per_head"}
+
+    def to_config(self, spec, config):
+        config["use_qk_norm"] = spec.attention.qk_norm is not None
+
 
 TABLE = HFTable(
     display="Cohere",
@@ -29,10 +41,16 @@ TABLE = HFTable(
         Key("num_hidden_layers", "num_layers", 40),
         Key("layer_norm_eps", "norm.eps", 1e-5),
         Rope(theta=500000.0, interleaved=True),
+        _QKNorm(),
         *token_ids(pad=0, bos=5, eos=255001),
     ],
-    tensors=LLAMA_TENSORS,
+    tensors=[
+        *LLAMA_TENSORS,
+        Tensor("layers.{i}.attention.q_norm.norm", "{base}layers.{i}.self_attn.q_norm"),
+        Tensor("layers.{i}.attention.k_norm.norm", "{base}layers.{i}.self_attn.k_norm"),
+    ],
     heads=HEADS,
+    head_config={"causal_lm": [Key("logit_scale", "logit_scale", 0.0625)]},
 )
 
 FAMILY = hf_family(name="cohere", table=TABLE,

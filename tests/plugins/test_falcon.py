@@ -90,7 +90,7 @@ def alibi_added_once(monkeypatch):
     ("FalconForSequenceClassification", "sequence_classification", {"num_attention_heads": 3}),
     ("FalconForCausalLM", "causal_lm", {"num_attention_heads": 6, "multi_query": True, "bias": False,
                                         "tie_word_embeddings": False}),
-    ("FalconForCausalLM", "causal_lm", {**NEW, "num_attention_heads": 8, "hidden_size": 64}),
+    ("FalconForCausalLM", "causal_lm", {**NEW, "parallel_attn": True, "num_attention_heads": 8, "hidden_size": 64}),
 ], ids=["rw", "rw-3-heads-classification", "mqa-6-heads-untied", "new-decoder-8-heads"])
 def test_alibi_layouts_match_transformers(tmp_path, alibi_added_once, architecture, head, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(**{**RW, **overrides}),
