@@ -20,7 +20,7 @@ class _QKNorm:
             data.setdefault("attention", {})["qk_norm"] = {"scope": "per_head"}
 
     def to_config(self, spec, config):
-        config["use_qk_norm"] = spec.attention.qk_norm is not None
+        config["use_qk_norm"] = getattr(spec.attention, "qk_norm", None) is not None
 
 
 TABLE = HFTable(

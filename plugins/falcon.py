@@ -59,7 +59,7 @@ class _Layout:
 
     def to_config(self, spec, config):
         a, w = spec.attention, spec.wiring
-        H, kv = a.num_heads, a.num_kv_heads
+        H, kv = a.num_heads, getattr(a, "num_kv_heads", a.num_heads)
         parallel = w.kind == "parallel"
         new = parallel and (not w.shared_norm or kv not in (1, H))
         multi_query = not new and kv == 1 and H > 1
@@ -106,7 +106,7 @@ class _Dropout:
     def to_config(self, spec, config):
         dropout = spec.wiring.dropout
         config["hidden_dropout"] = dropout
-        config["attention_dropout"] = spec.attention.dropout if spec.position.kind == "alibi" \
+        config["attention_dropout"] = getattr(spec.attention, "dropout", 0.0) if spec.position.kind == "alibi" \
             else dropout if spec.wiring.kind == "pre_norm" else 0.0
 
 

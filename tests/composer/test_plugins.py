@@ -35,7 +35,8 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant"}
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "falcon": "falcon",
+                    "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2", "cohere": "cohere"}
 
 
 
