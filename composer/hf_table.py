@@ -415,7 +415,8 @@ class Rope:
 
     theta: transformers' default ``rope_theta`` for the family. fraction: its default
     ``partial_rotary_factor`` where the family rotates part of each head (GLM, Phi, GPT-NeoX),
-    None where it rotates all of it; a fraction of 1 reads as ``rope``, less as ``partial_rope``.
+    None where it rotates all of it (its transformers model ignores ``partial_rotary_factor``, and
+    so does this codec); a fraction of 1 reads as ``rope``, less as ``partial_rope``.
     interleaved: rotates adjacent pairs (GLM, Cohere, GPT-J) rather than halves. Runs after the
     row that sets ``max_positions``."""
 
@@ -424,6 +425,8 @@ class Rope:
 
     def to_spec(self, config: dict, data: dict) -> None:
         rope = rope_parameters_of(config, default_theta=self.theta)
+        if self.fraction is None:  # the family's RoPE rotates whole heads whatever partial_rotary_factor says
+            rope = {k: v for k, v in rope.items() if k != "partial_rotary_factor"}
         data["position"] = position_from_hf(rope, max_positions=data["max_positions"],
                                             fraction=self.fraction if self.fraction is not None else 1.0,
                                             interleaved=self.interleaved)
