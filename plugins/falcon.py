@@ -4,7 +4,8 @@ Hugging Face Falcon (``model_type: falcon``), under ``transformer.``:
 
 - Falcon-RW (falcon-rw-1b): ``alibi``, sequential pre-norm layers (``parallel_attn: false``), MHA
   with QKV rows ``[H, 3, Dh]``, biases (``bias: true``). Falcon adds ALiBi to the raw scores and
-  scales the sum, so the bias is multiplied by 1/sqrt(head_dim) (ALiBi ``scaled``).
+  scales the sum, so the bias is multiplied by 1/sqrt(head_dim) (ALiBi ``scaled``), and computes
+  it in bfloat16 whatever the model's dtype (``bias_dtype``).
 - Falcon 7B: rotary, attention and MLP in parallel behind one norm (``input_layernorm``),
   multi-query attention with rows ``[q (H heads) | k | v]``, no biases.
 - The new decoder architecture (40B, 180B): ``num_kv_heads`` KV groups, rows ``[Hkv, g + 2, Dh]``
@@ -70,13 +71,13 @@ class _Layout:
 
 
 class _Position:
-    """``alibi`` (scaled with the scores) or rotary (``rope_parameters``)."""
+    """``alibi`` (scaled with the scores, computed in bfloat16) or rotary (``rope_parameters``)."""
 
     rope = Rope()
 
     def to_spec(self, config, data):
         if config.get("alibi", False):
-            data["position"] = {"kind": "alibi", "scaled": True}
+            data["position"] = {"kind": "alibi", "scaled": True, "bias_dtype": "bfloat16"}
         else:
             self.rope.to_spec(config, data)
 

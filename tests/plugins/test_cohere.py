@@ -38,7 +38,8 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"use_qk_norm": True},
+    {"use_qk_norm": True,  # CohereRotaryEmbedding rotates whole heads whatever partial_rotary_factor says
+     "rope_parameters": {"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5}},
     {"use_qk_norm": True, "num_key_value_heads": 4, "attention_bias": True, "tie_word_embeddings": False,
      "logit_scale": 2.0},
 ], ids=["gqa-qk-norm", "mha-qk-norm-bias-untied"])
@@ -46,6 +47,7 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture="CohereForCausalLM", config=config(**overrides),
                         head="causal_lm", inputs=INPUTS, hf_kwargs_for_batch=position_ids)
     assert ours.spec.heads[0].logit_scale == overrides.get("logit_scale", 0.25)
+    assert ours.spec.position.fraction == 1.0
     assert ours.spec.attention.qk_norm.scope == "per_head"
     assert ours.spec.attention.qkv_bias == ours.spec.attention.out_bias == overrides.get("attention_bias", False)
     assert ours.spec.embedding.tied == overrides.get("tie_word_embeddings", True)

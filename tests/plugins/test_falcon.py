@@ -87,15 +87,17 @@ def alibi_added_once(monkeypatch):
 
 @pytest.mark.parametrize(("architecture", "head", "overrides"), [
     ("FalconForCausalLM", "causal_lm", {}),
+    ("FalconForCausalLM", "causal_lm", {"num_attention_heads": 16, "hidden_size": 64}),  # bf16 rounds the slopes
     ("FalconForSequenceClassification", "sequence_classification", {"num_attention_heads": 3}),
     ("FalconForCausalLM", "causal_lm", {"num_attention_heads": 6, "multi_query": True, "bias": False,
                                         "tie_word_embeddings": False}),
     ("FalconForCausalLM", "causal_lm", {**NEW, "parallel_attn": True, "num_attention_heads": 8, "hidden_size": 64}),
-], ids=["rw", "rw-3-heads-classification", "mqa-6-heads-untied", "new-decoder-8-heads"])
+], ids=["rw", "rw-16-heads", "rw-3-heads-classification", "mqa-6-heads-untied", "new-decoder-8-heads"])
 def test_alibi_layouts_match_transformers(tmp_path, alibi_added_once, architecture, head, overrides):
     ours = check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(**{**RW, **overrides}),
                         head=head, inputs=INPUTS)
-    assert ours.spec.position.kind == "alibi" and ours.spec.position.scaled
+    position = ours.spec.position
+    assert (position.kind, position.scaled, position.bias_dtype) == ("alibi", True, "bfloat16")
 
 
 def test_alibi_matches_transformers_default_attention(tmp_path):
@@ -193,9 +195,12 @@ def test_config_transformers_cannot_run_or_we_cannot_express_is_refused(override
     ({"wiring": {"kind": "sandwich"}, "attention": {"kind": "gqa", "num_heads": 4, "fused_qkv": True}},
      "wiring.kind = 'sandwich' has no equivalent in Hugging Face Falcon: its config.json reads back as 'pre_norm'"),
     ({"wiring": {"kind": "parallel", "dropout": 0.1}}, "config.json hidden_dropout = 0.1 is not supported"),
-    ({"position": {"kind": "alibi"}}, "position.scaled = False has no equivalent in Hugging Face Falcon: its "
-                                      "config.json reads back as True"),
-    ({"position": {"kind": "alibi", "scaled": True, "max_bias": 16.0}},
+    ({"position": {"kind": "alibi", "bias_dtype": "bfloat16"}},
+     "position.scaled = False has no equivalent in Hugging Face Falcon: its config.json reads back as True"),
+    ({"position": {"kind": "alibi", "scaled": True}},
+     "position.bias_dtype = 'float32' has no equivalent in Hugging Face Falcon: its config.json reads back as "
+     "'bfloat16'"),
+    ({"position": {"kind": "alibi", "scaled": True, "bias_dtype": "bfloat16", "max_bias": 16.0}},
      "position.max_bias = 16.0 has no equivalent in Hugging Face Falcon"),
     ({"norm": {"kind": "layernorm", "bias": False}}, "norm.bias = False has no equivalent in Hugging Face Falcon"),
     ({"norm": {"kind": "rmsnorm"}}, "norm.kind = 'rmsnorm' has no equivalent in Hugging Face Falcon"),
@@ -205,8 +210,8 @@ def test_config_transformers_cannot_run_or_we_cannot_express_is_refused(override
      "attention.head_dim = 8 has no equivalent in Hugging Face Falcon: its config.json reads back as 16"),
     ({"attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2}},  # ours split, theirs fused
      "attention.fused_qkv = False has no equivalent in Hugging Face Falcon: its config.json reads back as True"),
-], ids=["gqa-sequential", "sandwich", "parallel-dropout", "unscaled-alibi", "alibi-max-bias", "norm-without-bias",
-        "rmsnorm", "gated-mlp", "embedding-norm", "head-dim", "split-qkv"])
+], ids=["gqa-sequential", "sandwich", "parallel-dropout", "unscaled-alibi", "fp32-alibi", "alibi-max-bias",
+        "norm-without-bias", "rmsnorm", "gated-mlp", "embedding-norm", "head-dim", "split-qkv"])
 def test_export_of_what_falcon_cannot_express_names_the_field(tmp_path, change, message):
     spec = {**build_model("tiny-falcon", device="meta").spec.to_dict(), **change}
     with pytest.raises(CheckpointError, match=message):
