@@ -280,7 +280,8 @@ def test_register_families_makes_a_family_name_valid():
             register(Family(name="acme", description="Acme's models"))
 
     registry = get_registry()
-    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cpm-ant, glm-4"):
+    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cohere, cpm-ant, "
+                                        "falcon, glm-4"):
         archcomposer.load_spec(glm_with(family="acme"))
     with archcomposer.testing.registered(Plugin(), "acme"):
         assert registry.families["acme"][1] == "plugin 'acme' (registered in-process)"
