@@ -35,8 +35,10 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "falcon": "falcon",
-                    "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2", "cohere": "cohere"}
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant",
+                    "gpt_neox": "gpt-neox", "starcoder2": "starcoder2", "phi": "phi", "stablelm": "stablelm",
+                    "phi3": "phi3", "falcon": "falcon", "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2",
+                    "cohere": "cohere"}
 
 
 
