@@ -220,6 +220,8 @@ class HFTable:
         architecture. The bare model's is ``""``.
     head_fields: per head kind, head fields the family's transformers model fixes (GPT-J's LM head
         has a bias).
+    head_config: per head kind, config rows for fields of that head (``ours`` a head field: Gemma 2's
+        ``final_logit_softcapping`` is the causal LM head's ``softcap``).
     extra_tensors: ``(spec, architecture, base) -> [TensorMap]`` for tensors no row expresses."""
 
     display: str
@@ -231,6 +233,7 @@ class HFTable:
     base: str = "model."
     bases: Mapping[str, str] = field(default_factory=dict)
     head_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    head_config: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     extra_tensors: Callable[[ModelSpecBase, str, str], list[TensorMap]] | None = None
 
     # -- config ------------------------------------------------------------------------------
@@ -248,6 +251,8 @@ class HFTable:
         head = {"kind": kind, **cls.from_hf_config(config)}
         if "bias" in cls.model_fields:
             head["bias"] = cls.hf_bias
+        for row in self.head_config.get(kind, ()):
+            row.to_spec(config, head)
         return {**head, **self.head_fields.get(kind, {})}
 
     def hf_config_from_spec(self, spec: ModelSpecBase, architecture: str) -> dict:
@@ -256,6 +261,8 @@ class HFTable:
             row.to_config(spec, config)
         if spec.heads:
             config.update(spec.heads[0].hf_config())
+            for row in self.head_config.get(spec.heads[0].kind, ()):
+                row.to_config(spec.heads[0], config)
         self._require_read_back(spec, config, architecture)
         return config
 
