@@ -9,7 +9,8 @@ slopes, bucket biases) are built once, at construction."""
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,30 +33,205 @@ class NoPosition(nn.Module):
         return PositionEncoding(_identity, None)
 
 
+def rope_inv_freq(rotary_dim: int, theta: float, device=None) -> torch.Tensor:
+    """RoFormer's rotation frequencies ``theta ** (-2i / rotary_dim)`` [R/2], in fp32."""
+    exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float, device=device) / rotary_dim  # [R/2]
+    return 1.0 / (theta**exponents)
+
+
+class RopeScaling:
+    """RoPE's frequencies as published (transformers' ``rope_type: default``). Subclasses rescale
+    them to reach past the length a model was trained on; each follows the function of the same
+    ``rope_type`` in transformers' ``modeling_rope_utils`` operation by operation, so the fp32
+    frequencies are the same to the bit.
+
+    ``inv_freq`` returns the frequencies [R/2]; ``seq_len`` (a 0-d tensor, one past the largest
+    position of this forward) is read only by the scalings with ``by_length`` true.
+    ``attention_factor`` multiplies cos and sin (YaRN, LongRoPE)."""
+
+    attention_factor: float = 1.0
+    by_length: ClassVar[bool] = False
+
+    def inv_freq(self, *, rotary_dim: int, theta: float, device=None, seq_len: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+        return rope_inv_freq(rotary_dim, theta, device)  # [R/2]
+
+
+@dataclass(frozen=True)
+class LinearScaling(RopeScaling):
+    """Position interpolation: every frequency divided by ``factor`` (kaiokendev's SuperHOT,
+    Code Llama's long-context fine-tunes; ``rope_type: linear``)."""
+
+    factor: float
+
+    def inv_freq(self, *, rotary_dim, theta, device=None, seq_len=None):
+        return rope_inv_freq(rotary_dim, theta, device) / self.factor  # [R/2]
+
+
+@dataclass(frozen=True)
+class DynamicNTKScaling(RopeScaling):
+    """Dynamic NTK-aware scaling (``rope_type: dynamic``): past ``original_max_positions`` the
+    base ``theta`` grows with the length reached, ``theta * (factor * L / original - (factor - 1))
+    ** (R / (R - 2))``; up to it the frequencies are RoPE's.
+
+    Stateless: ``L`` is one past the largest query position of this forward. transformers keeps the
+    frequencies of the longest length seen so far (and returns to the original ones when a shorter
+    forward than ``original_max_positions`` comes); since positions only grow while generating, the
+    two agree there. They differ only for a forward that reaches less far than an earlier one but
+    at least ``original_max_positions``, where transformers keeps the earlier, larger base."""
+
+    factor: float
+    original_max_positions: int
+    by_length: ClassVar[bool] = True
+
+    def inv_freq(self, *, rotary_dim, theta, device=None, seq_len=None):
+        exponents = torch.arange(0, rotary_dim, 2, dtype=torch.float, device=device) / rotary_dim  # [R/2]
+        f, original, power = self.factor, self.original_max_positions, rotary_dim / (rotary_dim - 2)
+        # transformers' frequencies at construction (Python floats; theta unless rounding says otherwise)
+        base = theta * ((f * original / original) - (f - 1)) ** power
+        within = 1.0 / (base**exponents)  # [R/2]
+        if seq_len is None:
+            return within
+        length = seq_len.clamp(min=original)  # 0-d, integer as the positions
+        grown = 1.0 / ((theta * ((f * length / original) - (f - 1)) ** power) ** exponents)  # [R/2]
+        return torch.where(seq_len > original, grown, within)
+
+
+def yarn_attention_factor(factor: float, mscale: float | None = None, mscale_all_dim: float | None = None) -> float:
+    """YaRN's default ``attention_factor``: ``0.1 ln(factor) + 1``, or with DeepSeek's ``mscale``
+    and ``mscale_all_dim`` (both non-zero) the ratio of that with each as the weight of the log."""
+
+    def get_mscale(scale, weight=1):
+        return 1.0 if scale <= 1 else 0.1 * weight * math.log(scale) + 1.0
+
+    if mscale and mscale_all_dim:
+        return float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+    return get_mscale(factor)
+
+
+@dataclass(frozen=True)
+class YarnScaling(RopeScaling):
+    """YaRN (``rope_type: yarn``; Qwen2.5 long context, DeepSeek-V2/V3): frequencies that turn more
+    than ``beta_fast`` times within ``original_max_positions`` are kept, those that turn fewer than
+    ``beta_slow`` times are divided by ``factor``, with a linear ramp between; cos and sin are
+    multiplied by ``attention_factor``."""
+
+    factor: float
+    original_max_positions: int
+    attention_factor: float
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+
+    def inv_freq(self, *, rotary_dim, theta, device=None, seq_len=None):
+        dim = rotary_dim
+
+        def correction_dim(rotations):  # the channel pair that turns `rotations` times in the original length
+            return (dim * math.log(self.original_max_positions / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+        low, high = correction_dim(self.beta_fast), correction_dim(self.beta_slow)
+        if self.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001  # as transformers, avoids dividing by zero
+        pos_freqs = theta ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim)  # [R/2]
+        extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (self.factor * pos_freqs)  # [R/2]
+        ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
+        keep = 1 - ramp  # [R/2], 1 where the frequency is kept
+        return interpolation * (1 - keep) + extrapolation * keep  # [R/2]
+
+
+def longrope_attention_factor(factor: float, original_max_positions: int) -> float:
+    """LongRoPE's default ``attention_factor``: ``sqrt(1 + ln(factor) / ln(original_max_positions))``
+    (1 when ``factor`` <= 1)."""
+    if factor <= 1.0:
+        return 1.0
+    return math.sqrt(1 + math.log(factor) / math.log(original_max_positions))
+
+
+@dataclass(frozen=True)
+class LongRopeScaling(RopeScaling):
+    """LongRoPE (``rope_type: longrope``; Phi-3 and Phi-3.5 long-context, Phi-4-mini): each
+    frequency divided by its own factor, from ``short_factor`` while the forward stays within
+    ``original_max_positions`` and from ``long_factor`` once it reaches past; cos and sin are
+    multiplied by ``attention_factor``. Chosen from the largest query position of this forward, as
+    transformers does (neither keeps state): a forward that reaches past the original length
+    rotates all its positions with the long factors, and keys cached before keep theirs."""
+
+    short_factor: tuple[float, ...]
+    long_factor: tuple[float, ...]
+    original_max_positions: int
+    attention_factor: float
+    by_length: ClassVar[bool] = True
+
+    def inv_freq(self, *, rotary_dim, theta, device=None, seq_len=None):
+        shape = torch.arange(0, rotary_dim, 2, dtype=torch.float, device=device) / rotary_dim  # [R/2]
+        short = 1.0 / (torch.tensor(self.short_factor, dtype=torch.float32, device=device) * theta**shape)
+        if seq_len is None:
+            return short  # [R/2]
+        long = 1.0 / (torch.tensor(self.long_factor, dtype=torch.float32, device=device) * theta**shape)
+        return torch.where(seq_len > self.original_max_positions, long, short)  # [R/2]
+
+
+@dataclass(frozen=True)
+class Llama3Scaling(RopeScaling):
+    """Llama 3.1's scaling (``rope_type: llama3``; Llama 3.1-3.3): wavelengths shorter than
+    ``original_max_positions / high_freq_factor`` are kept, those longer than
+    ``original_max_positions / low_freq_factor`` are divided by ``factor``, and the band between
+    is interpolated smoothly."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_positions: int
+
+    def inv_freq(self, *, rotary_dim, theta, device=None, seq_len=None):
+        inv_freq = rope_inv_freq(rotary_dim, theta, device)  # [R/2]
+        original, factor = self.original_max_positions, self.factor
+        wavelen = 2 * math.pi / inv_freq
+        low_freq_wavelen, high_freq_wavelen = original / self.low_freq_factor, original / self.high_freq_factor
+        scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+        return torch.where(medium, smoothed, scaled)  # [R/2]
+
+
 class Rotary(nn.Module):
     """Rotary embedding over the first ``rotary_dim`` channels of each head.
 
     ``interleaved=False`` rotates the two halves of that width (Llama, Seed-OSS);
-    ``interleaved=True`` rotates adjacent pairs (GLM-4, which also rotates only part of the head)."""
+    ``interleaved=True`` rotates adjacent pairs (GLM-4, which also rotates only part of the head).
+    ``scaling`` rescales the frequencies for long contexts (``LinearScaling``, ``YarnScaling``, ...);
+    None keeps RoPE's."""
 
-    def __init__(self, *, head_dim: int, rotary_dim: int, theta: float, interleaved: bool):
+    def __init__(self, *, head_dim: int, rotary_dim: int, theta: float, interleaved: bool,
+                 scaling: RopeScaling | None = None):
         super().__init__()
         self.head_dim, self.rotary_dim, self.interleaved, self.theta = head_dim, rotary_dim, interleaved, theta
+        self.scaling = scaling if scaling is not None else RopeScaling()
+        self.attention_factor, self.by_length = self.scaling.attention_factor, self.scaling.by_length
 
-    def inv_freq(self, device) -> torch.Tensor:
-        """The rotation frequencies [R/2]. Subclasses rescale them (Llama 3's long-context RoPE)."""
-        exponents = torch.arange(0, self.rotary_dim, 2, dtype=torch.float, device=device) / self.rotary_dim
-        return 1.0 / (self.theta**exponents)
+    def inv_freq(self, device, seq_len: torch.Tensor | None = None) -> torch.Tensor:
+        """The rotation frequencies [R/2] for a forward whose positions stay below ``seq_len``
+        (read only when ``by_length``: dynamic NTK, LongRoPE)."""
+        return self.scaling.inv_freq(rotary_dim=self.rotary_dim, theta=self.theta, device=device, seq_len=seq_len)
 
     def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
         # Frequencies are recomputed in fp32 (a few dozen values) so casting the model to bf16
         # cannot round them, as it would a buffer.
-        freqs = query_pos[..., None].float() * self.inv_freq(query_pos.device)  # [B, S, R/2]
+        if self.by_length:  # the frequencies follow the length this forward reaches
+            inv_freq = self.inv_freq(query_pos.device, query_pos.max() + 1)  # [R/2]
+        else:
+            inv_freq = self.inv_freq(query_pos.device)  # [R/2]
+        freqs = query_pos[..., None].float() * inv_freq  # [B, S, R/2]
         if self.interleaved:
             freqs = freqs.repeat_interleave(2, dim=-1)  # [B, S, R] pairs (f0, f0, f1, f1, ...)
         else:
             freqs = torch.cat((freqs, freqs), dim=-1)  # [B, S, R] halves (f0, f1, ..., f0, f1, ...)
-        cos, sin = freqs.cos()[:, None], freqs.sin()[:, None]  # [B, 1, S, R]
+        factor = self.attention_factor
+        cos, sin = (freqs.cos() * factor)[:, None], (freqs.sin() * factor)[:, None]  # [B, 1, S, R]
         rotate_pairs = _rotate_interleaved if self.interleaved else _rotate_half
         rotary_dim = self.rotary_dim
 
@@ -67,7 +243,8 @@ class Rotary(nn.Module):
         return PositionEncoding(rotate, None)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, interleaved={self.interleaved}"
+        scaling = f", scaling={self.scaling}" if type(self.scaling) is not RopeScaling else ""
+        return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, interleaved={self.interleaved}{scaling}"
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -148,7 +148,9 @@ def _type_name(annotation, metadata=()) -> str:
     if origin is typing.Literal:
         name = " | ".join(repr(a) for a in args)
     elif origin in (typing.Union, types.UnionType):
-        name = " | ".join(_type_name(a) for a in args)
+        tagged = [a for a in args if _tag(a)]  # spec models told apart by a tag: {type: 'linear' | 'yarn'}
+        models = [f"{{{_tag(tagged[0])}: {' | '.join(repr(_tag(a, value=True)) for a in tagged)}}}"] if tagged else []
+        name = " | ".join(models + [_type_name(a) for a in args if a not in tagged])
     elif annotation is type(None):
         name = "None"
     elif origin is not None:
@@ -158,6 +160,16 @@ def _type_name(annotation, metadata=()) -> str:
     bounds = [f"{op} {getattr(m, attr)}" for m in metadata
               for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if hasattr(m, attr)]
     return f"{name} ({', '.join(bounds)})" if bounds else name
+
+
+def _tag(cls, value: bool = False) -> str | None:
+    """The name (or, with ``value``, the value) of the Literal tag field of a spec model class
+    (``kind``, ``type``); None for anything else."""
+    fields = getattr(cls, "model_fields", None) if isinstance(cls, type) else None
+    for name in ("kind", "type"):
+        if fields and name in fields and typing.get_origin(fields[name].annotation) is typing.Literal:
+            return typing.get_args(fields[name].annotation)[0] if value else name
+    return None
 
 
 def _default(field):

@@ -118,29 +118,163 @@ class NoPositionSpec(PositionSpec):
         return position.NoPosition()
 
 
+class RopeScalingSpec(Strict):
+    """Base of the RoPE frequency scalings, one per transformers ``rope_parameters.rope_type``
+    (leaving ``scaling`` out is ``default``). Fields follow transformers' names and defaults, with
+    ``original_max_positions`` for ``original_max_position_embeddings``; left out, it is the
+    spec's ``max_positions`` (as transformers fills it in from ``max_position_embeddings``)."""
+
+    type: str
+
+    def check(self, ctx: BuildContext, *, rotary_dim: int) -> None:
+        """Rules that need the rotated width; raise ``ValueError`` naming the fields."""
+
+    @abstractmethod
+    def build(self, ctx: BuildContext) -> position.RopeScaling: ...
+
+
+def _original_max_positions(scaling: RopeScalingSpec, ctx: BuildContext) -> int:
+    """The scaling's ``original_max_positions``, or the spec's ``max_positions`` when left out."""
+    return scaling.original_max_positions or ctx.spec.max_positions
+
+
+class LinearScalingSpec(RopeScalingSpec):
+    """Position interpolation: frequencies divided by ``factor`` (SuperHOT, Code Llama fine-tunes)."""
+
+    type: Literal["linear"]
+    factor: PositiveFloat
+
+    def build(self, ctx):
+        return position.LinearScaling(factor=self.factor)
+
+
+class DynamicScalingSpec(RopeScalingSpec):
+    """Dynamic NTK: past ``original_max_positions`` the base grows with the length a forward
+    reaches, so the frequencies change as a sequence grows (transformers' ``dynamic``)."""
+
+    type: Literal["dynamic"]
+    factor: PositiveFloat
+    original_max_positions: PositiveInt | None = None
+
+    def check(self, ctx, *, rotary_dim):
+        if rotary_dim < 4:
+            raise ValueError(f"position.scaling.type 'dynamic' needs at least 4 rotated channels (its exponent is "
+                             f"rotary_dim / (rotary_dim - 2)), got {rotary_dim}")
+
+    def build(self, ctx):
+        return position.DynamicNTKScaling(factor=self.factor,
+                                          original_max_positions=_original_max_positions(self, ctx))
+
+
+class YarnScalingSpec(RopeScalingSpec):
+    """YaRN (Qwen2.5 long context, DeepSeek-V2/V3). ``attention_factor`` left out is
+    ``0.1 ln(factor) + 1``, or DeepSeek's ratio when ``mscale`` and ``mscale_all_dim`` are given."""
+
+    type: Literal["yarn"]
+    factor: PositiveFloat
+    original_max_positions: PositiveInt | None = None
+    beta_fast: PositiveFloat = 32.0
+    beta_slow: PositiveFloat = 1.0
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    attention_factor: PositiveFloat | None = None
+    truncate: bool = True
+
+    def build(self, ctx):
+        attention_factor = self.attention_factor
+        if attention_factor is None:
+            attention_factor = position.yarn_attention_factor(self.factor, self.mscale, self.mscale_all_dim)
+        return position.YarnScaling(factor=self.factor, original_max_positions=_original_max_positions(self, ctx),
+                                    attention_factor=attention_factor, beta_fast=self.beta_fast,
+                                    beta_slow=self.beta_slow, truncate=self.truncate)
+
+
+class LongRopeScalingSpec(RopeScalingSpec):
+    """LongRoPE (Phi-3 and Phi-3.5 long-context, Phi-4-mini): a factor per frequency, short ones
+    within ``original_max_positions`` and long ones past it. ``factor`` (transformers' optional one,
+    default ``max_positions / original_max_positions``) only sets the default ``attention_factor``,
+    ``sqrt(1 + ln(factor) / ln(original_max_positions))``."""
+
+    type: Literal["longrope"]
+    short_factor: tuple[PositiveFloat, ...]
+    long_factor: tuple[PositiveFloat, ...]
+    factor: PositiveFloat | None = None
+    original_max_positions: PositiveInt | None = None
+    attention_factor: PositiveFloat | None = None
+
+    def check(self, ctx, *, rotary_dim):
+        for name in ("short_factor", "long_factor"):
+            if len(getattr(self, name)) != rotary_dim // 2:
+                raise ValueError(f"position.scaling.{name} has {len(getattr(self, name))} entries; expected one per "
+                                 f"rotated channel pair, rotary_dim / 2 = {rotary_dim // 2}")
+
+    def build(self, ctx):
+        original = _original_max_positions(self, ctx)
+        attention_factor = self.attention_factor
+        if attention_factor is None:
+            factor = self.factor if self.factor is not None else ctx.spec.max_positions / original
+            attention_factor = position.longrope_attention_factor(factor, original)
+        return position.LongRopeScaling(short_factor=self.short_factor, long_factor=self.long_factor,
+                                        original_max_positions=original, attention_factor=attention_factor)
+
+
+class Llama3ScalingSpec(RopeScalingSpec):
+    """Llama 3.1's scaling (Llama 3.1-3.3); the frequency factors default to Llama 3.1's."""
+
+    type: Literal["llama3"]
+    factor: PositiveFloat
+    low_freq_factor: PositiveFloat = 1.0
+    high_freq_factor: PositiveFloat = 4.0
+    original_max_positions: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _factors_ordered(self):
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(f"high_freq_factor ({self.high_freq_factor}) must exceed "
+                             f"low_freq_factor ({self.low_freq_factor})")
+        return self
+
+    def build(self, ctx):
+        return position.Llama3Scaling(factor=self.factor, low_freq_factor=self.low_freq_factor,
+                                      high_freq_factor=self.high_freq_factor,
+                                      original_max_positions=_original_max_positions(self, ctx))
+
+
+#: The scalings a rotary position kind takes, told apart by ``type``.
+RopeScalingKind = Annotated[LinearScalingSpec | DynamicScalingSpec | YarnScalingSpec | LongRopeScalingSpec
+                            | Llama3ScalingSpec, Field(discriminator="type")]
+
+
 class RopeSpec(PositionSpec):
-    """Rotary embedding over the whole head, rotating the two halves (Llama, Seed-OSS)."""
+    """Rotary embedding over the whole head, rotating the two halves (Llama, Seed-OSS);
+    ``scaling`` rescales its frequencies for long contexts."""
 
     kind: Literal["rope"]
     theta: PositiveFloat = 10000.0
+    scaling: RopeScalingKind | None = None
 
     def check(self, ctx):
         d = _rotated_head_dim(ctx, self.kind)
         if d % 2:
             raise ValueError(f"position.kind 'rope' needs an even attention.head_dim, got {d}")
+        if self.scaling is not None:
+            self.scaling.check(ctx, rotary_dim=d)
 
     def build(self, ctx):
         d = _rotated_head_dim(ctx, self.kind)
-        return position.Rotary(head_dim=d, rotary_dim=d, theta=self.theta, interleaved=False)
+        return position.Rotary(head_dim=d, rotary_dim=d, theta=self.theta, interleaved=False,
+                               scaling=self.scaling.build(ctx) if self.scaling is not None else None)
 
 
 class PartialRopeSpec(PositionSpec):
-    """Rotary embedding over a fraction of each head (GLM-4 rotates half, in adjacent pairs)."""
+    """Rotary embedding over a fraction of each head (GLM-4 rotates half, in adjacent pairs;
+    GPT-NeoX and Phi rotate the halves of their part); ``scaling`` as for ``rope``."""
 
     kind: Literal["partial_rope"]
     theta: PositiveFloat = 10000.0
     fraction: float = Field(0.5, gt=0.0, le=1.0)
     interleaved: bool = True
+    scaling: RopeScalingKind | None = None
 
     def rotary_dim(self, head_dim: int) -> int:
         return int(head_dim * self.fraction)
@@ -151,11 +285,14 @@ class PartialRopeSpec(PositionSpec):
         if width < 2 or width % 2 or width != d * self.fraction:
             raise ValueError(f"position.fraction ({self.fraction}) * attention.head_dim ({d}) = {d * self.fraction} "
                              f"must be an even whole number of channels >= 2")
+        if self.scaling is not None:
+            self.scaling.check(ctx, rotary_dim=width)
 
     def build(self, ctx):
         d = _rotated_head_dim(ctx, self.kind)
         return position.Rotary(head_dim=d, rotary_dim=self.rotary_dim(d), theta=self.theta,
-                               interleaved=self.interleaved)
+                               interleaved=self.interleaved,
+                               scaling=self.scaling.build(ctx) if self.scaling is not None else None)
 
 
 class AlibiSpec(PositionSpec):

@@ -69,7 +69,8 @@ def format_validation_error(exc: ValidationError, data: Any, path: Path | None, 
         # A rule that knows its field (SpecRuleError) is reported there, not at the model.
         loc = list(rule.loc) if isinstance(rule, SpecRuleError) else _input_path(data, err["loc"])
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            loc.append("kind")  # the tag field is what is wrong (or missing), not the section
+            # the tag field (``kind``, a RoPE scaling's ``type``) is what is wrong or missing, not the section
+            loc.append(err["ctx"]["discriminator"].strip("'"))
         where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
         got = "" if err["type"] in ("missing", "value_error", "union_tag_not_found") \
             else f" (got {_short(err['ctx']['tag'] if err['type'] == 'union_tag_invalid' else err['input'])})"
@@ -81,12 +82,13 @@ def format_validation_error(exc: ValidationError, data: Any, path: Path | None, 
 
 def _input_path(data: Any, loc) -> list:
     """``loc`` as a path into the input: without pydantic's validator steps and without the
-    union tags it inserts (``mlp.gated.bias`` is ``mlp.bias`` in the file)."""
+    union tags it inserts (``mlp.gated.bias`` is ``mlp.bias`` in the file, ``position.rope.scaling.yarn.factor``
+    is ``position.scaling.factor``)."""
     path = []
     for part in loc:
         if isinstance(part, str) and part.startswith("function-"):
             continue
-        if isinstance(data, dict) and part not in data and data.get("kind") == part:
+        if isinstance(data, dict) and part not in data and part in (data.get("kind"), data.get("type")):
             continue
         path.append(part)
         data = data.get(part) if isinstance(data, dict) else \

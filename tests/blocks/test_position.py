@@ -1,19 +1,24 @@
 """Position schemes against the reference implementations in transformers: BLOOM's ALiBi slopes
 and tensor, T5's and CPM-Ant's relative-position buckets and biases, GLM-4's interleaved partial
-rotary embedding and Seed-OSS's rotate-half one."""
+rotary embedding and Seed-OSS's rotate-half one, and each RoPE frequency scaling (linear, dynamic
+NTK, YaRN, LongRoPE, Llama 3) against transformers' ``ROPE_INIT_FUNCTIONS`` as its rotary
+embeddings use them (Llama's for rotated halves, GLM's for interleaved pairs)."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import CpmAntConfig, GlmConfig, SeedOssConfig, T5Config
+from transformers import CpmAntConfig, GlmConfig, LlamaConfig, SeedOssConfig, T5Config
 from transformers.models.bloom.modeling_bloom import _get_alibi_slopes, build_alibi_tensor
 from transformers.models.cpmant.modeling_cpmant import CpmAntSegmentPositionEmbedding
 from transformers.models.glm import modeling_glm as glm
+from transformers.models.llama import modeling_llama as llama
 from transformers.models.seed_oss import modeling_seed_oss as seed_oss
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from archcomposer.blocks.position import ALiBi, BucketBias, NoPosition, Rotary, alibi_slopes, relative_position_bucket
+from archcomposer.blocks.position import (ALiBi, BucketBias, DynamicNTKScaling, LinearScaling, Llama3Scaling,
+                                          LongRopeScaling, NoPosition, Rotary, YarnScaling, alibi_slopes,
+                                          longrope_attention_factor, relative_position_bucket, yarn_attention_factor)
 
 
 def randn(*shape, seed=0, dtype=torch.float32):
@@ -163,6 +168,156 @@ def test_rotary_scores_depend_only_on_relative_position(interleaved, shift):
 
     torch.testing.assert_close(score(7 + shift, 3 + shift), score(7, 3), rtol=1e-4, atol=1e-4)
     assert not torch.allclose(score(7, 3), score(7, 5), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# rotary frequency scalings
+
+
+@st.composite
+def scaled_rope(draw, rope_type: str, *, rotary_dim: int, max_positions: int, original: int | None = None):
+    """A transformers ``rope_parameters`` entry of ``rope_type`` (without ``rope_theta``) and our
+    scaling with the same meaning, its defaults resolved by our own functions. ``original``: the
+    original_max_position_embeddings (drawn if None)."""
+    factor = draw(st.sampled_from([1.0, 2.0, 2.5, 4.0, 8.0, 16.0]))
+    if original is None:
+        original = draw(st.sampled_from([max_positions // 4, max_positions // 2, max_positions]))
+    if rope_type == "linear":
+        return {"factor": factor}, LinearScaling(factor=factor)
+    if rope_type == "dynamic":
+        return {"factor": factor}, DynamicNTKScaling(factor=factor, original_max_positions=max_positions)
+    if rope_type == "yarn":
+        hf = {"factor": factor, "original_max_position_embeddings": original,
+              "beta_fast": draw(st.sampled_from([32.0, 16.0, 4.0])), "beta_slow": draw(st.sampled_from([1.0, 2.0])),
+              "truncate": draw(st.booleans())}
+        mscales = draw(st.sampled_from([None, (1.0, 1.0), (0.707, 1.0), (1.0, 0.0)]))
+        if mscales:
+            hf["mscale"], hf["mscale_all_dim"] = mscales
+        if draw(st.booleans()):
+            hf["attention_factor"] = draw(st.sampled_from([0.9, 1.2]))
+        attention_factor = hf.get("attention_factor") or yarn_attention_factor(factor, *(mscales or ()))
+        return hf, YarnScaling(factor=factor, original_max_positions=original, attention_factor=attention_factor,
+                               beta_fast=hf["beta_fast"], beta_slow=hf["beta_slow"], truncate=hf["truncate"])
+    if rope_type == "longrope":
+        factors = st.lists(st.floats(1.0, 8.0, width=32), min_size=rotary_dim // 2, max_size=rotary_dim // 2)
+        hf = {"short_factor": draw(factors), "long_factor": draw(factors), "original_max_position_embeddings": original}
+        if draw(st.booleans()):
+            hf["factor"] = factor
+        if draw(st.booleans()):
+            hf["attention_factor"] = draw(st.sampled_from([0.9, 1.2]))
+        attention_factor = hf.get("attention_factor") or longrope_attention_factor(
+            hf.get("factor", max_positions / original), original)
+        return hf, LongRopeScaling(short_factor=tuple(hf["short_factor"]), long_factor=tuple(hf["long_factor"]),
+                                   original_max_positions=original, attention_factor=attention_factor)
+    low = draw(st.sampled_from([1.0, 2.0]))
+    hf = {"factor": factor, "low_freq_factor": low, "high_freq_factor": low + draw(st.sampled_from([1.0, 3.0])),
+          "original_max_position_embeddings": original}
+    return hf, Llama3Scaling(factor=factor, low_freq_factor=low, high_freq_factor=hf["high_freq_factor"],
+                             original_max_positions=original)
+
+
+SCALED_ROPE_TYPES = ["linear", "dynamic", "yarn", "longrope", "llama3"]
+
+
+def reference_rotary(rope: dict, *, head_dim: int, fraction: float, interleaved: bool, max_positions: int):
+    """transformers' rotary embedding for ``rope`` and a function rotating q and k with it (only the
+    first ``fraction`` of each head: the rest passes through)."""
+    kwargs = dict(hidden_size=64, num_attention_heads=4, head_dim=head_dim, max_position_embeddings=max_positions,
+                  rope_parameters={**rope, "partial_rotary_factor": fraction})
+    if interleaved:
+        embedding, apply = glm.GlmRotaryEmbedding(GlmConfig(**kwargs)), glm.apply_rotary_pos_emb
+    else:
+        embedding, apply = llama.LlamaRotaryEmbedding(LlamaConfig(**kwargs)), llama.apply_rotary_pos_emb
+    width = int(head_dim * fraction)
+
+    def rotate(q, k, position_ids):
+        cos, sin = embedding(q, position_ids)
+        if interleaved:  # GLM's apply rotates the width of cos itself
+            return apply(q, k, cos, sin)
+        q_rot, k_rot = apply(q[..., :width], k[..., :width], cos, sin)
+        return torch.cat([q_rot, q[..., width:]], -1), torch.cat([k_rot, k[..., width:]], -1)
+
+    return rotate
+
+
+@pytest.mark.parametrize("rope_type", SCALED_ROPE_TYPES)
+@given(settings=rotary_settings(), interleaved=st.booleans(), max_positions=st.sampled_from([64, 512, 4096]),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16]), data=st.data())
+def test_scaled_rotary_equals_transformers(rope_type, settings, interleaved, max_positions, dtype, data):
+    """Positions within and well past the original length (dynamic NTK and LongRoPE change their
+    frequencies there), over a whole head or part of it, rotating halves or pairs."""
+    head_dim, fraction, theta = settings
+    width = int(head_dim * fraction)
+    if rope_type == "dynamic" and width < 4:
+        width, fraction = head_dim, 1.0  # its exponent R / (R - 2) needs R >= 4
+    hf, scaling = data.draw(scaled_rope(rope_type, rotary_dim=width, max_positions=max_positions), label="scaling")
+    reach = data.draw(st.sampled_from([max_positions // 2, max_positions, 4 * max_positions]), label="reach")
+    pos = data.draw(st.lists(st.integers(0, reach - 1), min_size=1, max_size=6), label="positions")
+    rotate_ref = reference_rotary({"rope_type": rope_type, "rope_theta": theta, **hf}, head_dim=head_dim,
+                                  fraction=fraction, interleaved=interleaved, max_positions=max_positions)
+    q, k = randn(1, 3, len(pos), head_dim, seed=1, dtype=dtype), randn(1, 2, len(pos), head_dim, seed=2, dtype=dtype)
+    q_ref, k_ref = rotate_ref(q, k, positions(pos))
+    rotate = Rotary(head_dim=head_dim, rotary_dim=width, theta=theta, interleaved=interleaved,
+                    scaling=scaling)(positions(pos), positions(pos)).rotate
+    torch.testing.assert_close(rotate(q), q_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rotate(k), k_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rope_type", ["dynamic", "longrope"])
+@given(settings=rotary_settings(), interleaved=st.booleans(), data=st.data())
+def test_length_dependent_scalings_follow_transformers_through_generation(rope_type, settings, interleaved, data):
+    """One transformers module kept across a prefill and one-token steps past the original length
+    (dynamic NTK caches its grown frequencies there), then a short forward again (where it goes back
+    to the original ones): each step equals our stateless scheme on the same positions."""
+    head_dim, fraction, theta = settings
+    if int(head_dim * fraction) < 4:
+        fraction = 1.0
+    width, max_positions = int(head_dim * fraction), 16
+    hf, scaling = data.draw(scaled_rope(rope_type, rotary_dim=width, max_positions=max_positions,
+                                        original=max_positions), label="scaling")
+    rotate_ref = reference_rotary({"rope_type": rope_type, "rope_theta": theta, **hf}, head_dim=head_dim,
+                                  fraction=fraction, interleaved=interleaved, max_positions=max_positions)
+    rotary = Rotary(head_dim=head_dim, rotary_dim=width, theta=theta, interleaved=interleaved, scaling=scaling)
+    prefill = data.draw(st.integers(1, max_positions + 4), label="prefill")
+    steps = [list(range(prefill))] + [[p] for p in range(prefill, 2 * max_positions + 3)] + [list(range(5))]
+    for pos in steps:
+        q, k = randn(2, 2, len(pos), head_dim, seed=len(pos)), randn(2, 1, len(pos), head_dim, seed=pos[-1])
+        q_ref, k_ref = rotate_ref(q, k, positions(pos).expand(2, -1))
+        rotate = rotary(positions(pos).expand(2, -1), None).rotate
+        torch.testing.assert_close(rotate(q), q_ref, rtol=1e-6, atol=1e-6, msg=f"positions {pos}")
+        torch.testing.assert_close(rotate(k), k_ref, rtol=1e-6, atol=1e-6, msg=f"positions {pos}")
+
+
+@pytest.mark.parametrize("rope_type", SCALED_ROPE_TYPES)
+def test_each_scaling_changes_the_rotation_past_the_original_length(rope_type):
+    """Guards the parity above against a scaling that is silently RoPE's."""
+    hf, scaling = {
+        "linear": ({}, LinearScaling(factor=4.0)),
+        "dynamic": ({}, DynamicNTKScaling(factor=4.0, original_max_positions=16)),
+        "yarn": ({}, YarnScaling(factor=4.0, original_max_positions=16, attention_factor=1.0)),
+        "longrope": ({}, LongRopeScaling(short_factor=(1.0,) * 4, long_factor=(4.0,) * 4, original_max_positions=16,
+                                         attention_factor=1.0)),
+        "llama3": ({}, Llama3Scaling(factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                     original_max_positions=16)),
+    }[rope_type]
+    q, pos = randn(1, 1, 1, 8), torch.tensor([[40]])
+    plain = Rotary(head_dim=8, rotary_dim=8, theta=100.0, interleaved=False)(pos, pos).rotate(q)
+    scaled = Rotary(head_dim=8, rotary_dim=8, theta=100.0, interleaved=False, scaling=scaling)(pos, pos).rotate(q)
+    assert not torch.allclose(plain, scaled, rtol=1e-3, atol=1e-3)
+
+
+def test_a_subclass_overriding_inv_freq_with_the_device_alone_still_rotates():
+    """Plugins written before the scalings override ``inv_freq(device)`` (the example Llama 3 one)."""
+
+    class Halved(Rotary):
+        def inv_freq(self, device):
+            return super().inv_freq(device) / 2
+
+    pos, q = torch.arange(5)[None], randn(1, 1, 5, 8)
+    halved = Halved(head_dim=8, rotary_dim=8, theta=100.0, interleaved=False)(pos, pos).rotate(q)
+    linear = Rotary(head_dim=8, rotary_dim=8, theta=100.0, interleaved=False,
+                    scaling=LinearScaling(factor=2.0))(pos, pos).rotate(q)
+    torch.testing.assert_close(halved, linear, rtol=0, atol=0)
 
 
 def test_no_position_is_the_identity_without_bias():

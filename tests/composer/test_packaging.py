@@ -50,7 +50,7 @@ def test_installed_wheel_builds_shipped_specs_and_finds_builtin_families(wheel, 
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    # Another archcomposer plugin installed beside it (as after `pip install ./examples/archcomposer-llama`):
+    # Another archcomposer plugin installed beside it (as after `pip install ./examples/archcomposer-nemotron`):
     # the smoke test asks for this wheel's families only, so it must not see this one.
     (site / "acme_family.py").write_text(ACME_PLUGIN)
     dist = site / "acme_family-1.0.dist-info"

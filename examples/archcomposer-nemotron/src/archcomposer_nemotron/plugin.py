@@ -1,19 +1,19 @@
-"""The plugin's hook implementations: the module the ``llama`` entry point names."""
+"""The plugin's hook implementations: the module the ``nemotron`` entry point names."""
 
 from pathlib import Path
 
 from archcomposer import hookimpl
 
-from archcomposer_llama.family import FAMILY
-from archcomposer_llama.spec import Llama3RopeSpec, SlidingWindowSpec
+from archcomposer_nemotron.family import FAMILY
+from archcomposer_nemotron.spec import LayerNorm1PSpec, SquaredReLUMLPSpec
 
 SPECS = Path(__file__).parent / "specs"
 
 
 @hookimpl
 def register_blocks(register):
-    register("position", Llama3RopeSpec)
-    register("attention", SlidingWindowSpec)
+    register("norm", LayerNorm1PSpec)
+    register("mlp", SquaredReLUMLPSpec)
 
 
 @hookimpl

@@ -21,17 +21,17 @@ from tests.examples.conftest import EXAMPLE
 ROOT = EXAMPLE.parents[1]
 
 USER_SPEC = """\
-name: my-llama
-family: llama
+name: my-nemotron
+family: nemotron
 vocab_size: 128
 hidden_size: 32
 num_layers: 2
 max_positions: 64
 pad_token_id: 0
-position: {kind: llama3_rope, theta: 10000.0, factor: 4.0, original_max_positions: 16}
-attention: {kind: sliding_window, window: 3, num_heads: 4, num_kv_heads: 2}
-norm: {kind: rmsnorm}
-mlp: {kind: gated, intermediate_size: 64}
+position: {kind: partial_rope, theta: 10000.0, fraction: 0.5, interleaved: false}
+attention: {kind: gqa, num_heads: 4, num_kv_heads: 2}
+norm: {kind: layernorm1p}
+mlp: {kind: squared_relu, intermediate_size: 64}
 heads:
   - {kind: causal_lm}
   - {kind: sequence_classification, num_labels: 2}
@@ -42,23 +42,23 @@ import json, sys
 import archcomposer
 from archcomposer.testing import check_cache_equivalence, check_output_contract
 
-assert "archcomposer_llama" not in sys.modules  # importing archcomposer loads no plugin
+assert "archcomposer_nemotron" not in sys.modules  # importing archcomposer loads no plugin
 model = archcomposer.build_model(sys.argv[1], seed=0)
 check_cache_equivalence(model)
 check_output_contract(model)
-check_cache_equivalence("tiny-llama-swa")
-import archcomposer_llama
-info = archcomposer.get_registry().plugins["llama"]
-print(json.dumps({"file": archcomposer_llama.__file__, "distribution": info.distribution, "version": info.version,
-                  "registered": info.registered, "attention": type(model.layers[0].attention).__name__,
-                  "position": type(model.positions[0]).__name__, "family": model.spec.family}))
+check_cache_equivalence("tiny-nemotron")
+import archcomposer_nemotron
+info = archcomposer.get_registry().plugins["nemotron"]
+print(json.dumps({"file": archcomposer_nemotron.__file__, "distribution": info.distribution, "version": info.version,
+                  "registered": info.registered, "norm": type(model.layers[0].attn_norm).__name__,
+                  "mlp": type(model.layers[0].mlp).__name__, "family": model.spec.family}))
 """
 
 
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory) -> Path:
     """A fresh virtual environment with the example plugin pip-installed; returns its python."""
-    root = tmp_path_factory.mktemp("llama-venv")
+    root = tmp_path_factory.mktemp("nemotron-venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "env")], check=True)
     python = root / "env" / "bin" / "python"
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -66,7 +66,7 @@ def venv(tmp_path_factory) -> Path:
     (Path(purelib) / "_parent_environment.pth").write_text(
         "".join(f"import site; site.addsitedir({path!r})\n" for path in site.getsitepackages()))
     # pip builds in the source tree: build a copy, so the repository stays clean.
-    source = shutil.copytree(EXAMPLE, root / "archcomposer-llama",
+    source = shutil.copytree(EXAMPLE, root / "archcomposer-nemotron",
                              ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".pytest_cache"))
     result = run(python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(source))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -81,50 +81,48 @@ def run(python: Path, *args: str, cwd: Path | None = None, **env: str) -> subpro
 
 
 def test_installed_plugin_builds_a_user_spec_and_passes_the_test_kit(venv, tmp_path):
-    (tmp_path / "my-llama.yaml").write_text(USER_SPEC)
+    (tmp_path / "my-nemotron.yaml").write_text(USER_SPEC)
     (tmp_path / "check.py").write_text(SCRIPT)
-    result = run(venv, str(tmp_path / "check.py"), str(tmp_path / "my-llama.yaml"), cwd=tmp_path)
+    result = run(venv, str(tmp_path / "check.py"), str(tmp_path / "my-nemotron.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(found["file"]).is_relative_to(venv.parents[1])  # the installed copy, not the source tree
-    assert (found["distribution"], found["version"]) == ("archcomposer-llama", "0.1.0")
-    assert found["registered"] == ["position:llama3_rope", "attention:sliding_window", "family:llama",
-                                   "spec:llama-3.2-1b", "spec:tiny-llama", "spec:tiny-llama-swa"]
-    assert (found["attention"], found["position"], found["family"]) == ("SlidingWindowAttention", "Llama3Rotary",
-                                                                       "llama")
+    assert (found["distribution"], found["version"]) == ("archcomposer-nemotron", "0.1.0")
+    assert found["registered"] == ["norm:layernorm1p", "mlp:squared_relu", "family:nemotron",
+                                   "spec:nemotron-3-8b", "spec:tiny-nemotron"]
+    assert (found["norm"], found["mlp"], found["family"]) == ("LayerNorm1P", "SquaredReLUMLP", "nemotron")
 
 
 def test_commands_list_the_plugin_and_its_blocks_and_the_env_var_hides_it(venv, tmp_path):
     listed = run(venv, "-m", "archcomposer", "plugins", "--json")
     assert listed.returncode == 0, listed.stderr
     plugins = {p["name"]: p for p in json.loads(listed.stdout)}
-    assert plugins["llama"]["distribution"] == "archcomposer-llama" and plugins["llama"]["error"] is None
+    assert plugins["nemotron"]["distribution"] == "archcomposer-nemotron" and plugins["nemotron"]["error"] is None
     assert plugins["glm"]["distribution"] == "archcomposer"
 
-    blocks = run(venv, "-m", "archcomposer", "blocks", "attention")
+    blocks = run(venv, "-m", "archcomposer", "blocks", "mlp")
     assert blocks.returncode == 0, blocks.stderr
-    assert "  sliding_window  [plugin 'llama' (distribution 'archcomposer-llama' 0.1.0)]" in blocks.stdout
-    assert "      window        int (> 0)              = 4096" in blocks.stdout
+    assert "  squared_relu  [plugin 'nemotron' (distribution 'archcomposer-nemotron' 0.1.0)]" in blocks.stdout
 
-    (tmp_path / "my-llama.yaml").write_text(USER_SPEC)
-    hidden = run(venv, "-m", "archcomposer", "validate", str(tmp_path / "my-llama.yaml"),
+    (tmp_path / "my-nemotron.yaml").write_text(USER_SPEC)
+    hidden = run(venv, "-m", "archcomposer", "validate", str(tmp_path / "my-nemotron.yaml"),
                  ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD="1")
     assert hidden.returncode == 2
-    assert "position.kind: Input tag 'llama3_rope' found using 'kind' does not match any of the expected tags" \
+    assert "norm.kind: Input tag 'layernorm1p' found using 'kind' does not match any of the expected tags" \
         in hidden.stderr
     assert "Traceback" not in hidden.stderr
 
 
 def test_the_plugins_own_test_suite_passes_where_it_is_installed(venv):
-    source = venv.parents[2] / "archcomposer-llama"
+    source = venv.parents[2] / "archcomposer-nemotron"
     result = run(venv, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=source)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "7 passed" in result.stdout
+    assert "6 passed" in result.stdout
 
 
 def test_the_core_never_imports_the_example():
     for path in [path for folder in ("archcomposer", "blocks", "plugins") for path in (ROOT / folder).rglob("*.py")]:
-        assert "archcomposer_llama" not in path.read_text(), path
-    assert "archcomposer-llama" not in (ROOT / "pyproject.toml").read_text()
+        assert "archcomposer_nemotron" not in path.read_text(), path
+    assert "archcomposer-nemotron" not in (ROOT / "pyproject.toml").read_text()
 
 
