@@ -13,14 +13,17 @@ class Attention(nn.Module):
     """Self-attention with an optional KV cache.
 
     ``qkv`` maps [B, S, D] to (q [B, S, H*Dh], k [B, S, Hkv*Dh], v [B, S, Hkv*Dh]) and ``out``
-    maps [B, S, H*Dh] back to [B, S, D]. ``head_dim`` is independent of the model width."""
+    maps [B, S, H*Dh] back to [B, S, D]. ``head_dim`` is independent of the model width.
+    ``sliding_window``: the window the model's ``scores_bias`` restricts this layer to, which the
+    block tells the cache so it keeps only the keys still visible (None: every key)."""
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, qkv: nn.Module,
-                 out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0):
+                 out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0, sliding_window: int | None = None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv, self.out = qkv, out
         self.dropout, self.layer_idx = dropout, layer_idx
+        self.sliding_window = sliding_window
         self.scale = head_dim**-0.5
 
     def forward(self, x: torch.Tensor, *, rotate: Callable[[torch.Tensor], torch.Tensor],
@@ -33,7 +36,7 @@ class Attention(nn.Module):
         k = rotate(rearrange(k, "b s (h d) -> b h s d", d=self.head_dim))  # [B, Hkv, S, Dh]
         v = rearrange(v, "b s (h d) -> b h s d", d=self.head_dim)  # [B, Hkv, S, Dh]
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v, start)  # [B, Hkv, K, Dh]
+            k, v = cache.update(self.layer_idx, k, v, start, window=self.sliding_window)  # [B, Hkv, K, Dh]
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout)

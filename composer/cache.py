@@ -1,8 +1,14 @@
 """Key/value caches. A cache is handed to every attention layer, which calls
-``update(layer_idx, k, v, start)`` with this step's keys and values and gets back all of them.
+``update(layer_idx, k, v, start, window=...)`` with this step's keys and values and gets back the
+keys it attends to: those the cache kept, then this step's. ``key_slots`` says which cache slots
+those are, so the model builds the mask (and slices position records) to match. A layer with a
+sliding ``window`` only ever needs the ``window - 1`` tokens before each query; the dynamic cache
+keeps only those for it.
+
 The model also keeps, per cached token, what position schemes need of the keys (their position
 and segment) through ``update_tokens``: a bias computed at a later step must see the positions the
-keys had when they were written (``position_ids`` given then), not ones rebuilt from the mask."""
+keys had when they were written (``position_ids`` given then), not ones rebuilt from the mask.
+These records cover every token seen, windowed layers or not."""
 
 import torch
 
@@ -17,6 +23,11 @@ class _Cache:
         self.values: list[torch.Tensor] = []
         self.tokens: dict[str, torch.Tensor] = {}  # name -> [B, S] (position, segment)
 
+    def key_slots(self, total: int, new: int, window: int | None = None) -> range:
+        """The slots (token indices, from 0) of the keys ``update`` returns to a layer with this
+        ``window`` at a step that brings the cache to ``total`` tokens, ``new`` of them this step's."""
+        raise NotImplementedError
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
@@ -28,26 +39,45 @@ class _Cache:
 
 
 class DynamicCache(_Cache):
-    """Grows by concatenation; holds exactly the tokens seen so far."""
+    """Grows by concatenation. A layer without a window keeps every token seen; a layer with
+    one keeps the last ``window - 1`` (what the next step can still see) and its storage never
+    exceeds ``window`` tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.length = 0  # tokens seen (a windowed layer keeps fewer)
 
     def get_seq_length(self) -> int:
-        return self.keys[0].shape[-2] if self.keys else 0
+        return self.length
 
-    def key_length(self, total: int) -> int:
-        """How many key slots attention sees when the cache holds ``total`` tokens."""
-        return total
+    def key_slots(self, total: int, new: int, window: int | None = None) -> range:
+        past = total - new
+        kept = past if window is None else min(past, window - 1)
+        return range(past - kept, total)
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int):
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None = None):
+        """Add this step's ``k``, ``v`` [B, Hkv, s, Dh] to layer ``layer_idx``; returns the kept
+        keys and values followed by these, [B, Hkv, K, Dh] with K = ``len(key_slots(...))``."""
         if layer_idx == len(self.keys):
+            keys, values = k, v
             self.keys.append(k)
             self.values.append(v)
         else:
-            self.keys[layer_idx] = torch.cat([self.keys[layer_idx], k], dim=-2)  # [B, Hkv, S+s, Dh]
-            self.values[layer_idx] = torch.cat([self.values[layer_idx], v], dim=-2)
-        return self.keys[layer_idx], self.values[layer_idx]
+            keys = torch.cat([self.keys[layer_idx], k], dim=-2)  # [B, Hkv, K, Dh]
+            values = torch.cat([self.values[layer_idx], v], dim=-2)
+        if layer_idx == 0:
+            self.length += k.shape[-2]
+        kept_keys, kept_values = keys, values
+        if window is not None:
+            drop = max(0, keys.shape[-2] - (window - 1))
+            kept_keys, kept_values = keys[:, :, drop:], values[:, :, drop:]  # [B, Hkv, <= window-1, Dh]
+            if drop > 1:  # a view would hold on to all of this step's storage (a whole prompt)
+                kept_keys, kept_values = kept_keys.clone(), kept_values.clone()
+        self.keys[layer_idx], self.values[layer_idx] = kept_keys, kept_values
+        return keys, values
 
     def update_tokens(self, name: str, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Record ``values`` [B, s] for the tokens at ``start...``; returns the record of every key slot."""
+        """Record ``values`` [B, s] for the tokens at ``start...``; returns the record of every token seen."""
         past = self.tokens.get(name)
         self.tokens[name] = values if past is None else torch.cat([past[:, :start], values], dim=1)  # [B, S+s]
         return self.tokens[name]
@@ -59,7 +89,8 @@ class DynamicCache(_Cache):
 class StaticCache(_Cache):
     """Preallocated to ``max_length`` tokens, so decoding steps keep fixed shapes (as gpt-fast).
     Buffers are allocated on the first update, with that update's batch, heads, dtype and device.
-    Attention sees all ``max_length`` slots; slots not written yet are masked out."""
+    Attention sees all ``max_length`` slots; slots not written yet are masked out. A windowed
+    layer keeps every slot too (no ring buffer): the mask hides the keys outside its window."""
 
     def __init__(self, max_length: int):
         if max_length < 1:
@@ -71,13 +102,15 @@ class StaticCache(_Cache):
     def get_seq_length(self) -> int:
         return self.length
 
-    def key_length(self, total: int) -> int:
+    def key_slots(self, total: int, new: int, window: int | None = None) -> range:
         if total > self.max_length:
             raise CacheError(f"StaticCache holds {self.max_length} tokens but this step needs {total}; "
                              f"create it with a larger max_length")
-        return self.max_length
+        return range(self.max_length)
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int):
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None = None):
+        """Write this step's ``k``, ``v`` [B, Hkv, s, Dh] at slots ``start...``; returns all
+        ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
         if layer_idx == len(self.keys):
             shape = (*k.shape[:2], self.max_length, k.shape[-1])
             self.keys.append(k.new_zeros(shape))

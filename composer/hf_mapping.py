@@ -147,14 +147,16 @@ def require_plain_trunk(spec: ModelSpecBase, family: str, *, embedding_norm: boo
 def llama_layout_config(spec: ModelSpecBase, family: str) -> dict[str, Any]:
     """The ``config.json`` fields that families in the Llama layout (see ``llama_layout_tensors``)
     share, after checking the spec has that layout's structure: RMSNorm, a plain token embedding
-    (no norm, scale or learned positions), causal GQA, a gated MLP, pre-norm layers with
-    residuals from the layer input, a final norm, and every layer alike. The family adds its
-    ``model_type``, position, bias and dropout (``wiring.dropout``) fields and the head fields."""
+    (no norm, scale or learned positions), causal GQA without a sliding window, a gated MLP,
+    pre-norm layers with residuals from the layer input, a final norm, and every layer alike. The
+    family adds its ``model_type``, position, bias and dropout (``wiring.dropout``) fields and the
+    head fields."""
     a = spec.attention
     require(family, "norm.kind", spec.norm.kind, "rmsnorm")
     require_plain_trunk(spec, family)
     require(family, "wiring.residual_from_norm", spec.wiring.residual_from_norm, False)
     require(family, "attention.kind", a.kind, "gqa")
+    require(family, "attention.sliding_window", a.sliding_window, None)
     require(family, "mlp.kind", spec.mlp.kind, "gated")
     return {
         "vocab_size": spec.vocab_size,

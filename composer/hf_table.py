@@ -32,6 +32,7 @@ import torch
 
 from archcomposer.errors import CheckpointError, SpecError
 from archcomposer.family import Family, TensorMap
+from archcomposer.hf_rope import position_from_hf, rope_parameters_of, rope_parameters_to_hf
 from archcomposer.registry import get_registry
 from archcomposer.spec import LAYER_SECTIONS, LayerSpec, ModelSpecBase
 
@@ -403,39 +404,30 @@ def hf_family(*, name: str, description: str, table: HFTable) -> Family:
 
 
 class Rope:
-    """``rope_parameters`` (and the older top-level ``rope_theta``) <-> the position section.
+    """``rope_parameters`` (or the older top-level ``rope_theta`` and ``rope_scaling``) <-> the
+    position section, with every scaling ``archcomposer.hf_rope`` translates.
 
     theta: transformers' default ``rope_theta`` for the family. fraction: its default
     ``partial_rotary_factor`` where the family rotates part of each head (GLM, Phi, GPT-NeoX),
     None where it rotates all of it; a fraction of 1 reads as ``rope``, less as ``partial_rope``.
-    interleaved: rotates adjacent pairs (GLM, Cohere, GPT-J) rather than halves."""
+    interleaved: rotates adjacent pairs (GLM, Cohere, GPT-J) rather than halves. Runs after the
+    row that sets ``max_positions``."""
 
     def __init__(self, *, theta: float = 10000.0, fraction: float | None = None, interleaved: bool = False):
         self.theta, self.fraction, self.interleaved = theta, fraction, interleaved
 
     def to_spec(self, config: dict, data: dict) -> None:
-        rope = config.get("rope_parameters") or {}
-        rope_type = rope.get("rope_type", "default")
-        if rope_type != "default":
-            raise CheckpointError(f"config.json rope_parameters.rope_type = {rope_type!r} is not supported "
-                                  f"(only 'default' RoPE)")
-        theta = rope.get("rope_theta", config.get("rope_theta", self.theta))
-        fraction = 1.0
-        if self.fraction is not None:
-            fraction = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", self.fraction))
-        if fraction == 1.0 and not self.interleaved:
-            data["position"] = {"kind": "rope", "theta": theta}
-        else:
-            data["position"] = {"kind": "partial_rope", "theta": theta, "fraction": fraction,
-                                "interleaved": self.interleaved}
+        rope = rope_parameters_of(config, default_theta=self.theta)
+        data["position"] = position_from_hf(rope, max_positions=data["max_positions"],
+                                            fraction=self.fraction if self.fraction is not None else 1.0,
+                                            interleaved=self.interleaved)
 
     def to_config(self, spec: ModelSpecBase, config: dict) -> None:
-        position = spec.position
-        if position.kind not in ("rope", "partial_rope"):
+        if spec.position.kind not in ("rope", "partial_rope"):
             return  # the read-back check names position.kind
-        rope = {"rope_type": "default", "rope_theta": position.theta}
+        rope = rope_parameters_to_hf(spec.position, max_positions=spec.max_positions)
         if self.fraction is not None:
-            rope["partial_rotary_factor"] = getattr(position, "fraction", 1.0)
+            rope.setdefault("partial_rotary_factor", 1.0)
         config["rope_parameters"] = rope
 
 

@@ -27,17 +27,23 @@ class ComposedModel(nn.Module):
         self.embedding = spec.embedding.build(ctx)
         ctx = BuildContext(spec, embedding=self.embedding)
         # Layers whose position scheme (and the attention it serves) are equal share one module,
-        # called once per forward.
+        # called once per forward. A sliding window changes the mask, not the scheme: layers that
+        # differ only in it share the module, and each (scheme, window) gets its own scores bias.
         schemes: list[tuple] = []  # (position, attention), the first layer of each is where it is built
         first_layer: list[int] = []
         self.position_of: list[int] = []
+        self.window_of: list[int | None] = []  # attention kinds without the field have no window
         for i, layer in enumerate(spec.layer_specs):
-            key = (layer.position, layer.attention)
+            window = getattr(layer.attention, "sliding_window", None)
+            attention = layer.attention.model_copy(update={"sliding_window": None}) if window else layer.attention
+            key = (layer.position, attention)
             if key not in schemes:
                 schemes.append(key)
                 first_layer.append(i)
             self.position_of.append(schemes.index(key))
+            self.window_of.append(window)
         self.positions = nn.ModuleList(position.build(ctx.at(i)) for (position, _), i in zip(schemes, first_layer))
+        self.bias_groups = list(dict.fromkeys(zip(self.position_of, self.window_of)))  # (scheme, window)
         self.layers = nn.ModuleList(spec.layer_specs[i].wiring.build(ctx.at(i)) for i in range(spec.num_layers))
         self.final_norm = spec.norm.build(ctx, dim=spec.hidden_size) if spec.final_norm else nn.Identity()
         self.heads = nn.ModuleDict({h.kind: h.build(ctx) for h in spec.heads})
@@ -78,7 +84,9 @@ class ComposedModel(nn.Module):
         past = cache.get_seq_length() if cache is not None else 0
         P = self.num_prepended if past == 0 else 0  # tokens the embedding kind prepends on this step
         T = past + P + S  # tokens seen, this step included
-        K = cache.key_length(T) if cache is not None else T  # key slots attention sees
+        windows = dict.fromkeys(self.window_of)
+        slots = {w: cache.key_slots(T, P + S, w) if cache is not None else range(T) for w in windows}  # key slots
+        K = max(r.stop for r in slots.values())  # key slots any layer sees (past T: unwritten static slots)
 
         key_mask = self._key_mask(attention_mask, B, T, device)  # [B, T]
         query_mask = key_mask[:, past:]  # [B, P+S]
@@ -91,14 +99,17 @@ class ComposedModel(nn.Module):
             key_pos = cache.update_tokens("position", query_pos, past)  # [B, K]
             key_seg = cache.update_tokens("segment", query_seg, past) if query_seg is not None else None
         key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)  # [B, K]: unwritten static slots
-        visible = self._visibility(embedded.context, past, P + S, K, device) & key_mask[:, None, :]  # [B, P+S, K]
+        visible = {w: self._visibility(embedded.context, past, P + S, r, w, device)
+                   & key_mask[:, None, r.start:r.stop] for w, r in slots.items()}  # each [B, P+S, len(r)]
         encodings = [position(query_pos, key_pos, query_seg, key_seg) for position in self.positions]
-        biases = [_scores_bias(visible, enc.bias, x.dtype) for enc in encodings]  # each [B, H or 1, P+S, K]
+        # A bias column belongs to its key alone, so a window's bias is its slots' columns.
+        biases = {(j, w): _scores_bias(visible[w], _columns(encodings[j].bias, slots[w]), x.dtype)
+                  for j, w in self.bias_groups}  # each [B, H or 1, P+S, len(slots[w])]
 
         hidden_states, attentions = [], []
-        for layer, j in zip(self.layers, self.position_of):
+        for layer, j, w in zip(self.layers, self.position_of, self.window_of):
             hidden_states.append(x)
-            x, weights = layer(x, rotate=encodings[j].rotate, scores_bias=biases[j], cache=cache, start=past,
+            x, weights = layer(x, rotate=encodings[j].rotate, scores_bias=biases[j, w], cache=cache, start=past,
                                need_weights=output_attentions)
             attentions.append(weights)
         x = self.final_norm(x)
@@ -158,14 +169,19 @@ class ComposedModel(nn.Module):
         return positions
 
     @staticmethod
-    def _visibility(context, past, Q, K, device) -> torch.Tensor:
-        """[B or 1, Q, K]: may query i (at slot past+i) see key slot j, before padding. Causal,
-        except that prefix-LM context tokens of this step also see each other both ways."""
-        q_idx = past + torch.arange(Q, device=device)
-        visible = (torch.arange(K, device=device)[None, :] <= q_idx[:, None])[None]  # [1, Q, K]
+    def _visibility(context, past, Q, slots: range, window, device) -> torch.Tensor:
+        """[B or 1, Q, K]: may query i (at slot past+i) see key slot ``slots[j]``, before padding.
+        Causal, except that prefix-LM context tokens of this step also see each other both ways;
+        with a ``window``, no key ``window`` or more slots before the query is seen (transformers'
+        ``sliding_window_overlay``, on top of either)."""
+        q_idx = past + torch.arange(Q, device=device)[:, None]  # [Q, 1]
+        k_idx = torch.arange(slots.start, slots.stop, device=device)[None, :]  # [1, K]
+        visible = (k_idx <= q_idx)[None]  # [1, Q, K]
         if context is not None:
-            context_k = nn.functional.pad(context, (past, K - past - Q))  # [B, K]
+            context_k = nn.functional.pad(context, (past - slots.start, slots.stop - past - Q))  # [B, K]
             visible = visible | (context[:, :, None] & context_k[:, None, :])
+        if window is not None:
+            visible = visible & (k_idx > q_idx - window)[None]
         return visible
 
     # -- conveniences -------------------------------------------------------------------------
@@ -189,6 +205,11 @@ class ComposedModel(nn.Module):
         from archcomposer.checkpoint import save_pretrained
 
         return save_pretrained(self, path, format=format, **kwargs)
+
+
+def _columns(bias: torch.Tensor | None, slots: range) -> torch.Tensor | None:
+    """The key columns ``slots`` of a position bias [B, H, Q or 1, K]."""
+    return None if bias is None else bias[..., slots.start:slots.stop]
 
 
 def _scores_bias(visible: torch.Tensor, position_bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

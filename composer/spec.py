@@ -403,6 +403,10 @@ class GQASpec(AttentionSpec):
     out_bias: bool = False
     fused_qkv: bool = False
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Each token sees itself and the ``sliding_window - 1`` tokens before it, counted in cache
+    #: slots (padding included), as transformers' ``sliding_window`` (Mistral; Gemma 2's local
+    #: layers through ``layers``). None: every token before it.
+    sliding_window: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -428,7 +432,8 @@ class GQASpec(AttentionSpec):
         else:
             qkv = projection.SplitProjection(**{n: _linear(D, s, self.qkv_bias) for n, s in zip("qkv", sizes)})
         return attention.Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh, qkv=qkv,
-                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer)
+                                   out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer,
+                                   sliding_window=self.sliding_window)
 
     def kv_bytes_per_token(self, dtype_bytes):
         return 2 * self.num_kv_heads * self.head_dim * dtype_bytes

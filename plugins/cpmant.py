@@ -58,6 +58,7 @@ def hf_config_from_spec(spec, architecture: str) -> dict:
     require(NAME, "pad_token_id", spec.pad_token_id, PAD_TOKEN_ID)
     require(NAME, "norm.kind", spec.norm.kind, "rmsnorm")
     require(NAME, "attention.kind", a.kind, "gqa")
+    require(NAME, "attention.sliding_window", a.sliding_window, None)
     require(NAME, "attention.num_kv_heads", a.num_kv_heads, a.num_heads)
     require(NAME, "attention.fused_qkv", a.fused_qkv, False)
     require(NAME, "attention.qkv_bias", a.qkv_bias, False)

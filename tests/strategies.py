@@ -6,6 +6,11 @@ block kind. Valid shapes are constructed, never filtered: ``num_kv_heads`` is dr
 whole number of channels for the drawn ``head_dim``; bucket counts are built from the number of
 exact buckets wanted. Each section has its own strategy so a caller can combine or restrict them
 (``positions=("alibi",)``, ``heads=("question_answering",)``, ``embeddings=("prompt_segments",)``).
+Rotary kinds draw a frequency ``scaling`` of every type; by default only scalings whose frequencies
+do not depend on how far a forward reaches, so that properties comparing forwards of different
+lengths (cache equivalence, padding, generation) hold: ``length_dependent=True`` adds dynamic NTK
+and LongRoPE that switch to their long factors within a few tokens, for properties of one forward
+(output contract, parameter count, spec round trips).
 Per-layer ``layers`` entries are drawn with every selector (range, every/offset, indices, type with
 ``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select.
 
@@ -36,6 +41,10 @@ WIRINGS = ("pre_norm", "sandwich", "post_branch_norm", "parallel", "post_norm")
 #: since a norm of a narrower (rank < 8) vector amplifies fp32 rounding past 1e-5.
 POST_BRANCH_NORMS = ("sandwich", "post_branch_norm")
 SELECTORS = ("range", "every", "indices", "type")
+#: RoPE frequency scalings (``position.scaling.type``); dynamic NTK is drawn only with length_dependent.
+SCALINGS = ("linear", "dynamic", "yarn", "longrope", "llama3")
+#: The max_positions of every drawn spec.
+MAX_POSITIONS = 64
 
 #: Every kind the strategies can draw, by spec section (a meta-test compares it with the registry).
 KINDS = {"embedding": EMBEDDINGS, "position": POSITIONS, "norm": NORMS, "attention": ATTENTIONS, "mlp": MLPS,
@@ -62,17 +71,60 @@ def head_dims(position: str) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False) -> dict:
+def rope_scalings(draw, *, rotary_dim: int, length_dependent: bool = False, optional: bool = True) -> dict | None:
+    """A ``position.scaling`` for ``rotary_dim`` rotated channels, or (if ``optional``) None.
+    Factors and lengths are small so a few tokens reach past ``original_max_positions``. Without
+    ``length_dependent``, no dynamic NTK and LongRoPE's original length is ``MAX_POSITIONS`` (it
+    never switches to its long factors); with it, both change their frequencies within a few tokens."""
+    types = [t for t in SCALINGS if (t != "dynamic" or (length_dependent and rotary_dim >= 4))]
+    kind = draw(st.sampled_from([None, *types] if optional else types))
+    if kind is None:
+        return None
+    scaling: dict = {"type": kind}
+    originals = st.sampled_from([2, 4, 8])
+    if kind == "linear":
+        scaling["factor"] = draw(st.sampled_from([1.0, 2.0, 4.0]))
+    elif kind == "dynamic":
+        scaling.update(factor=draw(st.sampled_from([2.0, 4.0])), original_max_positions=draw(originals))
+    elif kind == "yarn":
+        scaling.update(factor=draw(st.sampled_from([2.0, 4.0])), original_max_positions=draw(originals))
+        optional = {"beta_fast": st.sampled_from([32.0, 8.0]), "beta_slow": st.sampled_from([1.0, 2.0]),
+                    "truncate": st.booleans(), "attention_factor": st.sampled_from([0.9, 1.1])}
+        scaling.update({k: draw(v) for k, v in optional.items() if draw(st.booleans())})
+        if "attention_factor" not in scaling and draw(st.booleans()):
+            scaling.update(mscale=draw(st.sampled_from([0.707, 1.0])), mscale_all_dim=1.0)
+    elif kind == "longrope":
+        factors = st.lists(st.sampled_from([1.0, 1.5, 2.0, 4.0]), min_size=rotary_dim // 2, max_size=rotary_dim // 2)
+        scaling.update(short_factor=draw(factors), long_factor=draw(factors))
+        if length_dependent or draw(st.booleans()):  # left out, it is max_positions
+            scaling["original_max_positions"] = draw(originals) if length_dependent else MAX_POSITIONS
+        scaling.update({k: draw(v) for k, v in {"factor": st.sampled_from([2.0, 4.0]),
+                                                  "attention_factor": st.sampled_from([0.9, 1.1])}.items()
+                        if draw(st.booleans())})
+    else:
+        scaling.update(factor=draw(st.sampled_from([2.0, 8.0])), original_max_positions=draw(originals))
+        if draw(st.booleans()):
+            scaling.update(low_freq_factor=2.0, high_freq_factor=draw(st.sampled_from([3.0, 4.0])))
+    return scaling
+
+
+@st.composite
+def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False, length_dependent: bool = False,
+                   scaled: bool | None = None) -> dict:
     """A ``position`` section of ``kind``. ``segments``: embedding.segments is set, so a bucket
-    bias may use segment-pair buckets."""
+    bias may use segment-pair buckets. ``length_dependent``: rotary scalings may depend on the
+    length reached (``rope_scalings``). ``scaled``: a rotary kind always (True) or never (False)
+    has a scaling; None draws."""
     if kind in ("none", "alibi"):
         return {"kind": kind}
-    if kind == "rope":
-        return {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0]))}
-    if kind == "partial_rope":
-        return {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0])),
-                "fraction": draw(st.sampled_from(_rotary_fractions(head_dim))),
-                "interleaved": draw(st.booleans())}
+    if kind in ("rope", "partial_rope"):
+        spec = {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0]))}
+        if kind == "partial_rope":
+            spec.update(fraction=draw(st.sampled_from(_rotary_fractions(head_dim))), interleaved=draw(st.booleans()))
+        scaling = None if scaled is False else draw(rope_scalings(
+            rotary_dim=int(head_dim * spec.get("fraction", 1.0)), length_dependent=length_dependent,
+            optional=scaled is None))
+        return spec if scaling is None else {**spec, "scaling": scaling}
     if kind == "bucket_bias":
         bidirectional = draw(st.booleans())
         exact = draw(st.integers(1, 4))  # buckets // (4 if bidirectional else 2)
@@ -167,9 +219,11 @@ def wiring_specs(draw, *, attention_width: int) -> dict:
 
 @st.composite
 def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num_heads: int, head_dim: int,
-                    segments: bool) -> dict:
+                    segments: bool, length_dependent: bool = False) -> dict:
     """One ``layers`` entry: a selector that picks at least one layer, and one or two sections
-    with fields or kinds that stay valid for the drawn widths."""
+    with fields or kinds that stay valid for the drawn widths. A ``partial_rope`` entry always
+    gives its own scaling: merged over a base ``partial_rope`` of another fraction, the base's could
+    not fit its width (LongRoPE's factor lists)."""
     selectors = [s for s in SELECTORS if s != "type" or layer_types]
     selector = draw(st.sampled_from(selectors))
     if selector == "range":
@@ -187,8 +241,10 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
         if section == "position":
             kinds = [k for k in POSITIONS if k not in ("rope", "partial_rope")
                      or (k == "rope" and head_dim % 2 == 0) or (k == "partial_rope" and head_dim % 4 == 0)]
-            entry["position"] = draw(position_specs(draw(st.sampled_from(kinds)), head_dim=head_dim,
-                                                    segments=segments))
+            kind = draw(st.sampled_from(kinds))
+            entry["position"] = draw(position_specs(kind, head_dim=head_dim, segments=segments,
+                                                    length_dependent=length_dependent,
+                                                    scaled=True if kind == "partial_rope" else None))
         elif section == "attention":
             divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
             entry["attention"] = {"num_kv_heads": draw(st.sampled_from(divisors)),
@@ -209,10 +265,13 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
 
 @st.composite
 def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[str] = ("causal_lm",),
-               embeddings: Sequence[str] = EMBEDDINGS, max_layers: int = 3, overrides: bool = True) -> dict:
+               embeddings: Sequence[str] = EMBEDDINGS, max_layers: int = 3, overrides: bool = True,
+               length_dependent: bool = False) -> dict:
     """A valid spec dict. ``positions`` and ``embeddings``: the kinds to draw from (the base
     position; ``layers`` entries may give some layers another). ``heads``: the heads the spec
-    lists, in order (empty: the bare trunk). ``overrides``: draw per-layer ``layers`` entries."""
+    lists, in order (empty: the bare trunk). ``overrides``: draw per-layer ``layers`` entries.
+    ``length_dependent``: also draw RoPE scalings whose frequencies follow the length a forward
+    reaches (see the module docstring)."""
     position = draw(st.sampled_from(positions))
     embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
     segments = embedding["kind"] == "prompt_segments"
@@ -230,11 +289,12 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
         "vocab_size": draw(st.integers(16, 48)),
         "hidden_size": hidden_size,
         "num_layers": num_layers,
-        "max_positions": 64,
+        "max_positions": MAX_POSITIONS,
         "pad_token_id": 0,
         "initializer_range": round(draw(st.sampled_from([0.75, 1.0, 1.25])) / math.sqrt(hidden_size), 4),
         "embedding": embedding,
-        "position": draw(position_specs(position, head_dim=head_dim, segments=segments)),
+        "position": draw(position_specs(position, head_dim=head_dim, segments=segments,
+                                        length_dependent=length_dependent)),
         "attention": attention,
         "norm": draw(norm_specs()),
         "mlp": draw(mlp_specs()),
@@ -250,5 +310,6 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
             spec["layer_types"] = layer_types
         spec["layers"] = draw(st.lists(layer_overrides(num_layers=num_layers, layer_types=layer_types,
                                                        num_heads=attention["num_heads"], head_dim=head_dim,
-                                                       segments=segments), min_size=1, max_size=2))
+                                                       segments=segments, length_dependent=length_dependent),
+                                       min_size=1, max_size=2))
     return spec

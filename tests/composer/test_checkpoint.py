@@ -278,6 +278,18 @@ def test_export_of_per_layer_differences_is_refused_naming_the_field(tmp_path, n
     assert loaded.spec.layer_specs[1].norm.eps == 1e-3
 
 
+@pytest.mark.parametrize(("name", "family"), [("tiny-bloom", "BLOOM"), ("tiny-glm-4", "GLM"),
+                                              ("tiny-seed-oss", "Seed-OSS"), ("tiny-cpm-ant", "CPM-Ant")])
+def test_export_of_a_sliding_window_is_refused_naming_the_field(tmp_path, name, family):
+    """These families attend to every earlier token: a window would be silently dropped."""
+    spec = build_model(name, device="meta").spec.to_dict()
+    spec["attention"]["sliding_window"] = 4
+    with pytest.raises(CheckpointError, match=rf"attention.sliding_window = 4 has no equivalent in Hugging Face "
+                                              rf"{family}(, which needs|: its config.json reads back as) None"):
+        build_model(spec, seed=0).save_pretrained(tmp_path / "hf", format="hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_bad_arguments(tmp_path):
     model = build_model("tiny-glm-4", seed=0)
     with pytest.raises(CheckpointError, match=r"format='gguf': expected one of \('archcomposer', 'hf'\)"):

@@ -114,7 +114,7 @@ def draw_labels(data, kind: str, spec: dict, batch: int, length: int) -> dict:
 @given(data=st.data())
 @torch.no_grad()
 def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
-    spec, model = draw_model(data, heads=(kind,) if kind else ())
+    spec, model = draw_model(data, heads=(kind,) if kind else (), length_dependent=True)
     batch, length = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(2, 6), label="length")
     ids = torch.randint(1, spec["vocab_size"], (batch, length))
     out = model(ids)
@@ -317,7 +317,7 @@ def expected_parameters(spec) -> int:
     return total
 
 
-@given(spec=spec_dicts(heads=HEADS))
+@given(spec=spec_dicts(heads=HEADS, length_dependent=True))
 def test_parameter_count_follows_the_spec(spec):
     model = build_model(spec, device="meta")
     assert model.num_parameters() == expected_parameters(load_spec(spec))

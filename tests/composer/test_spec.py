@@ -13,8 +13,8 @@ import yaml
 from hypothesis import given
 
 from archcomposer import RegistryError, SpecError, build_model, get_registry, load_spec
-from archcomposer.spec import BUILTIN_KINDS
-from tests.strategies import HEADS, KINDS, spec_dicts
+from archcomposer.spec import BUILTIN_KINDS, RopeScalingKind
+from tests.strategies import HEADS, KINDS, SCALINGS, spec_dicts
 
 BASE = {
     "name": "t", "vocab_size": 32, "hidden_size": 16, "num_layers": 1, "max_positions": 32,
@@ -90,7 +90,7 @@ def test_the_strategies_reach(case):
     hypothesis.find(spec_dicts(), COVERAGE[case], settings=no_shrinking)
 
 
-@given(spec=spec_dicts(heads=HEADS))
+@given(spec=spec_dicts(heads=HEADS, length_dependent=True))
 def test_drawn_specs_validate_and_round_trip(spec):
     loaded = load_spec(spec)
     assert load_spec(loaded.to_dict()) == loaded
@@ -313,3 +313,72 @@ def test_the_readme_layers_example_validates():
     spec = load_spec({**BASE, **example, "mlp": {"kind": "gated", "intermediate_size": 32}})
     assert [getattr(layer.position, "theta", None) for layer in spec.layer_specs] == [1e4, 1e4, 1e4, None, 1e4, 1e6]
     assert spec.layer_specs[0].mlp.intermediate_size == 18432
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE scalings
+
+
+def test_every_rope_scaling_is_drawn_by_the_strategies():
+    members = typing.get_args(typing.get_args(RopeScalingKind)[0])
+    assert {typing.get_args(cls.model_fields["type"].annotation)[0] for cls in members} == set(SCALINGS)
+
+
+@pytest.mark.parametrize("scaling", SCALINGS)
+@pytest.mark.parametrize("where", ["position", "a layers entry"])
+def test_the_strategies_reach_each_rope_scaling(scaling, where):
+    def found(spec):
+        sections = [spec["position"]] if where == "position" else \
+            [entry.get("position", {}) for entry in spec.get("layers", [])]
+        return any(section.get("scaling", {}).get("type") == scaling for section in sections)
+
+    no_shrinking = hypothesis.settings(max_examples=2000, database=None, phases=[hypothesis.Phase.generate])
+    hypothesis.find(spec_dicts(length_dependent=True), found, settings=no_shrinking)
+    if scaling != "dynamic":  # the default draws, for properties across lengths, have the others
+        hypothesis.find(spec_dicts(), lambda s: s["position"].get("scaling", {}).get("type") == scaling,
+                        settings=no_shrinking)
+
+
+@pytest.mark.parametrize(("position", "head_dim", "message"), [
+    ({"scaling": {"type": "yran", "factor": 2.0}}, 4,
+     r"\n  position.scaling.type: Input tag 'yran' found using 'type' does not match any of the expected tags: "
+     r"'linear', 'dynamic', 'yarn', 'longrope', 'llama3'"),
+    ({"scaling": {"factor": 2.0}}, 4, r"position\.scaling\.type: Unable to extract tag using discriminator 'type'"),
+    ({"scaling": {"type": "yarn"}}, 4, r"position\.scaling\.factor: Field required"),
+    ({"scaling": {"type": "linear", "factor": 0}}, 4, r"position\.scaling\.factor: Input should be greater than 0"),
+    ({"scaling": {"type": "yarn", "factor": 2.0, "betta_fast": 8}}, 4,
+     r"position\.scaling\.betta_fast: Extra inputs are not permitted"),
+    ({"scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0, 2.0, 3.0, 4.0]}}, 8,
+     r"position.scaling.short_factor has 1 entries; expected one per rotated channel pair, rotary_dim / 2 = 4"),
+    ({"kind": "partial_rope", "fraction": 0.5, "scaling": {"type": "longrope", "short_factor": [1.0] * 4,
+                                                          "long_factor": [1.0] * 4}}, 8,
+     r"position.scaling.short_factor has 4 entries; expected one per rotated channel pair, rotary_dim / 2 = 2"),
+    ({"scaling": {"type": "dynamic", "factor": 2.0}}, 2,
+     r"position.scaling.type 'dynamic' needs at least 4 rotated channels .*, got 2"),
+    ({"scaling": {"type": "llama3", "factor": 8.0, "low_freq_factor": 4.0}}, 4,
+     r"position.scaling: high_freq_factor \(4.0\) must exceed low_freq_factor \(4.0\)"),
+])
+def test_an_invalid_rope_scaling_names_the_field(position, head_dim, message):
+    spec = changed(position=position, attention={"head_dim": head_dim})
+    with pytest.raises(SpecError, match=message):
+        load_spec(spec)
+
+
+def test_a_rope_scaling_error_in_a_file_reports_its_line(tmp_path):
+    path = tmp_path / "scaled.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in BASE.items() if k != "position"}, sort_keys=False)
+                    + "position:\n  kind: rope\n  scaling:\n    type: yarn\n    factor: -2\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    line = len(yaml.safe_dump({k: v for k, v in BASE.items() if k != "position"}, sort_keys=False).splitlines()) + 5
+    assert f"{path}:{line}: position.scaling.factor: Input should be greater than 0" in str(info.value)
+
+
+def test_a_scaled_spec_round_trips_and_fills_in_its_defaults():
+    spec = load_spec(changed(position={"scaling": {"type": "yarn", "factor": 4.0}}))
+    assert spec.position.scaling.beta_fast == 32.0 and spec.position.scaling.original_max_positions is None
+    assert load_spec(spec.to_dict()) == spec
+    assert spec.to_dict()["position"]["scaling"] == {"type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                                     "beta_slow": 1.0, "truncate": True}
+    rotary = build_model(spec.to_dict(), device="meta").positions[0]
+    assert rotary.scaling.original_max_positions == 32 and rotary.attention_factor == pytest.approx(1.1386, abs=1e-4)
