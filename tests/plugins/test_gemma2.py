@@ -3,6 +3,7 @@ attention and final-logit soft-capping (small caps, so they bite), a sliding win
 the inputs on the sliding layers, custom layer_types, GQA/MQA, tied and untied LM heads."""
 
 import pytest
+import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
@@ -20,7 +21,7 @@ def report_largest_difference():
 def config(**overrides):
     fields = dict(vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, num_labels=3, max_position_embeddings=256,
-                  query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=3.0,
+                  query_pre_attn_scalar=24, sliding_window=4, attn_logit_softcapping=1.0,
                   final_logit_softcapping=2.0, rope_parameters={"rope_type": "default", "rope_theta": 500.0})
     return transformers.Gemma2Config(**{**fields, **overrides})
 
@@ -46,7 +47,7 @@ def test_every_head_matches_transformers(tmp_path, architecture, head):
     assert spec.wiring.kind == "sandwich" and spec.norm.unit_offset
     assert spec.layer_types == ["sliding_attention", "full_attention"]
     assert [layer.attention.sliding_window for layer in spec.layer_specs] == [4, None]
-    assert (spec.attention.scale, spec.attention.softcap) == (24**-0.5, 3.0)
+    assert (spec.attention.scale, spec.attention.softcap) == (24**-0.5, 1.0)
     if head == "causal_lm":
         assert spec.heads[0].softcap == 2.0
 
@@ -66,7 +67,7 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert [layer.attention.sliding_window for layer in spec.layer_specs] == \
         [window if t == "sliding_attention" else None for t in types]
     assert spec.attention.scale == (None if overrides.get("query_pre_attn_scalar") == 16 else 24**-0.5)
-    assert spec.attention.softcap == overrides.get("attn_logit_softcapping", 3.0)
+    assert spec.attention.softcap == overrides.get("attn_logit_softcapping", 1.0)
     assert spec.heads[0].softcap == overrides.get("final_logit_softcapping", 2.0)
     assert spec.mlp.activation == ("gelu" if "hidden_activation" in overrides else "gelu_tanh")
 
@@ -94,6 +95,19 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
     count = check_shipped_spec("gemma-2-9b", "Gemma2ForCausalLM", transformers.Gemma2Config(**GEMMA_2_9B))
     assert count == 9_241_705_984
+
+
+def test_tiny_spec_exports_to_transformers(tmp_path):
+    """A spec written by hand (not read from a config) exports, transformers computes the same
+    logits from it, and it reads back as the same spec."""
+    model = build_model("tiny-gemma-2", seed=0)
+    model.save_pretrained(tmp_path, format="hf")
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids = torch.randint(4, 256, (2, 12), generator=torch.Generator().manual_seed(0))  # longer than the window
+    with torch.no_grad():
+        assert (model(ids).logits - reference(ids).logits).abs().max() <= 1e-4
+    back = from_pretrained(tmp_path).spec
+    assert back.model_dump(exclude={"name"}) == model.spec.model_dump(exclude={"name"})
 
 
 @pytest.mark.parametrize(("change", "message"), [
