@@ -196,7 +196,8 @@ def test_unknown_model_type_and_architecture(tmp_path):
     save_file({"x": torch.ones(1)}, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(CheckpointError, match=r"no registered family reads Hugging Face model_type 'gpt2'; "
-                                              r"known model types: bloom, cpmant, glm, seed_oss"):
+                                              r"known model types: bloom, cpmant, gemma, gemma2, gemma3_text, glm, "
+                                              r"seed_oss"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "glm", "architectures": ["GlmForMagic"]}))
     with pytest.raises(CheckpointError, match=r"architectures \['GlmForMagic'\] names none that family 'glm-4'"):

@@ -35,7 +35,8 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant"}
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "gemma": "gemma",
+                    "gemma2": "gemma-2", "gemma3": "gemma-3"}
 
 
 
@@ -279,7 +280,7 @@ def test_register_families_makes_a_family_name_valid():
             register(Family(name="acme", description="Acme's models"))
 
     registry = get_registry()
-    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cpm-ant, glm-4"):
+    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cpm-ant, gemma, gemma-2, gemma-3, glm-4"):
         archcomposer.load_spec(glm_with(family="acme"))
     with archcomposer.testing.registered(Plugin(), "acme"):
         assert registry.families["acme"][1] == "plugin 'acme' (registered in-process)"
