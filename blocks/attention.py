@@ -14,45 +14,75 @@ class Attention(nn.Module):
 
     ``qkv`` maps [B, S, D] to (q [B, S, H*Dh], k [B, S, Hkv*Dh], v [B, S, Hkv*Dh]) and ``out``
     maps [B, S, H*Dh] back to [B, S, D]. ``head_dim`` is independent of the model width.
+
+    Options, each chosen at construction: ``q_norm``/``k_norm`` normalise the projected queries
+    and keys (Qwen3, OLMo 2, Cohere), before ``clip_qkv`` clamps q, k and v to [-clip_qkv, clip_qkv]
+    (OLMo, MPT; OLMoE does both in this order). ``scale`` multiplies the scores (default
+    head_dim**-0.5). ``softcap`` caps the scaled scores at ``tanh(s / softcap) * softcap`` before
+    ``scores_bias`` is added (Gemma 2); SDPA cannot, so attention is then computed explicitly.
     ``sliding_window``: the window the model's ``scores_bias`` restricts this layer to, which the
     block tells the cache so it keeps only the keys still visible (None: every key)."""
 
     def __init__(self, *, num_heads: int, num_kv_heads: int, head_dim: int, qkv: nn.Module,
-                 out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0, sliding_window: int | None = None):
+                 out: nn.Linear, dropout: float = 0.0, layer_idx: int = 0, scale: float | None = None,
+                 softcap: float | None = None, clip_qkv: float | None = None, q_norm: nn.Module | None = None,
+                 k_norm: nn.Module | None = None, sliding_window: int | None = None):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.qkv, self.out = qkv, out
+        self.q_norm = q_norm if q_norm is not None else nn.Identity()
+        self.k_norm = k_norm if k_norm is not None else nn.Identity()
+        self.clip = nn.Hardtanh(-clip_qkv, clip_qkv) if clip_qkv is not None else nn.Identity()  # a clamp
         self.dropout, self.layer_idx = dropout, layer_idx
         self.sliding_window = sliding_window
-        self.scale = head_dim**-0.5
+        self.scale = scale if scale is not None else head_dim**-0.5
+        self.cap = SoftCap(cap=softcap) if softcap is not None else nn.Identity()
+        self.sdpa = softcap is None  # whether SDPA can compute these scores
 
     def forward(self, x: torch.Tensor, *, rotate: Callable[[torch.Tensor], torch.Tensor],
                 scores_bias: torch.Tensor, cache=None, start: int = 0,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``scores_bias`` [B, H or 1, S, K] is added to the scaled scores: the mask (0 or a large
         negative number) plus any position bias. ``start`` is where these tokens go in the cache."""
-        q, k, v = self.qkv(x)
+        q, k, v = self.qkv(x)  # [B, S, H*Dh], [B, S, Hkv*Dh], [B, S, Hkv*Dh]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.clip(q), self.clip(k), self.clip(v)
         q = rotate(rearrange(q, "b s (h d) -> b h s d", d=self.head_dim))  # [B, H, S, Dh]
         k = rotate(rearrange(k, "b s (h d) -> b h s d", d=self.head_dim))  # [B, Hkv, S, Dh]
         v = rearrange(v, "b s (h d) -> b h s d", d=self.head_dim)  # [B, Hkv, S, Dh]
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v, start, window=self.sliding_window)  # [B, Hkv, K, Dh]
         dropout = self.dropout if self.training else 0.0
-        if need_weights:
-            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout)
+        if need_weights or not self.sdpa:
+            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, self.cap)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
                                                scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads)
             weights = None
         y = rearrange(y, "b h s d -> b s (h d)")  # [B, S, H*Dh]
-        return self.out(y), weights
+        return self.out(y), weights if need_weights else None
 
 
-def _attention_with_weights(q, k, v, scores_bias, scale, dropout):
-    """The explicit computation, for callers that asked to see the attention probabilities."""
+class SoftCap(nn.Module):
+    """``tanh(x / cap) * cap``: Gemma 2's soft-capping of attention scores and of the final logits."""
+
+    def __init__(self, *, cap: float):
+        super().__init__()
+        self.cap = cap
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / self.cap) * self.cap
+
+    def extra_repr(self) -> str:
+        return f"cap={self.cap}"
+
+
+def _attention_with_weights(q, k, v, scores_bias, scale, dropout, cap):
+    """The explicit computation, for callers that asked to see the attention probabilities and for
+    capped scores. ``cap`` maps the scaled scores before the bias is added."""
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # [B, H, K, Dh]
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + scores_bias  # [B, H, S, K]
+    scores = cap(torch.matmul(q, k.transpose(-1, -2)) * scale) + scores_bias  # [B, H, S, K]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, S, K]
     y = torch.matmul(F.dropout(weights, p=dropout), v)  # [B, H, S, Dh]
     return y, weights

@@ -5,23 +5,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archcomposer.blocks.attention import SoftCap
+
 IGNORE_INDEX = -100
 
 
 class CausalLMHead(nn.Module):
     """Next-token logits. ``shift_labels=True`` scores position t against label t+1 (the usual
-    causal-LM loss); CPM-Ant scores each position against its own label."""
+    causal-LM loss); CPM-Ant scores each position against its own label. The logits are multiplied
+    by ``logit_scale`` (Cohere; Granite divides by its logits_scaling), then, with ``softcap``,
+    capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results."""
 
-    def __init__(self, *, proj: nn.Linear, shift_labels: bool = True):
+    def __init__(self, *, proj: nn.Linear, shift_labels: bool = True, logit_scale: float = 1.0,
+                 softcap: float | None = None):
         super().__init__()
-        self.proj, self.shift_labels = proj, shift_labels
+        self.proj, self.shift_labels, self.logit_scale = proj, shift_labels, logit_scale
+        self.cap = SoftCap(cap=softcap) if softcap is not None else nn.Identity()
 
     def forward(self, hidden: torch.Tensor, *, labels=None, logits_to_keep: int | torch.Tensor = 0, **_) -> dict:
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden  # [B, S', D]
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.proj(hidden)  # [B, S', V]
+        logits = self.cap(self.proj(hidden) * self.logit_scale)  # [B, S', V]
         loss = None
         if labels is not None:
             if self.shift_labels:

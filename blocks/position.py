@@ -60,7 +60,7 @@ class RopeScaling:
 @dataclass(frozen=True)
 class LinearScaling(RopeScaling):
     """Position interpolation: every frequency divided by ``factor`` (kaiokendev's SuperHOT,
-    Code Llama's long-context fine-tunes; ``rope_type: linear``)."""
+    Gemma 3's global layers; ``rope_type: linear``)."""
 
     factor: float
 
@@ -70,7 +70,7 @@ class LinearScaling(RopeScaling):
 
 @dataclass(frozen=True)
 class DynamicNTKScaling(RopeScaling):
-    """Dynamic NTK-aware scaling (``rope_type: dynamic``): past ``original_max_positions`` the
+    """Dynamic NTK-aware scaling (``rope_type: dynamic``; InternLM2): past ``original_max_positions`` the
     base ``theta`` grows with the length reached, ``theta * (factor * L / original - (factor - 1))
     ** (R / (R - 2))``; up to it the frequencies are RoPE's.
 
@@ -257,14 +257,16 @@ def _rotate_interleaved(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((-x2, x1), dim=-1).flatten(-2)
 
 
-def alibi_slopes(num_heads: int, device=None) -> torch.Tensor:
-    """BLOOM's slopes: a geometric sequence for the largest power of two <= num_heads, then every
-    other slope of the next power of two for the remaining heads."""
+def alibi_slopes(num_heads: int, max_bias: float = 8.0, device=None) -> torch.Tensor:
+    """BLOOM's slopes, generalised to any ``max_bias`` as MPT's ``alibi_bias_max``: for the largest
+    power of two n <= num_heads, the geometric sequence 2**(-max_bias * k / n), k = 1..n, then
+    every other slope of the sequence for 2n (k = 1, 3, 5, ...) for the remaining heads. MPT's
+    construction (ceil to a power of two, odd then even positions) gives the same slopes."""
     closest = 2 ** math.floor(math.log2(num_heads))
-    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32, device=device)
+    base = torch.tensor(2 ** (-max_bias / closest), dtype=torch.float32, device=device)
     slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32, device=device))
     if closest != num_heads:
-        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32, device=device)
+        extra_base = torch.tensor(2 ** (-max_bias / (2 * closest)), dtype=torch.float32, device=device)
         remaining = min(closest, num_heads - closest)
         extra = torch.pow(extra_base, torch.arange(1, 1 + 2 * remaining, 2, dtype=torch.int32, device=device))
         slopes = torch.cat([slopes, extra])
@@ -272,18 +274,23 @@ def alibi_slopes(num_heads: int, device=None) -> torch.Tensor:
 
 
 class ALiBi(nn.Module):
-    """Attention with linear biases (BLOOM). The bias is ``slope_h * key_position``: softmax is
+    """Attention with linear biases (BLOOM, MPT). The bias is ``slope_h * key_position``: softmax is
     invariant to the per-query constant that ``-slope_h * query_position`` would add, so only the
-    key positions matter, exactly as in BLOOM."""
+    key positions matter, exactly as in BLOOM. ``max_bias`` sets the slopes (MPT's alibi_bias_max);
+    ``scale`` multiplies the bias: the attention's score scale for Falcon, whose bias is added
+    before the scores are scaled (``(q·k + alibi) * scale``)."""
 
-    def __init__(self, *, num_heads: int):
+    def __init__(self, *, num_heads: int, max_bias: float = 8.0, scale: float = 1.0):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.max_bias, self.scale = num_heads, max_bias, scale
 
     def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
-        slopes = alibi_slopes(self.num_heads, key_pos.device)  # [H], fp32 whatever the model dtype
+        slopes = alibi_slopes(self.num_heads, self.max_bias, key_pos.device) * self.scale  # [H], fp32 always
         bias = slopes[None, :, None, None] * key_pos[:, None, None, :].float()  # [B, H, 1, K]
         return PositionEncoding(_identity, bias)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, max_bias={self.max_bias}, scale={self.scale}"
 
 
 def relative_position_bucket(relative: torch.Tensor, *, num_buckets: int, max_distance: int,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
-                      TypeAdapter, model_validator)
+                      SerializeAsAny, TypeAdapter, ValidationError, field_validator, model_validator)
 from torch import nn
 
 from archcomposer import outputs
@@ -139,7 +139,7 @@ def _original_max_positions(scaling: RopeScalingSpec, ctx: BuildContext) -> int:
 
 
 class LinearScalingSpec(RopeScalingSpec):
-    """Position interpolation: frequencies divided by ``factor`` (SuperHOT, Code Llama fine-tunes)."""
+    """Position interpolation: frequencies divided by ``factor`` (SuperHOT, Gemma 3's global layers)."""
 
     type: Literal["linear"]
     factor: PositiveFloat
@@ -149,8 +149,8 @@ class LinearScalingSpec(RopeScalingSpec):
 
 
 class DynamicScalingSpec(RopeScalingSpec):
-    """Dynamic NTK: past ``original_max_positions`` the base grows with the length a forward
-    reaches, so the frequencies change as a sequence grows (transformers' ``dynamic``)."""
+    """Dynamic NTK (InternLM2): past ``original_max_positions`` the base grows with the length a
+    forward reaches, so the frequencies change as a sequence grows (transformers' ``dynamic``)."""
 
     type: Literal["dynamic"]
     factor: PositiveFloat
@@ -296,12 +296,24 @@ class PartialRopeSpec(PositionSpec):
 
 
 class AlibiSpec(PositionSpec):
-    """ALiBi linear biases with BLOOM's slopes (any head count)."""
+    """ALiBi linear biases with BLOOM's slopes (any head count). ``max_bias`` sets the slopes
+    (MPT's alibi_bias_max; BLOOM's are 8). ``scaled`` multiplies the bias by the attention's score
+    scale, as Falcon adds it before scaling: ``(q·k + alibi) * scale``."""
 
     kind: Literal["alibi"]
+    max_bias: PositiveFloat = 8.0
+    scaled: bool = False
+
+    def check(self, ctx):
+        attn = ctx.layer_spec.attention
+        if self.scaled and attn.score_scale is None:
+            raise ValueError(f"position.scaled is true but attention.kind {attn.kind!r} has no score scale to "
+                             f"multiply the bias by")
 
     def build(self, ctx):
-        return position.ALiBi(num_heads=ctx.layer_spec.attention.num_heads)
+        attn = ctx.layer_spec.attention
+        return position.ALiBi(num_heads=attn.num_heads, max_bias=self.max_bias,
+                              scale=attn.score_scale if self.scaled else 1.0)
 
 
 class BucketBiasSpec(PositionSpec):
@@ -336,32 +348,82 @@ class BucketBiasSpec(PositionSpec):
 
 
 class NormSpec(Strict):
-    """Base of norms. ``build(ctx, dim=...)`` normalises vectors of ``dim`` channels."""
+    """Base of norms. ``build(ctx, dim=...)`` normalises vectors over their last axis; ``dim`` is
+    the shape of the learned weight: the channel count, or ``(num_heads, head_dim)`` for a weight
+    per head (``attention.qk_norm`` with scope ``per_head``)."""
 
     kind: str
     eps: PositiveFloat = 1e-5
 
     @abstractmethod
-    def build(self, ctx: BuildContext, *, dim: int) -> nn.Module: ...
+    def build(self, ctx: BuildContext, *, dim: int | tuple[int, int]) -> nn.Module: ...
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether this norm learns a scale (``attention.qk_norm`` scope ``per_head`` needs one)."""
+        return True
 
 
 class LayerNormSpec(NormSpec):
-    """LayerNorm with learned scale and (by default) shift (BLOOM)."""
+    """LayerNorm with learned scale and (by default) shift (BLOOM); ``affine: false`` learns
+    neither (OLMo), and ``bias`` then defaults to false."""
 
     kind: Literal["layernorm"]
     bias: bool = True
+    affine: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bias_follows_affine(cls, data):
+        if isinstance(data, dict) and data.get("affine") is False and "bias" not in data:
+            data = {**data, "bias": False}
+        return data
+
+    @model_validator(mode="after")
+    def _affine(self):
+        if self.bias and not self.affine:
+            raise ValueError("norm.bias is true but norm.affine is false: a norm without learned parameters has "
+                             "no shift")
+        return self
+
+    @property
+    def has_weights(self):
+        return self.affine
 
     def build(self, ctx, *, dim):
-        return norm.LayerNorm(dim=dim, eps=self.eps, bias=self.bias)
+        if not self.affine:
+            return norm.ParameterFreeLayerNorm(eps=self.eps)
+        if isinstance(dim, int):
+            return norm.LayerNorm(dim=dim, eps=self.eps, bias=self.bias)
+        return norm.HeadLayerNorm(dim=dim, eps=self.eps, bias=self.bias)
 
 
 class RMSNormSpec(NormSpec):
-    """RMSNorm (GLM-4, Seed-OSS, CPM-Ant)."""
+    """RMSNorm (GLM-4, Seed-OSS, CPM-Ant). ``unit_offset`` scales by ``1 + weight`` with the weight
+    initialised to zeros, as Gemma's GemmaRMSNorm (weights stored as Gemma stores them);
+    ``affine: false`` learns no scale."""
 
     kind: Literal["rmsnorm"]
     eps: PositiveFloat = 1e-6
+    unit_offset: bool = False
+    affine: bool = True
+
+    @model_validator(mode="after")
+    def _affine(self):
+        if self.unit_offset and not self.affine:
+            raise ValueError("norm.unit_offset is true but norm.affine is false: unit_offset offsets the learned "
+                             "scale, and a norm without learned parameters has none")
+        return self
+
+    @property
+    def has_weights(self):
+        return self.affine
 
     def build(self, ctx, *, dim):
+        if not self.affine:
+            return norm.ParameterFreeRMSNorm(eps=self.eps)
+        if self.unit_offset:
+            return norm.OffsetRMSNorm(dim=dim, eps=self.eps)
         return norm.RMSNorm(dim=dim, eps=self.eps)
 
 
@@ -388,13 +450,58 @@ class AttentionSpec(Strict):
         """The per-head width a rotary position scheme rotates (None: this kind has none)."""
         return getattr(self, "head_dim", None)
 
+    @property
+    def score_scale(self) -> float | None:
+        """The factor on the query-key scores (None: this kind has no single one); a scaled
+        position bias (``position.scaled``) is multiplied by it too."""
+        return None
+
     def resolved(self, hidden_size: int) -> AttentionSpec:
         """This spec with defaults that depend on the model filled in."""
         return self
 
 
+class QKNormSpec(Strict):
+    """Normalise queries and keys after their projection, before the rotary embedding (and before
+    ``clip_qkv``, as OLMoE). ``scope``: ``head`` normalises each head over its head_dim channels
+    with one weight [Dh] shared by all heads (Qwen3, Gemma 3, Phi, Persimmon); ``per_head`` the
+    same with each head its own weight [H, Dh] (Cohere's use_qk_norm, StableLM's qk_layernorm);
+    ``projection`` the whole projection output, of width H*Dh for queries and Hkv*Dh for keys
+    (OLMo 2). ``norm``: a norm section for these norms (StableLM's has no bias where its layer norms
+    do); left out, the layer's own ``norm``."""
+
+    scope: Literal["head", "per_head", "projection"] = "head"
+    norm: SerializeAsAny[NormSpec] | None = None
+
+    @field_validator("norm", mode="before")
+    @classmethod
+    def _registered_norm_kind(cls, value):
+        if value is None or isinstance(value, NormSpec):
+            return value
+        from archcomposer.registry import get_registry  # the norm kinds plugins registered
+
+        try:
+            return _section_adapter(get_registry().spec_class(), "norm").validate_python(value)
+        except ValidationError as exc:  # reported at attention.qk_norm.norm, naming the field within
+            err = exc.errors(include_url=False)[0]
+            tag = err["type"].startswith("union_tag")
+            kind = value.get("kind") if isinstance(value, dict) else None
+            loc = ".".join([str(p) for p in err["loc"] if p != kind] + (["kind"] if tag else []))
+            got = "" if tag or err["type"] in ("missing", "value_error") else f" (got {err['input']!r})"
+            raise ValueError(f"{loc + ': ' if loc else ''}{err['msg'].removeprefix('Value error, ')}{got}") from None
+
+    def norm_spec(self, ctx: BuildContext) -> NormSpec:
+        return self.norm if self.norm is not None else ctx.layer_spec.norm
+
+
 class GQASpec(AttentionSpec):
-    """Grouped-query attention; MHA when num_kv_heads == num_heads, MQA when it is 1."""
+    """Grouped-query attention; MHA when num_kv_heads == num_heads, MQA when it is 1.
+
+    ``scale`` multiplies the query-key scores (default head_dim**-0.5; Gemma 2's
+    query_pre_attn_scalar**-0.5, Granite's attention_multiplier, MPT's softmax_scale).
+    ``softcap`` caps the scaled scores at ``tanh(s / softcap) * softcap`` before the mask and any
+    position bias are added (Gemma 2). ``clip_qkv`` clamps the projected queries, keys and values
+    to [-clip_qkv, clip_qkv] (OLMo, MPT). ``qk_norm`` normalises queries and keys (see QKNormSpec)."""
 
     kind: Literal["gqa"]
     num_kv_heads: PositiveInt | None = None
@@ -407,6 +514,10 @@ class GQASpec(AttentionSpec):
     #: slots (padding included), as transformers' ``sliding_window`` (Mistral; Gemma 2's local
     #: layers through ``layers``). None: every token before it.
     sliding_window: PositiveInt | None = None
+    scale: PositiveFloat | None = None
+    softcap: PositiveFloat | None = None
+    clip_qkv: PositiveFloat | None = None
+    qk_norm: QKNormSpec | None = None
 
     @model_validator(mode="after")
     def _heads_divide(self):
@@ -424,6 +535,31 @@ class GQASpec(AttentionSpec):
             head_dim = hidden_size // self.num_heads
         return self.model_copy(update={"num_kv_heads": self.num_kv_heads or self.num_heads, "head_dim": head_dim})
 
+    @property
+    def score_scale(self) -> float:
+        return self.scale if self.scale is not None else self.head_dim**-0.5
+
+    def check(self, ctx):
+        if self.qk_norm is not None and self.qk_norm.scope == "per_head":
+            norm_spec = self.qk_norm.norm_spec(ctx)
+            if not norm_spec.has_weights:
+                where = "attention.qk_norm.norm" if self.qk_norm.norm is not None else "norm"
+                raise ValueError(f"attention.qk_norm.scope 'per_head' gives each head its own norm weights, but "
+                                 f"{where} (kind {norm_spec.kind!r}, affine false) learns none; use scope 'head'")
+
+    def _qk_norms(self, ctx) -> tuple[nn.Module | None, nn.Module | None]:
+        """The query and key norms, each applying a norm to every head (or to the whole projection)."""
+        if self.qk_norm is None:
+            return None, None
+        norm_spec, scope, Dh = self.qk_norm.norm_spec(ctx), self.qk_norm.scope, self.head_dim
+
+        def qk_norm(heads: int) -> nn.Module:
+            width = heads * Dh if scope == "projection" else Dh  # the vector normalised
+            weight = (heads, Dh) if scope == "per_head" else width
+            return norm.HeadNorm(norm=norm_spec.build(ctx, dim=weight), head_dim=width)
+
+        return qk_norm(self.num_heads), qk_norm(self.num_kv_heads)
+
     def build(self, ctx):
         D, H, Hkv, Dh = ctx.spec.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
         sizes = [H * Dh, Hkv * Dh, Hkv * Dh]
@@ -431,9 +567,11 @@ class GQASpec(AttentionSpec):
             qkv = projection.FusedProjection(proj=_linear(D, sum(sizes), self.qkv_bias), sizes=sizes)
         else:
             qkv = projection.SplitProjection(**{n: _linear(D, s, self.qkv_bias) for n, s in zip("qkv", sizes)})
+        q_norm, k_norm = self._qk_norms(ctx)
         return attention.Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh, qkv=qkv,
                                    out=_linear(H * Dh, D, self.out_bias), dropout=self.dropout, layer_idx=ctx.layer,
-                                   sliding_window=self.sliding_window)
+                                   scale=self.score_scale, softcap=self.softcap, clip_qkv=self.clip_qkv,
+                                   q_norm=q_norm, k_norm=k_norm, sliding_window=self.sliding_window)
 
     def kv_bytes_per_token(self, dtype_bytes):
         return 2 * self.num_kv_heads * self.head_dim * dtype_bytes
@@ -738,6 +876,10 @@ class CausalLMHeadSpec(HeadSpec):
     bias: bool = False
     #: False scores position t against label t (CPM-Ant) rather than label t+1.
     shift_labels: bool = True
+    #: Multiplies the logits (Cohere's logit_scale; Granite's is 1 / logits_scaling).
+    logit_scale: PositiveFloat = 1.0
+    #: Caps the scaled logits at tanh(logits / softcap) * softcap (Gemma 2's final_logit_softcapping).
+    softcap: PositiveFloat | None = None
     output_class: ClassVar = outputs.CausalLMOutputWithPast
     keeps_positions: ClassVar = True
 
@@ -745,7 +887,8 @@ class CausalLMHeadSpec(HeadSpec):
         proj = _linear(ctx.spec.hidden_size, ctx.spec.vocab_size, self.bias)
         if self.tied_to_embedding(ctx.spec):
             proj.weight = ctx.embedding.tokens.weight
-        return heads.CausalLMHead(proj=proj, shift_labels=self.shift_labels)
+        return heads.CausalLMHead(proj=proj, shift_labels=self.shift_labels, logit_scale=self.logit_scale,
+                                  softcap=self.softcap)
 
     def tied_to_embedding(self, spec):
         return spec.embedding.tied

@@ -1,14 +1,28 @@
 """Grouped-query attention against GLM-4's GlmAttention (eager), with its partial rotary
 embedding, for MHA, GQA and MQA; the SDPA path against the path that returns probabilities; and
-decoding through a cache against one pass."""
+decoding through a cache against one pass. Each option against the eager attention of a model that
+uses it: score scale and soft-capping (Gemma 2, Granite), q/k norms per head with a shared weight
+(Qwen3; Gemma 3 with 1 + w), with a weight per head (Cohere, StableLM) and over the projection
+(OLMo 2), and clipped q, k, v (OLMo)."""
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import GlmConfig
+from transformers import (CohereConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GraniteConfig, Olmo2Config,
+                          OlmoConfig, Qwen3Config, StableLmConfig)
+from transformers.models.cohere.modeling_cohere import CohereAttention
+from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention
+from transformers.models.gemma3.modeling_gemma3 import Gemma3Attention
 from transformers.models.glm import modeling_glm as glm
+from transformers.models.granite.modeling_granite import GraniteAttention
+from transformers.models.olmo.modeling_olmo import OlmoAttention
+from transformers.models.olmo2.modeling_olmo2 import Olmo2Attention
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
+from transformers.models.stablelm.modeling_stablelm import StableLmAttention
 
-from archcomposer.blocks.attention import Attention
+from archcomposer.blocks.attention import Attention, SoftCap
+from archcomposer.blocks.norm import HeadLayerNorm, HeadNorm, OffsetRMSNorm, RMSNorm
 from archcomposer.blocks.position import Rotary
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
 from archcomposer.cache import DynamicCache
@@ -88,3 +102,145 @@ def test_decoding_through_a_cache_equals_one_pass(layout, length, first, seed):
     cache = DynamicCache()
     steps = torch.cat([run(0, first, cache)] + [run(t, t + 1, cache) for t in range(first, length)], dim=1)
     torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# options, each against the transformers attention of a model that uses it (eager)
+
+
+def rope_tables(pos, rotary_dim, theta, interleaved):
+    """transformers' (cos, sin) [B, S, R] for ``pos`` [B, S]: halves (Llama) or pairs (Cohere)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim)
+    freqs = pos[..., None].float() * inv_freq  # [B, S, R/2]
+    emb = freqs.repeat_interleave(2, dim=-1) if interleaved else torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def randomised(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    return module.eval()
+
+
+def gemma2(H, Hkv, Dh):
+    config = Gemma2Config(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, head_dim=Dh,
+                          query_pre_attn_scalar=3 * Dh, attn_logit_softcapping=2.0, num_hidden_layers=1,
+                          layer_types=["full_attention"])
+    return Gemma2Attention(config, layer_idx=0), {"scale": (3 * Dh) ** -0.5, "softcap": 2.0}, None
+
+
+def gemma3(H, Hkv, Dh):
+    config = Gemma3TextConfig(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, head_dim=Dh,
+                              query_pre_attn_scalar=2 * Dh, num_hidden_layers=1, layer_types=["full_attention"])
+    norm = (OffsetRMSNorm, {"eps": config.rms_norm_eps}, "head")
+    return Gemma3Attention(config, layer_idx=0), {"scale": (2 * Dh) ** -0.5}, norm
+
+
+def qwen3(H, Hkv, Dh):
+    config = Qwen3Config(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, head_dim=Dh)
+    return Qwen3Attention(config, layer_idx=0), {}, (RMSNorm, {"eps": config.rms_norm_eps}, "head")
+
+
+def olmo2(H, Hkv, Dh):
+    config = Olmo2Config(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv)
+    norm = (RMSNorm, {"eps": config.rms_norm_eps}, "projection")
+    return Olmo2Attention(config, layer_idx=0), {}, norm
+
+
+def cohere(H, Hkv, Dh):
+    config = CohereConfig(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, use_qk_norm=True)
+    norm = (HeadLayerNorm, {"eps": config.layer_norm_eps, "bias": False}, "per_head")
+    return CohereAttention(config, layer_idx=0), {}, norm
+
+
+def stablelm(H, Hkv, Dh):
+    config = StableLmConfig(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, qk_layernorm=True,
+                            use_qkv_bias=True, partial_rotary_factor=0.5)
+    norm = (HeadLayerNorm, {"eps": config.layer_norm_eps, "bias": False}, "per_head")
+    return StableLmAttention(config, layer_idx=0), {}, norm
+
+
+def olmo(H, Hkv, Dh):
+    config = OlmoConfig(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv, clip_qkv=0.3)
+    return OlmoAttention(config, layer_idx=0), {"clip_qkv": 0.3}, None
+
+
+def granite(H, Hkv, Dh):
+    config = GraniteConfig(hidden_size=H * Dh, num_attention_heads=H, num_key_value_heads=Hkv,
+                           attention_multiplier=0.7)
+    return GraniteAttention(config, layer_idx=0), {"scale": 0.7}, None
+
+
+#: name -> (reference, our options, our q/k norm (class, arguments, scope)) for a head layout, with
+#: hidden_size H * Dh.
+REFERENCES = {"gemma2": gemma2, "gemma3": gemma3, "qwen3": qwen3, "olmo2": olmo2, "cohere": cohere,
+              "stablelm": stablelm, "olmo": olmo, "granite": granite}
+ROTARY = {"cohere": {"interleaved": True}, "stablelm": {"fraction": 0.5}}
+
+
+def qk_norms(reference, norm, H, Hkv, Dh):
+    """Our q and k norms holding the reference's weights (StableLM's per-head norms stacked)."""
+    if norm is None:
+        return None, None
+    cls, kwargs, scope = norm
+    built = []
+    for heads, theirs in ((H, "q"), (Hkv, "k")):
+        if scope == "projection":
+            module = HeadNorm(norm=cls(dim=heads * Dh, **kwargs), head_dim=heads * Dh)
+        elif scope == "per_head":
+            module = HeadNorm(norm=cls(dim=(heads, Dh), **kwargs), head_dim=Dh)
+        else:
+            module = HeadNorm(norm=cls(dim=Dh, **kwargs), head_dim=Dh)
+        source = getattr(reference, f"{theirs}_norm", None) or getattr(reference, f"{theirs}_layernorm")
+        weight = torch.stack([n.weight for n in source.norms]) if hasattr(source, "norms") else source.weight
+        with torch.no_grad():
+            module.norm.weight.copy_(weight)
+        built.append(module)
+    return built
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+@given(layout=head_layouts(), length=st.integers(1, 7), seed=st.integers(0, 100))
+@torch.no_grad()
+def test_options_equal_the_models_that_use_them(name, layout, length, seed):
+    H, Hkv, Dh = layout  # the width is H * Dh: some references derive head_dim from it
+    torch.manual_seed(seed)
+    reference, options, norm = REFERENCES[name](H, Hkv, Dh)
+    reference.config._attn_implementation = "eager"
+    randomised(reference)
+    q_norm, k_norm = qk_norms(reference, norm, H, Hkv, Dh)
+    r = reference
+    hidden = r.q_proj.in_features
+    ours = Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh,
+                     qkv=SplitProjection(q=r.q_proj, k=r.k_proj, v=r.v_proj), out=r.o_proj, q_norm=q_norm,
+                     k_norm=k_norm, **options)
+    x = torch.randn(2, length, hidden) * 2  # [B, S, H*Dh]
+    pos = torch.arange(length)[None].expand(2, length)
+    rotary = ROTARY.get(name, {})
+    rotary_dim = int(Dh * rotary.get("fraction", 1.0))
+    tables = rope_tables(pos, rotary_dim, 10000.0, rotary.get("interleaved", False))
+    rotate = Rotary(head_dim=Dh, rotary_dim=rotary_dim, theta=10000.0,
+                    interleaved=rotary.get("interleaved", False))(pos, pos).rotate
+    bias = causal_bias(2, length)
+    expected, expected_weights = reference(hidden_states=x, position_embeddings=tables, attention_mask=bias)[:2]
+    y, weights = ours(x, rotate=rotate, scores_bias=bias, need_weights=True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    y_fast, no_weights = ours(x, rotate=rotate, scores_bias=bias)
+    assert no_weights is None
+    torch.testing.assert_close(y_fast, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_softcap_chooses_the_explicit_path_and_caps_the_scores():
+    H, Dh, cap = 2, 4, 0.5
+    capped = Attention(num_heads=H, num_kv_heads=H, head_dim=Dh, qkv=FusedProjection(
+        proj=torch.nn.Linear(D, 3 * H * Dh), sizes=[H * Dh] * 3), out=torch.nn.Linear(H * Dh, D), softcap=cap)
+    assert not capped.sdpa and isinstance(capped.cap, SoftCap)
+    bias = causal_bias(1, 5)
+    with torch.no_grad():
+        capped.qkv.proj.weight.mul_(50)  # scores far beyond the cap
+        _, weights = capped(torch.randn(1, 5, D), rotate=lambda t: t, scores_bias=bias, need_weights=True)
+    logs = weights.log().masked_select(bias.expand_as(weights) == 0).view(-1)  # visible keys
+    spread = (weights.amax(-1, keepdim=True).log() - weights.log()).masked_select(bias.expand_as(weights) == 0)
+    assert torch.isfinite(logs).all() and spread.max() <= 2 * cap + 1e-5  # scores within (-cap, cap)

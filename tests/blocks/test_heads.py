@@ -1,5 +1,6 @@
 """Task heads against transformers' loss functions (transformers.loss.loss_utils) and pooling
-rule (the last token that is not the pad token)."""
+rule (the last token that is not the pad token); the LM head's logit scale and soft-cap against the
+causal-LM models that use them."""
 
 from types import SimpleNamespace
 
@@ -8,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
+from transformers import (CohereConfig, CohereForCausalLM, Gemma2Config, Gemma2ForCausalLM, GraniteConfig,
+                          GraniteForCausalLM)
 from transformers.loss.loss_utils import (
     ForCausalLMLoss,
     ForQuestionAnsweringLoss,
@@ -57,6 +60,46 @@ def test_causal_lm_logits_to_keep(keep, indices):
                                rtol=0, atol=0)
     index = torch.tensor(indices)
     torch.testing.assert_close(head(hidden(), logits_to_keep=index)["logits"], full[:, index], rtol=0, atol=0)
+
+
+def gemma2_lm():
+    config = Gemma2Config(vocab_size=40, hidden_size=D, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=4, final_logit_softcapping=1.5,
+                          layer_types=["full_attention"])
+    return Gemma2ForCausalLM(config), {"softcap": 1.5}
+
+
+def cohere_lm():
+    config = CohereConfig(vocab_size=40, hidden_size=D, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, logit_scale=0.3, tie_word_embeddings=False)
+    return CohereForCausalLM(config), {"logit_scale": 0.3}
+
+
+def granite_lm():
+    config = GraniteConfig(vocab_size=40, hidden_size=D, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, logits_scaling=4.0)
+    return GraniteForCausalLM(config), {"logit_scale": 1 / 4.0}
+
+
+@pytest.mark.parametrize("make", [gemma2_lm, cohere_lm, granite_lm], ids=lambda f: f.__name__)
+@torch.no_grad()
+def test_scaled_and_capped_logits_and_loss_equal_the_models_that_use_them(make):
+    """Gemma 2's final_logit_softcapping, Cohere's logit_scale and Granite's logits_scaling (ours
+    is its reciprocal): logits and loss of the transformers model from its last hidden state."""
+    torch.manual_seed(0)
+    reference, options = make()
+    reference.config._attn_implementation = "eager"
+    reference.eval()
+    reference.lm_head.weight.mul_(20)  # logits far beyond the cap
+    ids = torch.randint(0, 40, (2, 6))
+    out = reference(ids, labels=ids, output_hidden_states=True)
+    head = CausalLMHead(proj=torch.nn.Linear(D, 40, bias=False), **options)
+    head.proj.weight.copy_(reference.lm_head.weight)
+    ours = head(out.hidden_states[-1], labels=ids)
+    torch.testing.assert_close(ours["logits"], out.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours["loss"], out.loss, rtol=1e-5, atol=1e-5)
+    if "softcap" in options:
+        assert ours["logits"].abs().max() < options["softcap"]
 
 
 @pytest.mark.parametrize(("num_labels", "problem_type", "labels"), [

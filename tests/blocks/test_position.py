@@ -1,8 +1,11 @@
 """Position schemes against the reference implementations in transformers: BLOOM's ALiBi slopes
-and tensor, T5's and CPM-Ant's relative-position buckets and biases, GLM-4's interleaved partial
-rotary embedding and Seed-OSS's rotate-half one, and each RoPE frequency scaling (linear, dynamic
-NTK, YaRN, LongRoPE, Llama 3) against transformers' ``ROPE_INIT_FUNCTIONS`` as its rotary
-embeddings use them (Llama's for rotated halves, GLM's for interleaved pairs)."""
+and tensor, MPT's (any alibi_bias_max) and Falcon's (scaled by the attention's scale), T5's and
+CPM-Ant's relative-position buckets and biases, GLM-4's interleaved partial rotary embedding and
+Seed-OSS's rotate-half one, and each RoPE frequency scaling (linear, dynamic NTK, YaRN, LongRoPE,
+Llama 3) against transformers' ``ROPE_INIT_FUNCTIONS`` as its rotary embeddings use them (Llama's
+for rotated halves, GLM's for interleaved pairs)."""
+
+import math
 
 import pytest
 import torch
@@ -11,8 +14,10 @@ from hypothesis import strategies as st
 from transformers import CpmAntConfig, GlmConfig, LlamaConfig, SeedOssConfig, T5Config
 from transformers.models.bloom.modeling_bloom import _get_alibi_slopes, build_alibi_tensor
 from transformers.models.cpmant.modeling_cpmant import CpmAntSegmentPositionEmbedding
+from transformers.models.falcon import modeling_falcon as falcon
 from transformers.models.glm import modeling_glm as glm
 from transformers.models.llama import modeling_llama as llama
+from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
 from transformers.models.seed_oss import modeling_seed_oss as seed_oss
 from transformers.models.t5.modeling_t5 import T5Attention
 
@@ -44,6 +49,42 @@ def test_alibi_bias_equals_bloom_at_real_tokens(num_heads, lengths):
     reference = build_alibi_tensor(mask, num_heads, torch.float32).view(len(lengths), num_heads, 1, S)
     real = mask.bool()[:, None, None, :].expand_as(bias)
     torch.testing.assert_close(bias[real], reference[real], rtol=0, atol=0)
+
+
+MAX_BIASES = st.sampled_from([8.0, 4.0, 16.0, 12.5, 1.0])
+
+
+@given(num_heads=st.integers(1, 40), max_bias=MAX_BIASES)
+def test_alibi_slopes_equal_mpt(num_heads, max_bias):
+    """MPT builds the slopes for the next power of two and interleaves them; BLOOM's construction,
+    generalised to any max_bias, gives the same slopes (equal up to rounding: 1 / 2**x there)."""
+    mpt = build_mpt_alibi_tensor(num_heads, 2, alibi_bias_max=max_bias)  # [H, 1, 2]: positions -1, 0
+    torch.testing.assert_close(alibi_slopes(num_heads, max_bias), -mpt[:, 0, 0], rtol=1e-6, atol=0)
+
+
+@given(num_heads=st.integers(1, 12), max_bias=MAX_BIASES, length=st.integers(1, 9))
+def test_alibi_bias_equals_mpt_up_to_a_constant_per_query(num_heads, max_bias, length):
+    """MPT's bias is slope * (key position - last position): ours less the constant softmax ignores."""
+    pos = torch.arange(length)[None]
+    bias = ALiBi(num_heads=num_heads, max_bias=max_bias)(pos[:, -1:], pos).bias[0]  # [H, 1, S]
+    torch.testing.assert_close(bias - bias[..., -1:], build_mpt_alibi_tensor(num_heads, length, max_bias),
+                               rtol=1e-6, atol=1e-6)
+
+
+@given(num_heads=st.integers(1, 8), head_dim=st.integers(1, 64), lengths=st.lists(st.integers(1, 9), min_size=1,
+                                                                                    max_size=3))
+def test_scaled_alibi_equals_falcon(num_heads, head_dim, lengths):
+    """Falcon adds its ALiBi before scaling the scores, so its model puts alibi / sqrt(head_dim)
+    into the SDPA mask, as ``scale`` does here. (Falcon rounds the bias to bf16, exact for up to 8
+    heads at these positions; transformers' eager Falcon path adds the bias a second time.)"""
+    S = max(lengths)
+    mask = torch.stack([(torch.arange(S) >= S - n).long() for n in lengths])  # left padding, [B, S]
+    key_pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    bias = ALiBi(num_heads=num_heads, scale=head_dim**-0.5)(key_pos[:, -1:], key_pos).bias  # [B, H, 1, S]
+    alibi = falcon.build_alibi_tensor(mask, num_heads, torch.float32).view(len(lengths), num_heads, 1, S)
+    reference = alibi / math.sqrt(head_dim)  # as FalconModel.forward builds its mask
+    real = mask.bool()[:, None, None, :].expand_as(bias)
+    torch.testing.assert_close(bias[real], reference[real], rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------

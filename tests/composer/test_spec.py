@@ -324,19 +324,17 @@ def test_every_rope_scaling_is_drawn_by_the_strategies():
     assert {typing.get_args(cls.model_fields["type"].annotation)[0] for cls in members} == set(SCALINGS)
 
 
-@pytest.mark.parametrize("scaling", SCALINGS)
-@pytest.mark.parametrize("where", ["position", "a layers entry"])
-def test_the_strategies_reach_each_rope_scaling(scaling, where):
+@pytest.mark.parametrize("scaling", [*SCALINGS, "any, in a layers entry"])
+def test_the_strategies_reach_each_rope_scaling(scaling):
     def found(spec):
-        sections = [spec["position"]] if where == "position" else \
-            [entry.get("position", {}) for entry in spec.get("layers", [])]
-        return any(section.get("scaling", {}).get("type") == scaling for section in sections)
+        if scaling in SCALINGS:
+            return spec["position"].get("scaling", {}).get("type") == scaling
+        return any("scaling" in entry.get("position", {}) for entry in spec.get("layers", []))
 
     no_shrinking = hypothesis.settings(max_examples=2000, database=None, phases=[hypothesis.Phase.generate])
     hypothesis.find(spec_dicts(length_dependent=True), found, settings=no_shrinking)
     if scaling != "dynamic":  # the default draws, for properties across lengths, have the others
-        hypothesis.find(spec_dicts(), lambda s: s["position"].get("scaling", {}).get("type") == scaling,
-                        settings=no_shrinking)
+        hypothesis.find(spec_dicts(), found, settings=no_shrinking)
 
 
 @pytest.mark.parametrize(("position", "head_dim", "message"), [
@@ -382,3 +380,11 @@ def test_a_scaled_spec_round_trips_and_fills_in_its_defaults():
                                                      "beta_slow": 1.0, "truncate": True}
     rotary = build_model(spec.to_dict(), device="meta").positions[0]
     assert rotary.scaling.original_max_positions == 32 and rotary.attention_factor == pytest.approx(1.1386, abs=1e-4)
+
+
+def test_the_readme_scaling_examples_validate():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("### RoPE scaling", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    for line in block.splitlines():
+        spec = load_spec({**BASE, **yaml.safe_load(line)})
+        assert spec.position.scaling.type in ("llama3", "yarn")
