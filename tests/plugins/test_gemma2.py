@@ -2,6 +2,8 @@
 attention and final-logit soft-capping (small caps, so they bite), a sliding window shorter than
 the inputs on the sliding layers, custom layer_types, GQA/MQA, tied and untied LM heads."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -75,6 +77,14 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
 def test_bidirectional_attention_is_refused(tmp_path):
     build_reference("Gemma2Model", config(use_bidirectional_attention=True)).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="use_bidirectional_attention = True is not supported"):
+        from_pretrained(tmp_path)
+
+
+def test_layer_type_other_than_sliding_or_full_is_refused(tmp_path):
+    build_reference("Gemma2Model", config()).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "layer_types": ["chunked_attention", "full_attention"]}))
+    with pytest.raises(CheckpointError, match=r"layer_types names \['chunked_attention'\]; supported: "):
         from_pretrained(tmp_path)
 
 
