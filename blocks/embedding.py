@@ -9,6 +9,7 @@ model."""
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archcomposer.errors import InputError
@@ -22,15 +23,16 @@ class Embedded(NamedTuple):
 
 class TokenEmbedding(nn.Module):
     """Token embedding times ``scale`` (Gemma, Granite), plus learned absolute positions at
-    ``position + position_offset`` (GPT-2, OPT), then an optional norm (BLOOM)."""
+    ``position + position_offset`` (GPT-2, OPT), then an optional norm (BLOOM), then ``dropout``
+    in training (GPT-NeoX, StarCoder 2, Phi)."""
 
     num_prepended = 0
     prefix_lm = False
 
     def __init__(self, *, tokens: nn.Embedding, scale: float = 1.0, positions: nn.Embedding | None = None,
-                 position_offset: int = 0, norm: nn.Module | None = None):
+                 position_offset: int = 0, norm: nn.Module | None = None, dropout: float = 0.0):
         super().__init__()
-        self.tokens, self.scale = tokens, scale
+        self.tokens, self.scale, self.dropout = tokens, scale, dropout
         self.positions, self.position_offset = positions, position_offset
         self.norm = norm if norm is not None else nn.Identity()
 
@@ -49,7 +51,7 @@ class TokenEmbedding(nn.Module):
                                  f"{self.positions.num_embeddings - self.position_offset} learned positions "
                                  f"(max_positions)")
             x = x + self.positions(index)  # [B, S, D]
-        return Embedded(self.norm(x), None, None)
+        return Embedded(F.dropout(self.norm(x), self.dropout, self.training), None, None)
 
 
 class PromptSegmentsEmbedding(nn.Module):

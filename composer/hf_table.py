@@ -128,6 +128,25 @@ class Expect:
         config[self.hf] = self.value
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A boolean config key that switches an optional spec section on: true sets ``ours`` to
+    ``value(config)`` (Phi's ``qk_layernorm`` -> ``attention.qk_norm``), false leaves it unset.
+    Export writes whether the spec has it; the read-back check compares the section itself."""
+
+    hf: str
+    ours: str
+    value: Callable[[dict], Any]
+    default: bool = False
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        if config.get(self.hf, self.default):
+            _set(data, self.ours, self.value(config))
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        config[self.hf] = _get(spec, self.ours) not in (None, _ABSENT)
+
+
 #: transformers' ``hidden_act`` names -> ours, and back.
 HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                   "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
@@ -279,7 +298,18 @@ class HFTable:
                                   f"(a bug in the family's table): {exc}") from None
         for path, ours, theirs in _differences(spec, back):
             raise CheckpointError(f"{path} = {ours!r} has no equivalent in Hugging Face {self.display}: its "
-                                  f"config.json reads back as {theirs!r}")
+                                  f"config.json reads back as {theirs!r}{self._shared_key(spec, _field(path))}")
+
+    def _shared_key(self, spec: ModelSpecBase, path: str) -> str:
+        """Where ``path`` differs because one config key holds it and another field of another value
+        (GPT-NeoX's ``attention_bias``: q/k/v and output biases), say so."""
+        for row in self.config:
+            if isinstance(row, Key) and row.ours == path:
+                others = [r.ours for r in self.config if isinstance(r, Key) and r is not row
+                          and r.names[0] == row.names[0] and _get(spec, r.ours) not in (_ABSENT, _get(spec, path))]
+                if others:
+                    return f" ({row.names[0]} is both {path} and {', '.join(others)})"
+        return ""
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -303,8 +333,8 @@ class HFTable:
             layers = range(spec.num_layers) if "{i}" in row.ours else [None]
             rows += [(row.ours.format(i=i), row.theirs.format(i=i, base=base), row.transform,
                       None if i is None else spec.layer_specs[i]) for i in layers]
-        rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads
-                 if not h.tied_to_embedding(spec)]
+        # A tied head's weight is the embedding's (not in ``params``); its bias, if any, is its own.
+        rows += [(f"heads.{h.kind}.proj", self.heads[h.kind], None, None) for h in spec.heads]
         maps, fused = [], {}
         for ours, theirs, transform, layer in rows:
             parent, _, part = ours.rpartition(".")
@@ -365,6 +395,11 @@ def _differences(spec: ModelSpecBase, back: ModelSpecBase):
         yield path + where, ours, theirs
 
 
+def _field(path: str) -> str:
+    """A difference's field path without the layers it names (``attention.qkv_bias (layers 0, 2)``)."""
+    return path.split(" (")[0]
+
+
 def _hashable(diff):
     path, a, b = diff
     return path, _freeze(a), _freeze(b)
@@ -384,6 +419,9 @@ def _dict_differences(a: Any, b: Any, path: str):
             if key in _LAYOUT_FIELDS and a.get(key) is True:
                 continue
             yield from _dict_differences(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(x, dict) for x in a):
+        for k, (x, y) in enumerate(zip(a, b)):  # heads: name the field of the head that differs
+            yield from _dict_differences(x, y, f"{path}.{k}")
     elif isinstance(a, float) and isinstance(b, float):
         if not math.isclose(a, b, rel_tol=1e-9):
             yield path, a, b
@@ -418,6 +456,8 @@ class Rope:
 
     def to_spec(self, config: dict, data: dict) -> None:
         rope = rope_parameters_of(config, default_theta=self.theta)
+        if self.fraction is None:  # the family's rotary rotates the whole head, whatever the config says
+            rope.pop("partial_rotary_factor", None)
         data["position"] = position_from_hf(rope, max_positions=data["max_positions"],
                                             fraction=self.fraction if self.fraction is not None else 1.0,
                                             interleaved=self.interleaved)
@@ -428,7 +468,19 @@ class Rope:
         rope = rope_parameters_to_hf(spec.position, max_positions=spec.max_positions)
         if self.fraction is not None:
             rope.setdefault("partial_rotary_factor", 1.0)
+        else:  # not read back: a partial_rope spec is named by the read-back check
+            rope.pop("partial_rotary_factor", None)
         config["rope_parameters"] = rope
+
+
+def parallel_residual(*, default: bool, shared_norm: bool) -> Key:
+    """``use_parallel_residual`` (GPT-NeoX, StableLM): attention and MLP side by side (``parallel``,
+    with one norm or one each) or one after the other (``pre_norm``). It sets the whole wiring
+    section, so rows for the wiring's other fields (dropout) come after it."""
+    parallel = {"kind": "parallel", "shared_norm": shared_norm}
+    return Key("use_parallel_residual", "wiring", default,
+               read=lambda on: dict(parallel) if on else {"kind": "pre_norm"},
+               write=lambda wiring: wiring.kind == "parallel")
 
 
 def without(rows: Sequence[Any], *ours: str) -> list:

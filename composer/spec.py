@@ -633,6 +633,8 @@ class WiringSpec(Strict):
     kind: str
     #: Dropout on each branch output before it is added (Seed-OSS residual_dropout, BLOOM hidden_dropout).
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Multiplies each branch output before it is added (Granite's residual_multiplier).
+    residual_scale: PositiveFloat = 1.0
 
     @abstractmethod
     def build(self, ctx: BuildContext) -> nn.Module: ...
@@ -654,7 +656,8 @@ class PreNormSpec(WiringSpec):
         L, D = self._blocks(ctx)
         return layer.SequentialLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
                                      mlp_norm=L.norm.build(ctx, dim=D), mlp=L.mlp.build(ctx),
-                                     residual_from_norm=self.residual_from_norm, dropout=self.dropout)
+                                     residual_from_norm=self.residual_from_norm, dropout=self.dropout,
+                                     residual_scale=self.residual_scale)
 
 
 class SandwichSpec(WiringSpec):
@@ -667,7 +670,7 @@ class SandwichSpec(WiringSpec):
         return layer.SequentialLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
                                      attn_post_norm=L.norm.build(ctx, dim=D), mlp_norm=L.norm.build(ctx, dim=D),
                                      mlp=L.mlp.build(ctx), mlp_post_norm=L.norm.build(ctx, dim=D),
-                                     dropout=self.dropout)
+                                     dropout=self.dropout, residual_scale=self.residual_scale)
 
 
 class PostBranchNormSpec(WiringSpec):
@@ -679,7 +682,7 @@ class PostBranchNormSpec(WiringSpec):
         L, D = self._blocks(ctx)
         return layer.SequentialLayer(attention=L.attention.build(ctx), attn_post_norm=L.norm.build(ctx, dim=D),
                                      mlp=L.mlp.build(ctx), mlp_post_norm=L.norm.build(ctx, dim=D),
-                                     dropout=self.dropout)
+                                     dropout=self.dropout, residual_scale=self.residual_scale)
 
 
 class ParallelSpec(WiringSpec):
@@ -694,7 +697,7 @@ class ParallelSpec(WiringSpec):
         L, D = self._blocks(ctx)
         return layer.ParallelLayer(attn_norm=L.norm.build(ctx, dim=D), attention=L.attention.build(ctx),
                                    mlp_norm=None if self.shared_norm else L.norm.build(ctx, dim=D),
-                                   mlp=L.mlp.build(ctx), dropout=self.dropout)
+                                   mlp=L.mlp.build(ctx), dropout=self.dropout, residual_scale=self.residual_scale)
 
 
 class PostNormSpec(WiringSpec):
@@ -706,7 +709,8 @@ class PostNormSpec(WiringSpec):
     def build(self, ctx):
         L, D = self._blocks(ctx)
         return layer.PostNormLayer(attention=L.attention.build(ctx), attn_norm=L.norm.build(ctx, dim=D),
-                                   mlp=L.mlp.build(ctx), mlp_norm=L.norm.build(ctx, dim=D), dropout=self.dropout)
+                                   mlp=L.mlp.build(ctx), mlp_norm=L.norm.build(ctx, dim=D), dropout=self.dropout,
+                                   residual_scale=self.residual_scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -741,12 +745,14 @@ class LearnedPositionsSpec(Strict):
 class TokenEmbeddingSpec(EmbeddingSpec):
     """Token embedding, optionally scaled (Gemma by sqrt(hidden_size), Granite's
     ``embedding_multiplier``), plus learned absolute positions, then optionally normed with the
-    spec's norm kind (BLOOM's ``word_embeddings_layernorm``)."""
+    spec's norm kind (BLOOM's ``word_embeddings_layernorm``), then dropped out in training
+    (GPT-NeoX's ``hidden_dropout``, StarCoder 2's ``embedding_dropout``, Phi's ``embd_pdrop``)."""
 
     kind: Literal["tokens"]
     scale: PositiveFloat | Literal["sqrt_hidden_size"] = 1.0
     norm: bool = False
     learned_positions: LearnedPositionsSpec | None = None
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
     def build(self, ctx):
         spec = ctx.spec
@@ -757,7 +763,7 @@ class TokenEmbeddingSpec(EmbeddingSpec):
         return embedding.TokenEmbedding(
             tokens=nn.Embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
             positions=positions, position_offset=self.learned_positions.offset if self.learned_positions else 0,
-            norm=spec.norm.build(ctx, dim=D) if self.norm else None)
+            norm=spec.norm.build(ctx, dim=D) if self.norm else None, dropout=self.dropout)
 
 
 class SegmentsSpec(Strict):

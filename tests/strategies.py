@@ -12,7 +12,10 @@ lengths (cache equivalence, padding, generation) hold: ``length_dependent=True``
 and LongRoPE that switch to their long factors within a few tokens, for properties of one forward
 (output contract, parameter count, spec round trips).
 Per-layer ``layers`` entries are drawn with every selector (range, every/offset, indices, type with
-``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select.
+``layer_types``) and change position, attention, norm, mlp or wiring of the layers they select; an
+attention change sets or clears a sliding window, so windowed and global layers mix.
+Every option field is drawn too, with values of the size published models use: score scales near
+head_dim**-0.5, soft-caps of 5 to 50, clip_qkv of 0.5 to 5, logit and residual scales near 1.
 
 Weights built from these specs use ``initializer_range`` = c / sqrt(hidden_size) with c in [0.75, 1.25]:
 attention scores and logits then have a spread of about c**2 and c whatever the width. The usual
@@ -115,8 +118,10 @@ def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False, le
     bias may use segment-pair buckets. ``length_dependent``: rotary scalings may depend on the
     length reached (``rope_scalings``). ``scaled``: a rotary kind always (True) or never (False)
     has a scaling; None draws."""
-    if kind in ("none", "alibi"):
+    if kind == "none":
         return {"kind": kind}
+    if kind == "alibi":
+        return {"kind": kind, "max_bias": draw(st.sampled_from([8.0, 4.0, 16.0])), "scaled": draw(st.booleans())}
     if kind in ("rope", "partial_rope"):
         spec = {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0]))}
         if kind == "partial_rope":
@@ -138,10 +143,31 @@ def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False, le
 # attention, norm, mlp
 
 
+#: Sliding windows: small, so that most drawn sequences (2 to 9 tokens) are longer than the window.
+SLIDING_WINDOWS = st.one_of(st.none(), st.integers(1, 5))
+#: The narrowest head a drawn q/k norm normalises (see POST_BRANCH_NORMS): each head, or the whole
+#: projection, however few key heads a ``layers`` entry leaves.
+MIN_NORM_WIDTH = 8
+
+
 @st.composite
-def attention_specs(draw, *, head_dim: int) -> dict:
-    """A ``gqa`` section: MHA, GQA or MQA. Returns the section; ``num_heads * head_dim`` is the
-    model width when ``head_dim`` is left out (the caller sets hidden_size accordingly)."""
+def qk_norm_specs(draw, *, head_dim: int) -> dict | None:
+    """None or an ``attention.qk_norm`` of any scope, maybe with a norm of its own, for heads at
+    least MIN_NORM_WIDTH wide. ``per_head`` without a norm of its own needs the layer's norm to
+    have weights: the caller then draws norms with ``affine`` true (see needs_norm_weights)."""
+    if head_dim < MIN_NORM_WIDTH or not draw(st.booleans()):
+        return None
+    spec = {"scope": draw(st.sampled_from(["head", "per_head", "projection"]))}
+    if draw(st.booleans()):
+        spec["norm"] = draw(norm_specs(affine=True if spec["scope"] == "per_head" else None))
+    return spec
+
+
+@st.composite
+def attention_specs(draw, *, head_dim: int, windows: bool = True) -> dict:
+    """A ``gqa`` section: MHA, GQA or MQA, with or without a sliding window (``windows``) and each
+    option. Returns the section; ``num_heads * head_dim`` is the model width when ``head_dim`` is
+    left out (the caller sets hidden_size accordingly)."""
     num_kv_heads = draw(st.integers(1, 3))
     num_heads = num_kv_heads * draw(st.integers(1, 3))
     spec = {"kind": "gqa", "num_heads": num_heads, "head_dim": head_dim, "qkv_bias": draw(st.booleans()),
@@ -149,15 +175,40 @@ def attention_specs(draw, *, head_dim: int) -> dict:
             "dropout": draw(st.sampled_from([0.0, 0.1]))}
     if num_kv_heads != num_heads or draw(st.booleans()):  # MHA may leave num_kv_heads to its default
         spec["num_kv_heads"] = num_kv_heads
+    window = draw(SLIDING_WINDOWS) if windows else None
+    if window is not None:
+        spec["sliding_window"] = window
+    options = {"scale": st.sampled_from([0.5, 1.5]).map(lambda f: round(f * head_dim**-0.5, 6)),
+               "softcap": st.sampled_from([5.0, 20.0, 50.0]), "clip_qkv": st.sampled_from([0.5, 1.0, 5.0]),
+               "qk_norm": qk_norm_specs(head_dim=head_dim)}
+    for name, values in options.items():
+        if draw(st.booleans()):
+            value = draw(values)
+            if value is not None:
+                spec[name] = value
     return spec
 
 
+def needs_norm_weights(attention: dict) -> bool:
+    """Whether the layer's norm must learn weights: its q/k norm gives each head its own."""
+    qk_norm = attention.get("qk_norm") or {}
+    return qk_norm.get("scope") == "per_head" and "norm" not in qk_norm
+
+
 @st.composite
-def norm_specs(draw, kinds: Sequence[str] = NORMS) -> dict:
+def norm_specs(draw, kinds: Sequence[str] = NORMS, *, affine: bool | None = None) -> dict:
+    """A norm section; ``affine`` None draws it, True or False fixes it."""
     kind = draw(st.sampled_from(kinds))
     spec = {"kind": kind, "eps": draw(st.sampled_from([1e-5, 1e-6]))}
-    if kind == "layernorm":
+    # affine is always given, and bias or unit_offset with it: a layers entry merges these fields
+    # over a section that may have other values
+    spec["affine"] = draw(st.sampled_from([True, False])) if affine is None else affine
+    if not spec["affine"]:
+        spec.update({"bias": False} if kind == "layernorm" else {"unit_offset": False})
+    elif kind == "layernorm":
         spec["bias"] = draw(st.booleans())
+    elif kind == "rmsnorm":
+        spec["unit_offset"] = draw(st.booleans())
     return spec
 
 
@@ -178,7 +229,11 @@ def mlp_specs(draw, kinds: Sequence[str] = MLPS) -> dict:
 @st.composite
 def head_specs(draw, kind: str) -> dict:
     if kind == "causal_lm":
-        return {"kind": kind, "bias": draw(st.booleans()), "shift_labels": draw(st.booleans())}
+        spec = {"kind": kind, "bias": draw(st.booleans()), "shift_labels": draw(st.booleans()),
+                "logit_scale": draw(st.sampled_from([1.0, 0.5, 2.0]))}
+        if draw(st.booleans()):
+            spec["softcap"] = draw(st.sampled_from([5.0, 30.0]))
+        return spec
     if kind in ("sequence_classification", "token_classification"):
         return {"kind": kind, "num_labels": draw(st.integers(1, 3)), "bias": draw(st.booleans())}
     if kind == "question_answering":
@@ -205,7 +260,8 @@ def embedding_specs(draw, kind: str) -> dict:
 @st.composite
 def wiring_specs(draw, *, attention_width: int) -> dict:
     kind = draw(st.sampled_from([k for k in WIRINGS if attention_width >= 8 or k not in POST_BRANCH_NORMS]))
-    spec = {"kind": kind, "dropout": draw(st.sampled_from([0.0, 0.1]))}
+    spec = {"kind": kind, "dropout": draw(st.sampled_from([0.0, 0.1])),
+            "residual_scale": draw(st.sampled_from([1.0, 0.25, 1.5]))}
     if kind == "pre_norm":
         spec["residual_from_norm"] = draw(st.booleans())
     if kind == "parallel":
@@ -219,9 +275,10 @@ def wiring_specs(draw, *, attention_width: int) -> dict:
 
 @st.composite
 def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num_heads: int, head_dim: int,
-                    segments: bool, length_dependent: bool = False) -> dict:
+                    segments: bool, length_dependent: bool = False, norm_weights: bool = False) -> dict:
     """One ``layers`` entry: a selector that picks at least one layer, and one or two sections
-    with fields or kinds that stay valid for the drawn widths. A ``partial_rope`` entry always
+    with fields or kinds that stay valid for the drawn widths (``norm_weights``: norms keep
+    learned weights, which the attention's q/k norm needs). A ``partial_rope`` entry always
     gives its own scaling: merged over a base ``partial_rope`` of another fraction, the base's could
     not fit its width (LongRoPE's factor lists)."""
     selectors = [s for s in SELECTORS if s != "type" or layer_types]
@@ -249,8 +306,12 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
             divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
             entry["attention"] = {"num_kv_heads": draw(st.sampled_from(divisors)),
                                   "qkv_bias": draw(st.booleans())}
+            if not segments:  # see spec_dicts
+                entry["attention"]["sliding_window"] = draw(SLIDING_WINDOWS)
+            if draw(st.booleans()):
+                entry["attention"]["scale"] = round(draw(st.sampled_from([0.75, 1.25])) * head_dim**-0.5, 6)
         elif section == "norm":
-            entry["norm"] = draw(norm_specs())
+            entry["norm"] = draw(norm_specs(affine=True if norm_weights else None))
         elif section == "mlp":
             entry["mlp"] = draw(st.one_of(st.fixed_dictionaries({"intermediate_size": st.integers(4, 32)}),
                                           mlp_specs()))
@@ -276,7 +337,10 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
     embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
     segments = embedding["kind"] == "prompt_segments"
     head_dim = draw(head_dims(position))
-    attention = draw(attention_specs(head_dim=head_dim))
+    # No sliding window with prompt_segments: a window counts cache slots, pads included (as
+    # transformers), and the prompt sits before a padded row's pads, so it would leave the window
+    # sooner than in the row alone (the padding properties would not hold; the cache still would).
+    attention = draw(attention_specs(head_dim=head_dim, windows=not segments))
     # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
     # alone moves the logits by about 1e-5.
     if attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # head_dim left to its default
@@ -296,7 +360,7 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
         "position": draw(position_specs(position, head_dim=head_dim, segments=segments,
                                         length_dependent=length_dependent)),
         "attention": attention,
-        "norm": draw(norm_specs()),
+        "norm": draw(norm_specs(affine=True if needs_norm_weights(attention) else None)),
         "mlp": draw(mlp_specs()),
         "wiring": draw(wiring_specs(attention_width=attention["num_heads"] * head_dim)),
         "final_norm": draw(st.booleans()),
@@ -310,6 +374,7 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
             spec["layer_types"] = layer_types
         spec["layers"] = draw(st.lists(layer_overrides(num_layers=num_layers, layer_types=layer_types,
                                                        num_heads=attention["num_heads"], head_dim=head_dim,
-                                                       segments=segments, length_dependent=length_dependent),
+                                                       segments=segments, length_dependent=length_dependent,
+                                                       norm_weights=needs_norm_weights(attention)),
                                        min_size=1, max_size=2))
     return spec

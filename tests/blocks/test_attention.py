@@ -36,9 +36,11 @@ def head_layouts(draw):
     return num_kv_heads * draw(st.integers(1, 3)), num_kv_heads, draw(st.sampled_from([4, 8]))
 
 
-def causal_bias(B, S, K=None, start=0):
+def causal_bias(B, S, K=None, start=0, *, window=None, first=0):
+    """The mask of queries at slots ``start...`` over K keys at slots ``first...``, [B, 1, S, K]."""
     K = K or S
-    visible = torch.arange(K)[None, :] <= (start + torch.arange(S))[:, None]
+    query, key = (start + torch.arange(S))[:, None], (first + torch.arange(K))[None, :]
+    visible = (key <= query) & (key > query - window if window else True)
     return torch.zeros(B, 1, S, K).masked_fill(~visible, torch.finfo(torch.float32).min)
 
 
@@ -81,22 +83,26 @@ def test_attention_equals_glm(layout, fused, length, seed):
     torch.testing.assert_close(y_sdpa, expected, rtol=1e-5, atol=1e-6)
 
 
-@given(layout=head_layouts(), length=st.integers(2, 7), first=st.integers(1, 6), seed=st.integers(0, 100))
+@given(layout=head_layouts(), length=st.integers(2, 7), first=st.integers(1, 6), seed=st.integers(0, 100),
+       window=st.one_of(st.none(), st.integers(1, 4)))
 @torch.no_grad()
-def test_decoding_through_a_cache_equals_one_pass(layout, length, first, seed):
+def test_decoding_through_a_cache_equals_one_pass(layout, length, first, seed, window):
+    """With a sliding window the cache returns only the keys it kept and this step's, at the
+    slots ``key_slots`` names."""
     H, Hkv, Dh = layout
     first = min(first, length - 1)
     torch.manual_seed(seed)
     ours = Attention(num_heads=H, num_kv_heads=Hkv, head_dim=Dh, out=torch.nn.Linear(H * Dh, D),
                      qkv=SplitProjection(q=torch.nn.Linear(D, H * Dh), k=torch.nn.Linear(D, Hkv * Dh),
-                                         v=torch.nn.Linear(D, Hkv * Dh)))
+                                         v=torch.nn.Linear(D, Hkv * Dh)), sliding_window=window)
     rotary = Rotary(head_dim=Dh, rotary_dim=Dh, theta=100.0, interleaved=False)
     x = torch.randn(1, length, D)
 
     def run(start, end, cache):
         pos = torch.arange(start, end)[None]
+        slots = cache.key_slots(end, end - start, window) if cache is not None else range(end)
         return ours(x[:, start:end], rotate=rotary(pos, pos).rotate, cache=cache, start=start,
-                    scores_bias=causal_bias(1, end - start, end, start))[0]
+                    scores_bias=causal_bias(1, end - start, len(slots), start, window=window, first=slots.start))[0]
 
     whole = run(0, length, None)
     cache = DynamicCache()

@@ -42,6 +42,17 @@ def test_plain_tokens_and_inputs_embeds():
 
 
 @torch.no_grad()
+def test_dropout_only_in_training():
+    embedding = TokenEmbedding(tokens=torch.nn.Embedding(10, 64), dropout=0.5)
+    ids = torch.arange(10)[None]
+    assert torch.equal(step(embedding.eval(), ids).x, embedding.tokens.weight[ids])
+    dropped = step(embedding.train(), ids).x
+    assert (dropped == 0).any()
+    kept = dropped != 0
+    torch.testing.assert_close(dropped[kept], 2 * embedding.tokens.weight[ids][kept])
+
+
+@torch.no_grad()
 def test_prompt_segments_prepend_the_prompt_once_and_mark_context():
     tokens, segments = torch.nn.Embedding(10 + 6, 4), torch.nn.Embedding(3, 4)
     embedding = PromptSegmentsEmbedding(tokens=tokens, segments=segments, prompt_start=12, prompt_length=2,

@@ -194,10 +194,9 @@ def test_hf_mismatch_names_their_tensors_and_ours(tmp_path):
 
 def test_unknown_model_type_and_architecture(tmp_path):
     save_file({"x": torch.ones(1)}, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(CheckpointError, match=r"no registered family reads Hugging Face model_type 'gpt2'; "
-                                              r"known model types: bloom, cpmant, gemma, gemma2, gemma3_text, glm, "
-                                              r"seed_oss"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_model", "architectures": ["NoSuch"]}))
+    with pytest.raises(CheckpointError, match=r"no registered family reads Hugging Face model_type 'no_such_model'; "
+                                              r"known model types: bloom, cpmant, .*gpt_neox, .*seed_oss"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "glm", "architectures": ["GlmForMagic"]}))
     with pytest.raises(CheckpointError, match=r"architectures \['GlmForMagic'\] names none that family 'glm-4'"):

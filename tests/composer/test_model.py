@@ -54,7 +54,10 @@ def test_left_padded_rows_get_the_logits_they_get_alone(position, data):
     batch = model(ids, attention_mask=mask).logits
     for i, row in enumerate(rows):
         alone = model(row[None]).logits
-        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=ATOL, rtol=0)
+        # A row alone runs other matmul shapes, so fp32 rounds differently, more so as logits grow:
+        # 2e-5 where they reach 4.6 (3 post-norm layers, no final norm; exact in fp64).
+        atol = ATOL * max(1.0, alone.abs().max().item())
+        torch.testing.assert_close(batch[i, ids.shape[1] - len(row):], alone[0], atol=atol, rtol=0)
 
 
 @given(data=st.data())
@@ -205,8 +208,11 @@ def test_hidden_states_and_attentions(data):
     else:
         torch.testing.assert_close(last.mean(-1), torch.zeros(len(last)), rtol=0, atol=1e-4)
         torch.testing.assert_close(last.var(-1, unbiased=False), torch.ones(len(last)), rtol=0, atol=1e-3)
-    proj = model.heads["causal_lm"].proj
-    torch.testing.assert_close(out.logits, proj(out.hidden_states[-1]), rtol=0, atol=ATOL)
+    head = spec["heads"][0]
+    logits = model.heads["causal_lm"].proj(out.hidden_states[-1]) * head["logit_scale"]
+    if "softcap" in head:
+        logits = torch.tanh(logits / head["softcap"]) * head["softcap"]
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=ATOL)
 
     # attentions: [B, H, S, S], rows are distributions over the keys each query may see
     assert len(out.attentions) == L and all(a.shape == (B, H, S, S) for a in out.attentions)
@@ -285,8 +291,8 @@ def expected_parameters(spec) -> int:
     """Parameters a spec describes, counted from its fields (tied weights once)."""
     D, V = spec.hidden_size, spec.vocab_size
 
-    def norm(n) -> int:
-        return D * (2 if n.kind == "layernorm" and n.bias else 1)
+    def norm(n, width: int = D) -> int:
+        return width * (2 if n.kind == "layernorm" and n.bias else 1) if n.affine else 0
 
     emb = spec.embedding
     if emb.kind == "prompt_segments":
@@ -301,6 +307,9 @@ def expected_parameters(spec) -> int:
         H, Hkv, Dh, I = a.num_heads, a.num_kv_heads, a.head_dim, m.intermediate_size
         qkv = (H + 2 * Hkv) * Dh
         total += D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
+        if a.qk_norm is not None:  # a query and a key norm
+            widths = (Dh, Dh) if a.qk_norm.scope == "head" else (H * Dh, Hkv * Dh)
+            total += sum(norm(a.qk_norm.norm or layer.norm, width) for width in widths)
         total += (3 * D * I + ((2 * I + D) if m.bias else 0)) if m.kind == "gated" else (2 * D * I + ((I + D) if m.bias else 0))
         norms = {"pre_norm": 2, "sandwich": 4, "post_branch_norm": 2, "post_norm": 2,
                  "parallel": 1 if getattr(layer.wiring, "shared_norm", False) else 2}[layer.wiring.kind]
@@ -323,6 +332,34 @@ def test_parameter_count_follows_the_spec(spec):
     assert model.num_parameters() == expected_parameters(load_spec(spec))
     if spec["embedding"].get("tied"):
         assert model.heads["causal_lm"].proj.weight is model.embedding.tokens.weight
+
+
+@pytest.mark.parametrize(("qk_norm", "norm", "shapes"), [
+    ({"scope": "head"}, {"kind": "rmsnorm", "unit_offset": True},
+     {"q_norm.norm.weight": (4,), "k_norm.norm.weight": (4,)}),
+    ({"scope": "per_head", "norm": {"kind": "layernorm", "bias": False}}, {"kind": "rmsnorm"},
+     {"q_norm.norm.weight": (4, 4), "k_norm.norm.weight": (2, 4)}),
+    ({"scope": "per_head"}, {"kind": "layernorm"}, {"q_norm.norm.weight": (4, 4), "q_norm.norm.bias": (4, 4),
+                                                    "k_norm.norm.weight": (2, 4), "k_norm.norm.bias": (2, 4)}),
+    ({"scope": "projection"}, {"kind": "rmsnorm"}, {"q_norm.norm.weight": (16,), "k_norm.norm.weight": (8,)}),
+    ({"scope": "projection"}, {"kind": "layernorm", "affine": False}, {}),
+])
+def test_qk_norm_parameters_have_their_names_shapes_and_identity_initial_values(qk_norm, norm, shapes):
+    """The names and shapes a checkpoint converter maps to (StableLM's per-head norms stacked);
+    scales start at 1, or at 0 for a unit_offset norm (which scales by 1 + weight), shifts at 0."""
+    spec = {"name": "t", "vocab_size": 32, "hidden_size": 16, "num_layers": 1, "max_positions": 32,
+            "position": {"kind": "rope"}, "attention": {"kind": "gqa", "num_heads": 4, "num_kv_heads": 2,
+                                                       "qk_norm": qk_norm},
+            "norm": norm, "mlp": {"kind": "gated", "intermediate_size": 32}, "heads": [{"kind": "causal_lm"}]}
+    model = build_model(spec, seed=0)
+    params = {name.removeprefix("layers.0.attention."): p for name, p in model.named_parameters()
+              if "_norm." in name and ".attention." in name}
+    assert {name: tuple(p.shape) for name, p in params.items()} == shapes
+    offset = (qk_norm.get("norm") or norm).get("unit_offset", False)
+    for name, p in params.items():
+        assert torch.all(p == (1.0 if name.endswith("weight") and not offset else 0.0)), name
+    if offset:  # every norm of the model scales by 1 + weight: all start at the identity
+        assert all(torch.all(p == 0) for name, p in model.named_parameters() if "norm" in name)
 
 
 # ---------------------------------------------------------------------------------------------

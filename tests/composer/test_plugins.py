@@ -35,7 +35,9 @@ from archcomposer.cli import main
 from archcomposer.registry import ENTRY_POINT_GROUP, Registry, get_registry
 from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 
-BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant", "gemma": "gemma",
+BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant",
+                    "gpt_neox": "gpt-neox", "starcoder2": "starcoder2", "phi": "phi", "stablelm": "stablelm",
+                    "phi3": "phi3", "gemma": "gemma",
                     "gemma2": "gemma-2", "gemma3": "gemma-3"}
 
 

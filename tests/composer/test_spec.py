@@ -81,6 +81,22 @@ COVERAGE = {
     "parallel with two norms": lambda s: s["wiring"]["kind"] == "parallel" and not s["wiring"]["shared_norm"],
     "no final norm": lambda s: not s["final_norm"],
     "odd head_dim": lambda s: s["attention"].get("head_dim", 2) % 2 == 1,
+    **{f"attention {field}": (lambda f: lambda s: f in s["attention"])(field)
+       for field in ("scale", "softcap", "clip_qkv")},
+    **{f"qk_norm scope {scope}": (lambda sc: lambda s: s["attention"].get("qk_norm", {}).get("scope") == sc)(scope)
+       for scope in ("head", "per_head", "projection")},
+    "qk_norm per head with the layer's norm": lambda s: s["attention"].get("qk_norm", {}).get("scope") == "per_head"
+    and "norm" not in s["attention"]["qk_norm"],
+    "qk_norm with a norm of its own": lambda s: "norm" in s["attention"].get("qk_norm", {}),
+    "layernorm without parameters": lambda s: s["norm"]["kind"] == "layernorm" and not s["norm"]["affine"],
+    "rmsnorm without parameters": lambda s: s["norm"]["kind"] == "rmsnorm" and not s["norm"]["affine"],
+    "rmsnorm with unit offset": lambda s: s["norm"].get("unit_offset"),
+    "alibi scaled, max_bias not 8": lambda s: s["position"]["kind"] == "alibi" and s["position"]["scaled"]
+    and s["position"]["max_bias"] != 8,
+    "lm head scaled and capped": lambda s: s["heads"][0].get("logit_scale") != 1 and "softcap" in s["heads"][0],
+    "residual scale": lambda s: s["wiring"]["residual_scale"] != 1,
+    "a layer with another attention scale": lambda s: any("scale" in e.get("attention", {})
+                                                          for e in s.get("layers", [])),
 }
 
 
@@ -105,6 +121,38 @@ def test_defaults_are_filled_in():
     assert spec.position.theta == 10000.0
     assert (spec.embedding.kind, spec.embedding.tied, spec.wiring.kind, spec.final_norm) == \
         ("tokens", False, "pre_norm", True)
+
+
+def test_option_defaults_change_nothing():
+    spec = load_spec(changed(position={"kind": "alibi"}))
+    a, n, w, h = spec.attention, spec.norm, spec.wiring, spec.heads[0]
+    assert (a.scale, a.softcap, a.clip_qkv, a.qk_norm, a.score_scale) == (None, None, None, None, 4**-0.5)
+    assert (n.unit_offset, n.affine, w.residual_scale, h.logit_scale, h.softcap) == (False, True, 1.0, 1.0, None)
+    assert (spec.position.max_bias, spec.position.scaled) == (8.0, False)
+
+
+def test_a_layernorm_without_parameters_has_no_bias_unless_asked():
+    spec = load_spec(changed(norm={"kind": "layernorm", "affine": False}))
+    assert (spec.norm.affine, spec.norm.bias) == (False, False)
+    assert load_spec(spec.to_dict()) == spec
+
+
+def test_qk_norm_takes_the_layer_norm_or_its_own_through_the_registered_kinds():
+    spec = load_spec(changed(attention={"qk_norm": {"scope": "per_head", "norm": {"kind": "layernorm",
+                                                                                  "bias": False}}}))
+    qk_norm = spec.attention.qk_norm
+    assert type(qk_norm.norm).__name__ == "LayerNormSpec" and (qk_norm.norm.bias, qk_norm.norm.eps) == (False, 1e-5)
+    assert spec.to_dict()["attention"]["qk_norm"] == {"scope": "per_head", "norm": {
+        "kind": "layernorm", "eps": 1e-5, "bias": False, "affine": True}}
+    assert load_spec(spec.to_dict()) == spec
+    assert hash(spec.attention) == hash(load_spec(spec.to_dict()).attention)
+    assert load_spec(changed(attention={"qk_norm": {}})).attention.qk_norm.scope == "head"
+
+
+def test_a_layers_entry_changes_the_qk_norm_of_some_layers():
+    spec = load_spec(changed(num_layers=2, layers=[{"indices": [1], "attention": {"qk_norm": {"scope": "projection"}}}]))
+    first, second = (layer.attention for layer in spec.layer_specs)
+    assert first.qk_norm is None and second.qk_norm.scope == "projection" and second.qk_norm.norm is None
 
 
 def test_a_yaml_file_round_trips(tmp_path):
@@ -154,6 +202,29 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(hidden_size=0), r"hidden_size: Input should be greater than 0 \(got 0\)"),
     (changed(family="no-such-family"), r"family: unknown family 'no-such-family'; registered families: .*glm-4"),
     ({k: v for k, v in BASE.items() if k != "norm"}, r"\n  norm: Field required"),
+    (changed(norm={"unit_offset": True, "affine": False}),
+     r"norm: norm\.unit_offset is true but norm\.affine is false"),
+    (changed(norm={"kind": "layernorm", "bias": True, "affine": False}),
+     r"norm: norm\.bias is true but norm\.affine is false"),
+    (changed(attention={"qk_norm": {"scope": "heads"}}),
+     r"attention\.qk_norm\.scope: Input should be 'head', 'per_head' or 'projection' \(got 'heads'\)"),
+    (changed(attention={"qk_norm": {"norm": {"kind": "rms"}}}),
+     r"attention\.qk_norm\.norm: kind: Input tag 'rms' found using 'kind' does not match any of the expected tags: "
+     r"'layernorm', 'rmsnorm'"),
+    (changed(attention={"qk_norm": {"norm": {"kind": "rmsnorm", "epsilon": 1e-6}}}),
+     r"attention\.qk_norm\.norm: epsilon: Extra inputs are not permitted \(got 1e-06\)"),
+    (changed(norm={"kind": "layernorm", "affine": False}, attention={"qk_norm": {"scope": "per_head"}}),
+     r"attention\.qk_norm\.scope 'per_head' gives each head its own norm weights, but norm \(kind 'layernorm', "
+     r"affine false\) learns none"),
+    (changed(attention={"qk_norm": {"scope": "per_head", "norm": {"kind": "rmsnorm", "affine": False}}}),
+     r"but attention\.qk_norm\.norm \(kind 'rmsnorm', affine false\) learns none"),
+    (changed(layers=[{"indices": [0], "norm": {"affine": False}}], attention={"qk_norm": {"scope": "per_head"}}),
+     r"layer 0 \(as the layers entries make it\): attention\.qk_norm\.scope 'per_head'"),
+    (changed(attention={"softcap": 0}), r"attention\.softcap: Input should be greater than 0 \(got 0\)"),
+    (changed(attention={"clip_qkv": -1.0}), r"attention\.clip_qkv: Input should be greater than 0"),
+    (changed(heads=[{"kind": "causal_lm", "logit_scale": 0}]), r"heads\[0\]\.logit_scale: Input should be greater"),
+    (changed(wiring={"kind": "parallel", "residual_scale": -0.5}), r"wiring\.residual_scale: Input should be greater"),
+    (changed(position={"kind": "alibi", "max_bias": 0}), r"position\.max_bias: Input should be greater than 0"),
 ])
 def test_invalid_spec_names_the_field(spec, message):
     with pytest.raises(SpecError, match=message):
