@@ -22,14 +22,18 @@ THETA = {FULL: 1_000_000.0, SLIDING: 10_000.0}  # transformers' Gemma3TextConfig
 
 
 def _rope_of_type(config: dict, layer_types: list[str], layer_type: str) -> dict:
-    """The standardized ``rope_parameters`` of the layers of ``layer_type``."""
+    """The standardized ``rope_parameters`` of the layers of ``layer_type``, rotating whole heads
+    (as ``Rope`` without a fraction: Gemma's own rotary ignores ``partial_rotary_factor``)."""
     params = config.get("rope_parameters") or {}
     if FULL in params or SLIDING in params:  # transformers 5: keyed by layer type
-        return rope_parameters_of({**config, "rope_scaling": None, "layer_types": layer_types},
+        rope = rope_parameters_of({**config, "rope_scaling": None, "layer_types": layer_types},
                                   layer_type=layer_type, default_theta=THETA[layer_type])
-    if layer_type == FULL:  # older: rope_theta and rope_scaling
-        return rope_parameters_of({**config, "rope_parameters": None}, default_theta=THETA[FULL])
-    return {"rope_type": "default", "rope_theta": config.get("rope_local_base_freq", THETA[SLIDING])}
+    elif layer_type == FULL:  # older: rope_theta and rope_scaling
+        rope = rope_parameters_of({**config, "rope_parameters": None}, default_theta=THETA[FULL])
+    else:
+        rope = {"rope_type": "default", "rope_theta": config.get("rope_local_base_freq", THETA[SLIDING])}
+    rope.pop("partial_rotary_factor", None)
+    return rope
 
 
 class RopePerType:
