@@ -495,29 +495,32 @@ def token_ids(*, pad: Any = None, bos: Any = 1, eos: Any = 2) -> list[Key]:
 
 
 def llama_config(*, vocab_size: int = 32000, max_positions: int = 2048, eps: float = 1e-6, heads: int = 32,
-                 attention_bias: Any = False, tied: bool = False, act: str = "silu") -> list:
+                 attention_bias: Any = False, tied: bool = False, act: str = "silu", hidden_size: int = 4096,
+                 layers: int = 32, kv_heads: int | None = None, intermediate_size: int = 11008) -> list:
     """Rows of the Llama layout's config (transformers' LlamaConfig keys; the defaults are each
     family's own): RMSNorm, GQA, gated MLP, pre-norm layers, ``attention_bias`` on q/k/v and o.
-    A family adds its position codec and token ids, and replaces rows it has otherwise (``without``)."""
+    A family adds its position codec and token ids, and replaces rows it has otherwise (``without``).
+    ``is_causal`` false (transformers' masks then attend both ways) is refused."""
     return [
         Fixed("embedding.kind", "tokens"), Fixed("norm.kind", "rmsnorm"), Fixed("attention.kind", "gqa"),
         Fixed("mlp.kind", "gated"), Fixed("wiring.kind", "pre_norm"),
         Key("vocab_size", "vocab_size", vocab_size),
-        Key("hidden_size", "hidden_size", 4096),
-        Key("num_hidden_layers", "num_layers", 32),
+        Key("hidden_size", "hidden_size", hidden_size),
+        Key("num_hidden_layers", "num_layers", layers),
         Key("max_position_embeddings", "max_positions", max_positions),
         Key("initializer_range", "initializer_range", 0.02),
         Key("tie_word_embeddings", "embedding.tied", tied),
         Key("num_attention_heads", "attention.num_heads", heads),
-        Key("num_key_value_heads", "attention.num_kv_heads", None),
+        Key("num_key_value_heads", "attention.num_kv_heads", kv_heads),
         Key("head_dim", "attention.head_dim", None),
         Key("attention_bias", "attention.qkv_bias", attention_bias),
         Key("attention_bias", "attention.out_bias", attention_bias),
         Key("attention_dropout", "attention.dropout", 0.0),
         Key("rms_norm_eps", "norm.eps", eps),
-        Key("intermediate_size", "mlp.intermediate_size", 11008),
+        Key("intermediate_size", "mlp.intermediate_size", intermediate_size),
         Activation("hidden_act", default=act),
         Key("mlp_bias", "mlp.bias", False),
+        Expect("is_causal", True, "transformers' masks then let every token attend to every other (bidirectional)"),
     ]
 
 

@@ -5,8 +5,10 @@ model the reference is one forward without a cache. For a prefix_lm model (CPM-A
 the context must be the first forward; the reference is one forward over context + continuation
 with ``prefix_mask`` marking the context, and decoding may feed one or several tokens per step.
 
-The contract is stated in fp32 (max abs difference 1e-5, which is rounding); the same property in
-fp64 with a tolerance of 1e-10 shows that what is left is rounding, not logic.
+The contract is stated in fp32 (max abs difference 1e-5 per unit of the largest logit, which is
+rounding: a cached step runs other matmul shapes, and fp32 rounding is relative, 1.7e-5 on logits
+of 4.8 in one drawn model); the same property in fp64 with a tolerance of 1e-10 shows that what is
+left is rounding, not logic.
 
 Sliding windows (drawn by the strategies too) have their own section: left-padded prompts longer
 than the window, windowed and global layers mixed, with bias schemes; the memory a windowed layer
@@ -23,7 +25,7 @@ from archcomposer.hf_mapping import llama_layout_tensors
 from tests.plugins.parity import Inputs, build_reference
 from tests.strategies import POSITIONS, spec_dicts
 
-TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}  # max abs difference of logits
+TOLERANCES = {torch.float32: 1e-5, torch.float64: 1e-10}  # max abs difference per unit of the largest logit
 OBSERVED = {dtype: {"max_abs_diff": 0.0, "examples": 0} for dtype in TOLERANCES}
 
 
@@ -33,8 +35,8 @@ def report_largest_difference():
     yield
     for dtype, seen in OBSERVED.items():
         if seen["examples"]:
-            print(f"\ncache equivalence ({dtype}): largest max-abs-diff {seen['max_abs_diff']:.3g} "
-                  f"over {seen['examples']} examples")
+            print(f"\ncache equivalence ({dtype}): largest max-abs-diff per unit of the largest logit "
+                  f"{seen['max_abs_diff']:.3g} over {seen['examples']} examples")
 
 
 def stepwise_logits(model, ids, cuts, cache):
@@ -80,9 +82,10 @@ def test_cached_decoding_equals_one_full_forward(position, dtype, data):
     for cuts in (one_token_steps, chunked):
         for cache in (DynamicCache(), StaticCache(max_length=static_room)):
             logits = stepwise_logits(model, ids, cuts, cache)
-            diff = (logits - reference).abs().max().item()
+            diff = (logits - reference).abs().max().item() / max(1.0, reference.abs().max().item())
             OBSERVED[dtype]["max_abs_diff"] = max(OBSERVED[dtype]["max_abs_diff"], diff)
-            assert diff <= TOLERANCES[dtype], f"{type(cache).__name__}, chunks ending at {cuts}: max abs diff {diff}"
+            assert diff <= TOLERANCES[dtype], f"{type(cache).__name__}, chunks ending at {cuts}: max abs diff {diff} " \
+                                              f"per unit of the largest logit"
     OBSERVED[dtype]["examples"] += 1
 
 

@@ -38,6 +38,8 @@ from archcomposer.spec import AlibiSpec, GatedMLPSpec, Strict
 BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "cpmant": "cpm-ant",
                     "gpt_neox": "gpt-neox", "starcoder2": "starcoder2", "phi": "phi", "stablelm": "stablelm",
                     "phi3": "phi3", "gpt2": "gpt2", "gpt_bigcode": "gpt-bigcode", "opt": "opt", "gptj": "gpt-j",
+                    "granite": "granite", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                    "smollm3": "smollm3",
                     "gemma": "gemma", "gemma2": "gemma-2", "gemma3": "gemma-3"}
 
 

@@ -81,6 +81,11 @@ COVERAGE = {
     "parallel with two norms": lambda s: s["wiring"]["kind"] == "parallel" and not s["wiring"]["shared_norm"],
     "no final norm": lambda s: not s["final_norm"],
     "odd head_dim": lambda s: s["attention"].get("head_dim", 2) % 2 == 1,
+    "sliding window of 1": lambda s: s["attention"].get("sliding_window") == 1,
+    "sliding window of 5": lambda s: s["attention"].get("sliding_window") == 5,
+    "a layer with another sliding window": lambda s: any(
+        e.get("attention", {}).get("sliding_window", -1) not in (-1, s["attention"].get("sliding_window"))
+        for e in s.get("layers", [])),
     **{f"attention {field}": (lambda f: lambda s: f in s["attention"])(field)
        for field in ("scale", "softcap", "clip_qkv")},
     **{f"qk_norm scope {scope}": (lambda sc: lambda s: s["attention"].get("qk_norm", {}).get("scope") == sc)(scope)
@@ -190,6 +195,7 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(position={"kind": "bucket_bias", "num_buckets": 3}), r"position\.num_buckets \(3\) is too small"),
     (changed(position={"kind": "bucket_bias", "num_buckets": 32, "max_distance": 8}),
      r"position\.max_distance \(8\) must exceed the 8 exact buckets"),
+    (changed(attention={"sliding_window": 0}), r"attention\.sliding_window: Input should be greater than 0 \(got 0\)"),
     (changed(attention={"num_heads": 3, "num_kv_heads": None}),
      r"hidden_size \(16\) is not divisible by attention\.num_heads \(3\); set attention\.head_dim"),
     (changed(embedding=CPM_ANT_EMBEDDING | {"segments": {"num_types": 2, "token_segment": 2}}),
@@ -355,6 +361,8 @@ def test_layers_round_trip_and_build_different_blocks():
     ([{"type": "global", "mlp": {"bias": True}}], {}, r"layers\[0\]\.type: type 'global' is not among layer_types"),
     ([], {"layer_types": ["a", "b"]}, r"layer_types: layer_types has 2 entries; expected one per layer"),
     ([{"indices": [0], "mlp": {"bias": 3}}], {}, r"layers\[0\]\.mlp\.bias: Input should be a valid boolean.*\(layer 0\)"),
+    ([{"indices": [1], "attention": {"sliding_window": -2}}], {},
+     r"layers\[0\]\.attention\.sliding_window: Input should be greater than 0 \(layer 1\)"),
     ([{"indices": [3], "attention": {"num_kv_heads": 3}}], {},
      r"layers\[0\]\.attention: num_heads \(4\) must be divisible by num_kv_heads \(3\) \(layer 3\)"),
     ([{"indices": [1], "mlp": {"kind": "gatd"}}], {}, r"layers\[0\]\.mlp\.kind: Input tag 'gatd' found using 'kind' does not match.*\(layer 1\)"),
@@ -384,6 +392,18 @@ def test_the_readme_layers_example_validates():
     spec = load_spec({**BASE, **example, "mlp": {"kind": "gated", "intermediate_size": 32}})
     assert [getattr(layer.position, "theta", None) for layer in spec.layer_specs] == [1e4, 1e4, 1e4, None, 1e4, 1e6]
     assert spec.layer_specs[0].mlp.intermediate_size == 18432
+
+
+def test_the_readme_options_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Options of the dense families", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = load_spec({**BASE, **example, "hidden_size": 64})
+    a = spec.attention
+    assert (a.score_scale, a.softcap, a.clip_qkv, a.qk_norm.scope, a.qk_norm.norm.bias) == (0.0625, 50, 8, "head", False)
+    assert (spec.norm.unit_offset, spec.position.scaled, spec.wiring.residual_scale) == (True, False, 0.22)
+    assert (spec.heads[0].logit_scale, spec.heads[0].softcap) == (0.0625, 30)
+    build_model(spec, device="meta")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,3 +479,11 @@ def test_the_readme_scaling_examples_validate():
     for line in block.splitlines():
         spec = load_spec({**BASE, **yaml.safe_load(line)})
         assert spec.position.scaling.type in ("llama3", "yarn")
+
+
+def test_the_readme_sliding_window_example_validates():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Sliding-window attention", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = load_spec({**BASE, **example, "hidden_size": 32})
+    assert [layer.attention.sliding_window for layer in spec.layer_specs] == [4096, None, 4096, None]
