@@ -278,19 +278,25 @@ class ALiBi(nn.Module):
     invariant to the per-query constant that ``-slope_h * query_position`` would add, so only the
     key positions matter, exactly as in BLOOM. ``max_bias`` sets the slopes (MPT's alibi_bias_max);
     ``scale`` multiplies the bias: the attention's score scale for Falcon, whose bias is added
-    before the scores are scaled (``(q·k + alibi) * scale``)."""
+    before the scores are scaled (``(q·k + alibi) * scale``). ``bias_dtype`` bfloat16 rounds the
+    slopes, the positions and their products to bfloat16 before scaling, as Falcon computes it."""
 
-    def __init__(self, *, num_heads: int, max_bias: float = 8.0, scale: float = 1.0):
+    def __init__(self, *, num_heads: int, max_bias: float = 8.0, scale: float = 1.0,
+                 bias_dtype: torch.dtype = torch.float32):
         super().__init__()
-        self.num_heads, self.max_bias, self.scale = num_heads, max_bias, scale
+        self.num_heads, self.max_bias, self.scale, self.bias_dtype = num_heads, max_bias, scale, bias_dtype
 
     def forward(self, query_pos, key_pos, query_seg=None, key_seg=None) -> PositionEncoding:
-        slopes = alibi_slopes(self.num_heads, self.max_bias, key_pos.device) * self.scale  # [H], fp32 always
-        bias = slopes[None, :, None, None] * key_pos[:, None, None, :].float()  # [B, H, 1, K]
+        slopes = alibi_slopes(self.num_heads, self.max_bias, key_pos.device)  # [H], fp32 whatever the model dtype
+        if self.bias_dtype == torch.float32:
+            bias = (slopes * self.scale)[None, :, None, None] * key_pos[:, None, None, :].float()  # [B, H, 1, K]
+        else:  # Falcon: each of slope, position and their product rounded to bfloat16, then scaled in fp32
+            bias = (slopes.to(self.bias_dtype)[None, :, None, None] * key_pos[:, None, None, :]).float() * self.scale
         return PositionEncoding(_identity, bias)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, max_bias={self.max_bias}, scale={self.scale}"
+        return (f"num_heads={self.num_heads}, max_bias={self.max_bias}, scale={self.scale}, "
+                f"bias_dtype={self.bias_dtype}")
 
 
 def relative_position_bucket(relative: torch.Tensor, *, num_buckets: int, max_distance: int,

@@ -11,7 +11,8 @@ and ``hf_family(...)`` turns them into a ``Family``:
   architecture's base-model prefix, with a transform where the layouts differ (``TRANSPOSED``
   for GPT-2's Conv1D, ``GROUPED_QKV`` for QKV fused per head or per KV group). Every parameter
   of our module (weight, bias, ...) maps to theirs of the same name; rows for parameters the
-  spec at hand does not have (a bias that is off) are skipped.
+  spec at hand does not have (a bias that is off) are skipped, and a row with ``when`` applies to
+  the layers it holds for.
 - ``heads``: head kind -> their module; ``architectures``: theirs -> our head kind.
 
 Export needs no list of what a family cannot express: the spec is written to a config, read back
@@ -229,6 +230,9 @@ class Tensor:
     ours: str
     theirs: str
     transform: Transform | None = None
+    #: A row for the layers where this holds (``{i}`` rows only): where their name for one of our
+    #: modules depends on the layer's blocks (Falcon's norms follow its wiring). None: every layer.
+    when: Callable[[LayerSpec], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +335,8 @@ class HFTable:
         rows: list[tuple[str, str, Transform | None, LayerSpec | None]] = []
         for row in self.tensors:
             layers = range(spec.num_layers) if "{i}" in row.ours else [None]
+            if row.when is not None:
+                layers = [i for i in layers if i is not None and row.when(spec.layer_specs[i])]
             rows += [(row.ours.format(i=i), row.theirs.format(i=i, base=base), row.transform,
                       None if i is None else spec.layer_specs[i]) for i in layers]
         # A tied head's weight is the embedding's (not in ``params``); its bias, if any, is its own.

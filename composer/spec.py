@@ -298,11 +298,14 @@ class PartialRopeSpec(PositionSpec):
 class AlibiSpec(PositionSpec):
     """ALiBi linear biases with BLOOM's slopes (any head count). ``max_bias`` sets the slopes
     (MPT's alibi_bias_max; BLOOM's are 8). ``scaled`` multiplies the bias by the attention's score
-    scale, as Falcon adds it before scaling: ``(q·k + alibi) * scale``."""
+    scale, as Falcon adds it before scaling: ``(q·k + alibi) * scale``. ``bias_dtype`` bfloat16
+    computes ``slope x position`` in bfloat16 (slopes, positions and products rounded to it), as
+    Falcon does whatever the model's dtype."""
 
     kind: Literal["alibi"]
     max_bias: PositiveFloat = 8.0
     scaled: bool = False
+    bias_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def check(self, ctx):
         attn = ctx.layer_spec.attention
@@ -313,7 +316,8 @@ class AlibiSpec(PositionSpec):
     def build(self, ctx):
         attn = ctx.layer_spec.attention
         return position.ALiBi(num_heads=attn.num_heads, max_bias=self.max_bias,
-                              scale=attn.score_scale if self.scaled else 1.0)
+                              scale=attn.score_scale if self.scaled else 1.0,
+                              bias_dtype=getattr(torch, self.bias_dtype))
 
 
 class BucketBiasSpec(PositionSpec):

@@ -121,7 +121,8 @@ def position_specs(draw, kind: str, *, head_dim: int, segments: bool = False, le
     if kind == "none":
         return {"kind": kind}
     if kind == "alibi":
-        return {"kind": kind, "max_bias": draw(st.sampled_from([8.0, 4.0, 16.0])), "scaled": draw(st.booleans())}
+        return {"kind": kind, "max_bias": draw(st.sampled_from([8.0, 4.0, 16.0])), "scaled": draw(st.booleans()),
+                "bias_dtype": draw(st.sampled_from(["float32", "bfloat16"]))}
     if kind in ("rope", "partial_rope"):
         spec = {"kind": kind, "theta": draw(st.sampled_from([100.0, 10000.0]))}
         if kind == "partial_rope":

@@ -87,6 +87,21 @@ def test_scaled_alibi_equals_falcon(num_heads, head_dim, lengths):
     torch.testing.assert_close(bias[real], reference[real], rtol=1e-6, atol=1e-7)
 
 
+@given(num_heads=st.integers(1, 40), head_dim=st.integers(1, 128),
+       lengths=st.lists(st.integers(1, 700), min_size=1, max_size=3))
+def test_bfloat16_scaled_alibi_equals_falcon_for_any_heads_and_positions(num_heads, head_dim, lengths):
+    """With ``bias_dtype`` bfloat16 the bias is Falcon's for any head count (falcon-rw-1b's 32 have
+    slopes bfloat16 does not hold) and position (past 256 they round)."""
+    S = max(lengths)
+    mask = torch.stack([(torch.arange(S) >= S - n).long() for n in lengths])  # left padding, [B, S]
+    key_pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    alibi = ALiBi(num_heads=num_heads, scale=head_dim**-0.5, bias_dtype=torch.bfloat16)
+    bias = alibi(key_pos[:, -1:], key_pos).bias  # [B, H, 1, S]
+    reference = falcon.build_alibi_tensor(mask, num_heads, torch.float32).view(len(lengths), num_heads, 1, S)
+    real = mask.bool()[:, None, None, :].expand_as(bias)
+    torch.testing.assert_close(bias[real], (reference / math.sqrt(head_dim))[real], rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------------------------------------
 # relative-position buckets
 

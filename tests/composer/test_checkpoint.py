@@ -196,7 +196,8 @@ def test_unknown_model_type_and_architecture(tmp_path):
     save_file({"x": torch.ones(1)}, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_model", "architectures": ["NoSuch"]}))
     with pytest.raises(CheckpointError, match=r"no registered family reads Hugging Face model_type 'no_such_model'; "
-                                              r"known model types: bloom, cpmant, .*gpt2, .*gpt_neox, .*seed_oss"):
+                                              r"known model types: bloom, cohere, cpmant, falcon, .*gpt2, .*gpt_neox, .*mpt, "
+                                              r"olmo, olmo2, .*seed_oss"):
         from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "glm", "architectures": ["GlmForMagic"]}))
     with pytest.raises(CheckpointError, match=r"architectures \['GlmForMagic'\] names none that family 'glm-4'"):
@@ -252,7 +253,8 @@ def test_spec_no_family_expresses_gets_every_reason(tmp_path):
         build_model(spec, seed=0).save_pretrained(tmp_path / "hf", format="hf")
     message = str(info.value)
     assert "has no Hugging Face equivalent in any family" in message
-    for family in ("bloom", "glm-4", "seed-oss", "cpm-ant"):  # each names the first field it cannot express
+    for family in ("bloom", "glm-4", "seed-oss", "cpm-ant", "falcon", "mpt", "olmo", "olmo2", "cohere"):
+        # each names the first field it cannot express
         assert re.search(rf"\n  {family}: [a-z_.]+ = .* has no equivalent", message), message
     assert not (tmp_path / "hf").exists()
 
