@@ -39,7 +39,8 @@ BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "c
                     "gpt_neox": "gpt-neox", "starcoder2": "starcoder2", "phi": "phi", "stablelm": "stablelm",
                     "phi3": "phi3", "gpt2": "gpt2", "gpt_bigcode": "gpt-bigcode", "opt": "opt", "gptj": "gpt-j",
                     "granite": "granite", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
-                    "smollm3": "smollm3", "falcon": "falcon", "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2", "cohere": "cohere"}
+                    "smollm3": "smollm3", "falcon": "falcon", "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2",
+                    "cohere": "cohere", "gemma": "gemma", "gemma2": "gemma-2", "gemma3": "gemma-3"}
 
 
 
@@ -284,7 +285,7 @@ def test_register_families_makes_a_family_name_valid():
 
     registry = get_registry()
     with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cohere, cpm-ant, "
-                                        "falcon, glm-4"):
+                                        "falcon, gemma, gemma-2, gemma-3, glm-4"):
         archcomposer.load_spec(glm_with(family="acme"))
     with archcomposer.testing.registered(Plugin(), "acme"):
         assert registry.families["acme"][1] == "plugin 'acme' (registered in-process)"

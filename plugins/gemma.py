@@ -1,0 +1,92 @@
+"""The Gemma family: Gemma's RMSNorm (scale 1 + w), embedding scaled by sqrt(hidden_size), GeGLU
+(tanh GELU), head_dim independent of width, tied LM head.
+
+Hugging Face Gemma (``model_type: gemma``) has the Llama layout under ``model.``. Its norms scale
+by ``1 + weight`` (``norm.unit_offset``, the weights stored as Gemma stores them) and its token
+embedding is multiplied by ``sqrt(hidden_size)`` rounded to the model dtype. ``hidden_act: gelu``
+means the tanh GELU (``GemmaConfig`` converts it, for the first Gemma releases). The rows shared
+with Gemma 2 and Gemma 3 live here (``gemma_config``)."""
+
+from archcomposer import hookimpl
+from archcomposer.errors import CheckpointError
+from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Fixed, HFTable, Key, Rope, hf_family,
+                                   token_ids)
+
+_TANH = Activation("hidden_act", default="gelu_pytorch_tanh")
+
+
+def _gemma_activation(name: str) -> str:
+    """Gemma's activation names: ``gelu`` is the tanh approximation (as GemmaConfig reads it)."""
+    return _TANH.read("gelu_pytorch_tanh" if name == "gelu" else name)
+
+
+class Causal:
+    """``use_bidirectional_attention`` (Gemma's embedding variants) attends both ways; ours is
+    causal. transformers' default is None (Gemma, Gemma 2) or False (Gemma 3): both are causal."""
+
+    def to_spec(self, config, data):
+        if config.get("use_bidirectional_attention"):
+            raise CheckpointError("config.json use_bidirectional_attention = True is not supported (only causal "
+                                  "attention): every token would also attend to the tokens after it")
+
+    def to_config(self, spec, config):
+        pass
+
+
+def gemma_config(*, activation: str, gelu_is_tanh: bool = False, vocab_size: int, hidden_size: int, layers: int,
+                 heads: int, kv_heads: int, intermediate_size: int, max_positions: int, wiring: str) -> list:
+    """The config rows Gemma, Gemma 2 and Gemma 3 share, with each one's transformers defaults:
+    the Llama layout's keys with Gemma's norm and embedding, q/k/v/o bias from ``attention_bias``,
+    no MLP bias, the activation under ``activation`` (``hidden_act`` or ``hidden_activation``)."""
+    act = Key(activation, "mlp.activation", "gelu_pytorch_tanh", read=_gemma_activation, write=_TANH.write) \
+        if gelu_is_tanh else Activation(activation, default="gelu_pytorch_tanh")
+    return [
+        Fixed("embedding.kind", "tokens"), Fixed("embedding.scale", "sqrt_hidden_size"),
+        Fixed("norm.kind", "rmsnorm"), Fixed("norm.unit_offset", True), Fixed("attention.kind", "gqa"),
+        Fixed("mlp.kind", "gated"), Fixed("wiring.kind", wiring),
+        Key("vocab_size", "vocab_size", vocab_size),
+        Key("hidden_size", "hidden_size", hidden_size),
+        Key("num_hidden_layers", "num_layers", layers),
+        Key("max_position_embeddings", "max_positions", max_positions),
+        Key("initializer_range", "initializer_range", 0.02),
+        Key("tie_word_embeddings", "embedding.tied", True),
+        Key("num_attention_heads", "attention.num_heads", heads),
+        Key("num_key_value_heads", "attention.num_kv_heads", kv_heads),
+        Key("head_dim", "attention.head_dim", 256),
+        Key("attention_bias", "attention.qkv_bias", False),
+        Key("attention_bias", "attention.out_bias", False),
+        Key("attention_dropout", "attention.dropout", 0.0),
+        Key("rms_norm_eps", "norm.eps", 1e-6),
+        Key("intermediate_size", "mlp.intermediate_size", intermediate_size),
+        act,
+        Causal(),
+        *token_ids(pad=0, bos=2, eos=1),
+    ]
+
+
+TABLE = HFTable(
+    display="Gemma",
+    model_types=("gemma",),
+    architectures={
+        "GemmaForCausalLM": "causal_lm",
+        "GemmaForSequenceClassification": "sequence_classification",
+        "GemmaForTokenClassification": "token_classification",
+        "GemmaModel": None,
+    },
+    config=[
+        *gemma_config(activation="hidden_act", gelu_is_tanh=True, vocab_size=256000, hidden_size=3072, layers=28,
+                      heads=16, kv_heads=16, intermediate_size=24576, max_positions=8192, wiring="pre_norm"),
+        Rope(),
+    ],
+    tensors=LLAMA_TENSORS,
+    heads=HEADS,
+)
+
+FAMILY = hf_family(name="gemma", table=TABLE,
+                   description="Gemma: RMSNorm scaled by 1 + w, embedding scaled by sqrt(hidden_size), GeGLU, "
+                               "head_dim independent of width, tied LM head")
+
+
+@hookimpl
+def register_families(register):
+    register(FAMILY)
