@@ -24,15 +24,18 @@ class Embedded(NamedTuple):
 class TokenEmbedding(nn.Module):
     """Token embedding times ``scale`` (Gemma, Granite), plus learned absolute positions at
     ``position + position_offset`` (GPT-2, OPT), then an optional norm (BLOOM), then ``dropout``
-    in training (GPT-NeoX, StarCoder 2, Phi)."""
+    in training (GPT-NeoX, StarCoder 2, Phi). ``scale_inputs_embeds=False`` leaves embeddings
+    passed as ``inputs_embeds`` unscaled (Gemma scales inside its embedding table; Granite after it)."""
 
     num_prepended = 0
     prefix_lm = False
 
     def __init__(self, *, tokens: nn.Embedding, scale: float = 1.0, positions: nn.Embedding | None = None,
-                 position_offset: int = 0, norm: nn.Module | None = None, dropout: float = 0.0):
+                 position_offset: int = 0, norm: nn.Module | None = None, dropout: float = 0.0,
+                 scale_inputs_embeds: bool = True):
         super().__init__()
         self.tokens, self.scale, self.dropout = tokens, scale, dropout
+        self.inputs_embeds_scale = scale if scale_inputs_embeds else 1.0
         self.positions, self.position_offset = positions, position_offset
         self.norm = norm if norm is not None else nn.Identity()
 
@@ -42,8 +45,9 @@ class TokenEmbedding(nn.Module):
             raise InputError("prefix_mask marks prefix-LM context, which only an embedding kind with a prefix-LM "
                              "mask (such as 'prompt_segments') has")
         x = self.tokens(input_ids) if inputs_embeds is None else inputs_embeds  # [B, S, D]
-        if self.scale != 1.0:
-            x = x * torch.tensor(self.scale, dtype=x.dtype)  # the scale rounded to the model dtype, as Gemma does
+        scale = self.scale if inputs_embeds is None else self.inputs_embeds_scale
+        if scale != 1.0:
+            x = x * torch.tensor(scale, dtype=x.dtype)  # the scale rounded to the model dtype, as Gemma does
         if self.positions is not None:
             index = positions + self.position_offset  # [B, S]
             if index.numel() and index.max() >= self.positions.num_embeddings:

@@ -757,6 +757,9 @@ class TokenEmbeddingSpec(EmbeddingSpec):
     norm: bool = False
     learned_positions: LearnedPositionsSpec | None = None
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    #: Whether ``scale`` applies to embeddings passed as ``inputs_embeds`` too (Granite) or only to
+    #: rows of the table (Gemma, which scales inside its embedding module).
+    scale_inputs_embeds: bool = True
 
     def build(self, ctx):
         spec = ctx.spec
@@ -767,7 +770,8 @@ class TokenEmbeddingSpec(EmbeddingSpec):
         return embedding.TokenEmbedding(
             tokens=nn.Embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
             positions=positions, position_offset=self.learned_positions.offset if self.learned_positions else 0,
-            norm=spec.norm.build(ctx, dim=D) if self.norm else None, dropout=self.dropout)
+            norm=spec.norm.build(ctx, dim=D) if self.norm else None, dropout=self.dropout,
+            scale_inputs_embeds=self.scale_inputs_embeds)
 
 
 class SegmentsSpec(Strict):

@@ -42,6 +42,7 @@ def gemma_config(*, activation: str, gelu_is_tanh: bool = False, vocab_size: int
         if gelu_is_tanh else Activation(activation, default="gelu_pytorch_tanh")
     return [
         Fixed("embedding.kind", "tokens"), Fixed("embedding.scale", "sqrt_hidden_size"),
+        Fixed("embedding.scale_inputs_embeds", False),  # Gemma scales inside embed_tokens
         Fixed("norm.kind", "rmsnorm"), Fixed("norm.unit_offset", True), Fixed("attention.kind", "gqa"),
         Fixed("mlp.kind", "gated"), Fixed("wiring.kind", wiring),
         Key("vocab_size", "vocab_size", vocab_size),

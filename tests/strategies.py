@@ -252,7 +252,8 @@ def embedding_specs(draw, kind: str) -> dict:
                 "prompt": {"num_types": prompts, "length": draw(st.integers(1, 3)),
                            "type": draw(st.integers(0, prompts - 1))}}
     spec = {"kind": kind, "tied": draw(st.booleans()), "norm": draw(st.booleans()),
-            "scale": draw(st.sampled_from([1.0, 0.5, "sqrt_hidden_size"]))}
+            "scale": draw(st.sampled_from([1.0, 0.5, "sqrt_hidden_size"])), "scale_inputs_embeds": draw(st.booleans()),
+            "dropout": draw(st.sampled_from([0.0, 0.1]))}
     if draw(st.booleans()):
         spec["learned_positions"] = {"offset": draw(st.integers(0, 2))}
     return spec

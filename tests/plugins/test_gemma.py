@@ -113,3 +113,21 @@ def test_export_of_what_gemma_cannot_express_names_the_field(tmp_path, change, m
     with pytest.raises(CheckpointError, match=message):
         build_model(spec, seed=0).save_pretrained(tmp_path / "out", format="hf")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("config_class", "architecture"), [
+    (transformers.GemmaConfig, "GemmaForCausalLM"), (transformers.Gemma2Config, "Gemma2ForCausalLM"),
+    (transformers.Gemma3TextConfig, "Gemma3ForCausalLM")])
+def test_inputs_embeds_are_not_scaled_as_the_token_table_is(tmp_path, config_class, architecture):
+    """Gemma scales inside embed_tokens: embeddings passed as inputs_embeds enter unscaled."""
+    fields = dict(vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    reference = build_reference(architecture, config_class(**fields))
+    reference.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
+    assert ours.spec.embedding.scale_inputs_embeds is False
+    embeds = torch.randn(1, 9, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = reference(inputs_embeds=embeds).logits
+        assert (ours(inputs_embeds=embeds).logits - theirs).abs().max() <= 1e-4
+        assert (ours(INPUTS.single).logits - reference(INPUTS.single).logits).abs().max() <= 1e-4
