@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from itertools import chain
 from pathlib import Path
 
@@ -66,11 +67,11 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
     if ours:
         spec = load_spec(directory / SPEC_FILE)
         maps = [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))]
-        describe = "archcomposer checkpoint"
+        describe, ignored = "archcomposer checkpoint", ()
     else:
-        spec, maps, describe = _read_hf_config(directory)
+        spec, maps, describe, ignored = _read_hf_config(directory)
     with TensorFiles(directory) as files:
-        return _load(spec, maps, files, describe=describe, dtype=dtype,
+        return _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
                      device=torch.device(device) if device is not None else None, progress=progress)
 
 
@@ -85,7 +86,7 @@ def family_for_model_type(model_type: str) -> Family:
                           f"known model types: {', '.join(known) or 'none'}")
 
 
-def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str]:
+def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str, tuple[str, ...]]:
     config_path = directory / HF_CONFIG_FILE
     try:
         config = json.loads(config_path.read_text())
@@ -108,15 +109,16 @@ def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], st
     except SpecError as exc:
         raise CheckpointError(f"{config_path}: family {family.name!r} translated it into an invalid spec: {exc}") \
             from None
-    return spec, family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint"
+    return (spec, family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint",
+            family.hf_ignored_tensors)
 
 
-def _load(spec, maps, files, *, describe, dtype, device, progress) -> ComposedModel:
+def _load(spec, maps, files, *, describe, ignored, dtype, device, progress) -> ComposedModel:
     model = skeleton(spec)
     expected = own_tensors(model)
     aliases = tied_parameters(model)
     maps = _without_absent_prefixes(maps, files)
-    _check(spec, maps, expected, files, describe)
+    _check(spec, maps, expected, files, describe, ignored)
     total = sum(files.nbytes(name) for m in maps for name in m.theirs)
     bar = Progress(f"loading {files.directory.name}", total,
                    enabled=progress if progress is not None else total >= PROGRESS_MIN_BYTES)
@@ -158,7 +160,8 @@ def _without_absent_prefixes(maps: list[TensorMap], files) -> list[TensorMap]:
     return [dataclasses.replace(m, theirs=tuple(rename.get(n, n) for n in m.theirs)) for m in maps]
 
 
-def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files, describe: str) -> None:
+def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files, describe: str,
+           ignored: tuple[str, ...] = ()) -> None:
     """Collect every missing, unexpected and mis-shaped tensor into one CheckpointError, before
     any tensor data is read (shapes come from the file headers; transforms run on meta tensors)."""
     missing, misshaped, used = [], [], set()
@@ -183,7 +186,7 @@ def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files
             misshaped.append(f"{source}{into}: the model expects {want}")
     mapped = {m.ours for m in maps}
     missing += [f"{name} (no checkpoint tensor maps to it)" for name in expected if name not in mapped]
-    unexpected = sorted(set(files.names) - used)
+    unexpected = sorted(n for n in set(files.names) - used if not any(re.search(p, n) for p in ignored))
     if missing or unexpected or misshaped:
         lines = [f"{files.directory}: the {describe} does not match spec {spec.name!r}:"]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):

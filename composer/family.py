@@ -73,7 +73,11 @@ class Family:
     hf_architectures: each Hugging Face architecture (a ``config.json`` ``architectures`` entry)
         this family reads and writes, with the head kind it corresponds to (None: the bare model).
     spec_from_hf_config, hf_config_from_spec, hf_tensors: see ``SpecFromHFConfig``,
-        ``HFConfigFromSpec`` and ``HFTensors`` above. Set all three or none."""
+        ``HFConfigFromSpec`` and ``HFTensors`` above. Set all three or none.
+    hf_ignored_tensors: regular expressions (``re.search``) of checkpoint tensors that are not
+        weights and are skipped on load: buffers older transformers saved (GPT-2's causal-mask
+        ``attn.bias``, RoPE's ``rotary_emb.inv_freq``), as transformers'
+        ``_keys_to_ignore_on_load_unexpected``."""
 
     name: str
     description: str = ""
@@ -82,6 +86,7 @@ class Family:
     spec_from_hf_config: SpecFromHFConfig | None = None
     hf_config_from_spec: HFConfigFromSpec | None = None
     hf_tensors: HFTensors | None = None
+    hf_ignored_tensors: tuple[str, ...] = ()
 
     def __post_init__(self):
         hooks = {"spec_from_hf_config": self.spec_from_hf_config, "hf_config_from_spec": self.hf_config_from_spec,

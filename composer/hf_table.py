@@ -259,6 +259,8 @@ class HFTable:
     head_fields: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     head_config: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     extra_tensors: Callable[[ModelSpecBase, str, str], list[TensorMap]] | None = None
+    #: Checkpoint tensors that are not weights (``Family.hf_ignored_tensors``), besides ``BUFFERS``.
+    ignored: tuple[str, ...] = ()
 
     # -- config ------------------------------------------------------------------------------
 
@@ -436,11 +438,16 @@ def _dict_differences(a: Any, b: Any, path: str):
             else (path, a, b)
 
 
+#: Buffers older transformers versions saved in checkpoints of every RoPE family, skipped on load.
+BUFFERS = (r"\.rotary_emb\.inv_freq$",)
+
+
 def hf_family(*, name: str, description: str, table: HFTable) -> Family:
     """The ``Family`` a plugin registers for a table."""
     return Family(name=name, description=description, hf_model_types=table.model_types,
                   hf_architectures=table.architectures, spec_from_hf_config=table.spec_from_hf_config,
-                  hf_config_from_spec=table.hf_config_from_spec, hf_tensors=table.hf_tensors)
+                  hf_config_from_spec=table.hf_config_from_spec, hf_tensors=table.hf_tensors,
+                  hf_ignored_tensors=BUFFERS + tuple(table.ignored))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ TABLE = HFTable(
         Tensor("layers.{i}.mlp.down", "{base}h.{i}.mlp.c_proj", TRANSPOSED),
     ],
     heads={**HEADS, "token_classification": "classifier"},
+    ignored=(r"\.attn\.(masked_)?bias$",),  # the causal-mask buffers older GPT-2 checkpoints hold
 )
 
 FAMILY = hf_family(name="gpt2", table=TABLE,

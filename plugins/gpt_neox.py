@@ -71,6 +71,7 @@ TABLE = HFTable(
         Tensor("layers.{i}.mlp.down", "{base}layers.{i}.mlp.dense_4h_to_h"),
     ],
     heads={**HEADS, "causal_lm": "embed_out", "token_classification": "classifier"},
+    ignored=(r"\.attention\.(masked_)?bias$",),  # the causal-mask buffers Pythia checkpoints hold
 )
 
 FAMILY = hf_family(name="gpt-neox", table=TABLE,

@@ -77,6 +77,7 @@ TABLE = HFTable(
         Tensor("layers.{i}.mlp.down", "{base}h.{i}.mlp.fc_out"),
     ],
     heads=HEADS,
+    ignored=(r"\.attn\.(masked_)?bias$",),  # the causal-mask buffers older GPT-J checkpoints hold
     head_fields={"causal_lm": {"bias": True}},
 )
 

@@ -156,3 +156,26 @@ def test_unsupported_activation_is_refused_on_import(tmp_path):
     transformers.GPTNeoXForCausalLM(config(hidden_act="mish")).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="activation 'mish' is not supported"):
         from_pretrained(tmp_path)
+
+
+def test_buffers_older_checkpoints_hold_are_skipped_and_other_extra_tensors_refused(tmp_path):
+    """Pythia's published files hold each layer's causal-mask buffers (attention.bias,
+    attention.masked_bias) and rotary_emb.inv_freq: not weights, skipped on load as transformers
+    does. Any other extra tensor is still an error."""
+    from safetensors.torch import load_file, save_file
+
+    reference = build_reference("GPTNeoXForCausalLM", config())
+    reference.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    for i in range(2):
+        tensors[f"gpt_neox.layers.{i}.attention.bias"] = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+        tensors[f"gpt_neox.layers.{i}.attention.masked_bias"] = torch.tensor(-1e9)
+        tensors[f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq"] = torch.ones(2)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ours = from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert (ours(INPUTS.single).logits - reference(INPUTS.single).logits).abs().max() <= 1e-4
+    tensors["gpt_neox.layers.0.attention.extra"] = torch.ones(2)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"unexpected \(1\):\n    gpt_neox.layers.0.attention.extra"):
+        from_pretrained(tmp_path)
