@@ -9,6 +9,7 @@ module."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 
@@ -189,3 +190,21 @@ def check_shipped_spec(name: str, architecture: str, config: transformers.Pretra
     ours = archcomposer.build_model(name, device="meta").num_parameters()
     assert ours == theirs, f"{name}: {ours:,} parameters, transformers' {architecture} has {theirs:,}"
     return ours
+
+
+def position_ids(inputs: Inputs) -> dict:
+    """``hf_kwargs_for_batch`` for references whose forward counts positions from 0 including
+    pads: they get our positions, which follow the mask."""
+    return {"position_ids": inputs.position_ids}
+
+
+def largest_difference_report(family: str):
+    """A module fixture that prints ``report(family)`` after the module's tests:
+    ``report_largest_difference = largest_difference_report(FAMILY)``."""
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report_largest_difference():
+        yield
+        print("\n" + report(family))
+
+    return report_largest_difference

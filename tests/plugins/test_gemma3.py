@@ -10,17 +10,15 @@ import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, build_reference, check_parity, check_shipped_spec, report
+from tests.plugins.parity import (Inputs, build_reference, check_parity, check_shipped_spec,
+                                   largest_difference_report, position_ids)
 
 FAMILY = "gemma-3"
 ROPE = {"full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0},
         "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report_largest_difference():
-    yield
-    print("\n" + report(FAMILY))
+report_largest_difference = largest_difference_report(FAMILY)
 
 
 def config(**overrides):
@@ -32,11 +30,6 @@ def config(**overrides):
 
 
 INPUTS = Inputs(vocab_size=160, pad_token_id=0)
-
-
-def position_ids(inputs):
-    """transformers' forward counts positions from 0 including pads; ours follows the mask."""
-    return {"position_ids": inputs.position_ids}
 
 
 @pytest.mark.parametrize(("architecture", "head"), [

@@ -6,15 +6,10 @@ import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, build_reference, check_parity, report
+from tests.plugins.parity import Inputs, build_reference, check_parity, largest_difference_report, position_ids
 
 FAMILY = "glm-4"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_largest_difference():
-    yield
-    print("\n" + report(FAMILY))
+report_largest_difference = largest_difference_report(FAMILY)
 
 
 def config(partial_rotary_factor=0.5, **overrides):
@@ -27,11 +22,6 @@ def config(partial_rotary_factor=0.5, **overrides):
 
 
 INPUTS = Inputs(vocab_size=160, pad_token_id=0)
-
-
-def position_ids(inputs):
-    """transformers' forward counts positions from 0 including pads; ours follows the mask."""
-    return {"position_ids": inputs.position_ids}
 
 
 @pytest.mark.parametrize(("architecture", "head"), [

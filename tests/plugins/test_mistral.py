@@ -5,15 +5,10 @@ import pytest
 import transformers
 
 from archcomposer import CheckpointError, build_model
-from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, largest_difference_report, position_ids
 
 FAMILY = "mistral"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_largest_difference():
-    yield
-    print("\n" + report(FAMILY))
+report_largest_difference = largest_difference_report(FAMILY)
 
 
 def config(**overrides):
@@ -25,11 +20,6 @@ def config(**overrides):
 
 
 INPUTS = Inputs(vocab_size=160, pad_token_id=0)
-
-
-def position_ids(inputs):
-    """transformers' forward counts positions from 0 including pads; ours follows the mask."""
-    return {"position_ids": inputs.position_ids}
 
 
 def spec_of(hf_config, architecture="MistralForCausalLM") -> dict:

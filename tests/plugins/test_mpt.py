@@ -7,15 +7,10 @@ import pytest
 import transformers
 
 from archcomposer import CheckpointError, build_model
-from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, largest_difference_report
 
 FAMILY = "mpt"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report_largest_difference():
-    yield
-    print("\n" + report(FAMILY))
+report_largest_difference = largest_difference_report(FAMILY)
 
 
 def config(attn_config=None, **overrides):
