@@ -1,13 +1,14 @@
 """A model family: the knowledge that connects a published architecture to specs (for
 checkpoint import/export, its Hugging Face config and weight names).
 
-A family that reads and writes Hugging Face checkpoints sets the four ``hf_*`` fields below and
-nothing else; ``archcomposer.checkpoint`` does the loading and saving (with the error that lists
+A family that reads and writes Hugging Face checkpoints sets the ``hf_*`` fields below and nothing
+else; ``archcomposer.checkpoint`` does the loading and saving (with the error that lists
 missing/unexpected/mis-shaped tensors) and ``archcomposer.storage`` the file handling (safetensors,
-sharding, memory mapping) for every family alike; ``archcomposer.hf_mapping`` has helpers for the
-parts of the translation that families share.
-To add a family, copy one of the built-in plugin modules (``archcomposer.plugins.seed_oss`` is the
-plainest) and change its tables and three functions."""
+sharding, memory mapping) for every family alike. Most families declare their translation as data
+(``archcomposer.hf_table``: config rows, tensor rows, heads) and get these fields from
+``hf_family``; to add one, copy the nearest built-in plugin module (``archcomposer.plugins.seed_oss``
+is the plainest). A family the tables cannot express writes the three functions itself
+(``archcomposer.plugins.cpmant``)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from archcomposer import CacheError, DynamicCache, StaticCache, build_model, load_spec
-from archcomposer.hf_mapping import llama_layout_tensors
+from archcomposer.plugins.mistral import TABLE as MISTRAL
 from tests.plugins.parity import Inputs, build_reference
 from tests.strategies import POSITIONS, spec_dicts
 
@@ -439,8 +439,7 @@ def with_weights_of(reference, spec: dict):
     """Our model of ``spec`` holding the weights of a transformers Llama-layout causal LM."""
     model = build_model(spec)
     theirs = reference.state_dict()
-    state = {m.ours: theirs[m.theirs[0]] for m in llama_layout_tensors(model.spec, "model.")}
-    model.load_state_dict({**state, "heads.causal_lm.proj.weight": theirs["lm_head.weight"]})
+    model.load_state_dict({m.ours: theirs[m.theirs[0]] for m in MISTRAL.hf_tensors(model.spec, "MistralForCausalLM")})
     return model.eval()
 
 
