@@ -6,7 +6,8 @@ import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, build_reference, check_parity, largest_difference_report
+from tests.plugins.parity import (Inputs, build_reference, check_parity, check_shipped_spec,
+                                   largest_difference_report)
 
 FAMILY = "bloom"
 report_largest_difference = largest_difference_report(FAMILY)
@@ -81,6 +82,9 @@ def test_shipped_spec_is_what_the_published_config_translates_to():
         assert data[key] == getattr(shipped, key)
     assert data["attention"]["num_heads"] == shipped.attention.num_heads
     assert data["mlp"]["intermediate_size"] == shipped.mlp.intermediate_size
+    check_shipped_spec("bloom-560m", "BloomForCausalLM", transformers.BloomConfig(**published))
+    check_shipped_spec("bloom-176b", "BloomForCausalLM", transformers.BloomConfig(
+        vocab_size=250880, hidden_size=14336, n_layer=70, n_head=112, pad_token_id=3))
 
 
 def test_export_of_a_spec_bloom_cannot_express_names_the_block(tmp_path):

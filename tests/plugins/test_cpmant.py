@@ -10,7 +10,7 @@ import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, check_parity, largest_difference_report
+from tests.plugins.parity import Inputs, check_parity, check_shipped_spec, largest_difference_report
 
 FAMILY = "cpm-ant"
 report_largest_difference = largest_difference_report(FAMILY)
@@ -67,6 +67,7 @@ def test_shipped_spec_is_what_the_default_config_translates_to():
     ours = build_model(data, device="meta").spec
     shipped = build_model("cpm-ant-10b", device="meta").spec
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+    check_shipped_spec("cpm-ant-10b", "CpmAntForCausalLM", transformers.CpmAntConfig())
 
 
 def test_export_of_a_prompt_type_transformers_hard_codes_names_the_field(tmp_path):

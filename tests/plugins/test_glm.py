@@ -6,7 +6,8 @@ import torch
 import transformers
 
 from archcomposer import CheckpointError, build_model, from_pretrained
-from tests.plugins.parity import Inputs, build_reference, check_parity, largest_difference_report, position_ids
+from tests.plugins.parity import (Inputs, build_reference, check_parity, check_shipped_spec,
+                                   largest_difference_report, position_ids)
 
 FAMILY = "glm-4"
 report_largest_difference = largest_difference_report(FAMILY)
@@ -66,6 +67,7 @@ def test_shipped_spec_is_what_the_default_config_translates_to():
     shipped = build_model("glm-4-9b", device="meta").spec
     ours = build_model(data, device="meta").spec
     assert ours.model_dump(exclude={"initializer_range"}) == shipped.model_dump(exclude={"initializer_range"})
+    check_shipped_spec("glm-4-9b", "GlmForCausalLM", transformers.GlmConfig())
 
 
 def test_export_without_fused_gate_up_names_the_field(tmp_path):
