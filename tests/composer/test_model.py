@@ -279,7 +279,10 @@ def test_inputs_embeds_equal_input_ids(data):
     spec, model = draw_model(data)
     ids, mask, _ = left_padded_batch(data, spec["vocab_size"])
     by_ids = model(ids, attention_mask=mask).logits
-    by_embeds = model(inputs_embeds=model.embedding.tokens(ids), attention_mask=mask).logits
+    embeds = model.embedding.tokens(ids)  # [B, S, D]
+    if not getattr(model.spec.embedding, "scale_inputs_embeds", True):  # Gemma: the caller passes scaled rows
+        embeds = embeds * torch.tensor(model.embedding.scale, dtype=embeds.dtype)
+    by_embeds = model(inputs_embeds=embeds, attention_mask=mask).logits
     torch.testing.assert_close(by_embeds, by_ids, rtol=0, atol=ATOL)
 
 
