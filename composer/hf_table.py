@@ -496,6 +496,18 @@ def parallel_residual(*, default: bool, shared_norm: bool) -> Key:
                write=lambda wiring: wiring.kind == "parallel")
 
 
+class FourTimesHidden:
+    """``mlp.intermediate_size`` = 4 x hidden_size, which no config key says (BLOOM, MPT); runs
+    after the row that sets ``hidden_size``. Export writes nothing: the read-back check refuses
+    another width."""
+
+    def to_spec(self, config: dict, data: dict) -> None:
+        data.setdefault("mlp", {})["intermediate_size"] = 4 * data["hidden_size"]
+
+    def to_config(self, spec: ModelSpecBase, config: dict) -> None:
+        pass
+
+
 def without(rows: Sequence[Any], *ours: str) -> list:
     """``rows`` but those for the spec fields ``ours``, which a family translates otherwise."""
     return [row for row in rows if getattr(row, "ours", None) not in ours]

@@ -5,19 +5,8 @@ Hugging Face BLOOM (``model_type: bloom``) stores the fused QKV projection per h
 the GELU the tanh one."""
 
 from archcomposer import hookimpl
-from archcomposer.hf_table import GROUPED_QKV, HEADS, Fixed, HFTable, Key, Tensor, hf_family, token_ids
-
-
-
-class _MLPWidth:
-    """BLOOM's MLP is 4 x hidden_size wide; no config key says so."""
-
-    def to_spec(self, config, data):
-        data.setdefault("mlp", {})["intermediate_size"] = 4 * data["hidden_size"]
-
-    def to_config(self, spec, config):
-        pass  # the read-back check refuses another width
-
+from archcomposer.hf_table import (GROUPED_QKV, HEADS, Fixed, FourTimesHidden, HFTable, Key, Tensor, hf_family,
+                                   token_ids)
 
 TABLE = HFTable(
     display="BLOOM",
@@ -46,7 +35,7 @@ TABLE = HFTable(
         Key("attention_dropout", "attention.dropout", 0.0),
         Key("apply_residual_connection_post_layernorm", "wiring.residual_from_norm", False),
         Key("hidden_dropout", "wiring.dropout", 0.0),
-        _MLPWidth(),
+        FourTimesHidden(),
         *token_ids(pad=None, bos=1, eos=2),
     ],
     tensors=[

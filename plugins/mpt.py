@@ -10,7 +10,7 @@ QK LayerNorm, no logit scale); such keys are read only at the value transformers
 
 from archcomposer import hookimpl
 from archcomposer.errors import CheckpointError
-from archcomposer.hf_table import HEADS, Expect, Fixed, HFTable, Key, Tensor, hf_family, token_ids
+from archcomposer.hf_table import HEADS, Expect, Fixed, FourTimesHidden, HFTable, Key, Tensor, hf_family, token_ids
 
 _IGNORED = "transformers' MPT ignores it"
 
@@ -38,16 +38,6 @@ class _AttnConfig:
 def _int_if_whole(p: float) -> float | int:
     """transformers' MptAttentionConfig types attn_pdrop as an int (and refuses 0.0)."""
     return int(p) if p == int(p) else p
-
-
-class _MLPWidth:
-    """4 x d_model: transformers' MPT builds that whatever ``expansion_ratio`` says."""
-
-    def to_spec(self, config, data):
-        data.setdefault("mlp", {})["intermediate_size"] = 4 * data["hidden_size"]
-
-    def to_config(self, spec, config):
-        pass  # the read-back check refuses another width
 
 
 TABLE = HFTable(
@@ -78,7 +68,7 @@ TABLE = HFTable(
         Expect("expansion_ratio", 4, f"{_IGNORED} and builds a 4 x d_model MLP"),
         Expect("logit_scale", None, f"{_IGNORED} and does not scale the logits"),
         Expect("embedding_fraction", 1.0, "it scales the embedding's gradient, which transformers' MPT does not"),
-        _MLPWidth(),
+        FourTimesHidden(),
         _AttnConfig(
             Key("attn_pdrop", "attention.dropout", 0.0, write=_int_if_whole),
             Key("attn_pdrop", "wiring.dropout", 0.0, write=_int_if_whole),  # MPT drops each branch output with it too
