@@ -508,9 +508,10 @@ class FourTimesHidden:
         pass
 
 
-def without(rows: Sequence[Any], *ours: str) -> list:
-    """``rows`` but those for the spec fields ``ours``, which a family translates otherwise."""
-    return [row for row in rows if getattr(row, "ours", None) not in ours]
+def without(rows: Sequence[Any], *names: str) -> list:
+    """``rows`` but those for the spec fields (``attention.out_bias``) or config flags (an
+    ``Expect``'s key) in ``names``, which a family translates otherwise."""
+    return [row for row in rows if getattr(row, "ours", None) not in names and getattr(row, "hf", None) not in names]
 
 
 def token_ids(*, pad: Any = None, bos: Any = 1, eos: Any = 2) -> list[Key]:
@@ -521,7 +522,8 @@ def token_ids(*, pad: Any = None, bos: Any = 1, eos: Any = 2) -> list[Key]:
 
 def llama_config(*, vocab_size: int = 32000, max_positions: int = 2048, eps: float = 1e-6, heads: int = 32,
                  attention_bias: Any = False, tied: bool = False, act: str = "silu", hidden_size: int = 4096,
-                 layers: int = 32, kv_heads: int | None = None, intermediate_size: int = 11008) -> list:
+                 layers: int = 32, kv_heads: int | None = None, head_dim: int | None = None,
+                 intermediate_size: int = 11008) -> list:
     """Rows of the Llama layout's config (transformers' LlamaConfig keys; the defaults are each
     family's own): RMSNorm, GQA, gated MLP, pre-norm layers, ``attention_bias`` on q/k/v and o.
     A family adds its position codec and token ids, and replaces rows it has otherwise (``without``).
@@ -537,7 +539,7 @@ def llama_config(*, vocab_size: int = 32000, max_positions: int = 2048, eps: flo
         Key("tie_word_embeddings", "embedding.tied", tied),
         Key("num_attention_heads", "attention.num_heads", heads),
         Key("num_key_value_heads", "attention.num_kv_heads", kv_heads),
-        Key("head_dim", "attention.head_dim", None),
+        Key("head_dim", "attention.head_dim", head_dim),
         Key("attention_bias", "attention.qkv_bias", attention_bias),
         Key("attention_bias", "attention.out_bias", attention_bias),
         Key("attention_dropout", "attention.dropout", 0.0),

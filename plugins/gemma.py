@@ -10,7 +10,7 @@ with Gemma 2 and Gemma 3 live here (``gemma_config``)."""
 from archcomposer import hookimpl
 from archcomposer.errors import CheckpointError
 from archcomposer.hf_table import (HEADS, LLAMA_TENSORS, Activation, Fixed, HFTable, Key, Rope, hf_family,
-                                   token_ids)
+                                   llama_config, token_ids, without)
 
 _TANH = Activation("hidden_act", default="gelu_pytorch_tanh")
 
@@ -36,29 +36,19 @@ class Causal:
 def gemma_config(*, activation: str, gelu_is_tanh: bool = False, vocab_size: int, hidden_size: int, layers: int,
                  heads: int, kv_heads: int, intermediate_size: int, max_positions: int, wiring: str) -> list:
     """The config rows Gemma, Gemma 2 and Gemma 3 share, with each one's transformers defaults:
-    the Llama layout's keys with Gemma's norm and embedding, q/k/v/o bias from ``attention_bias``,
-    no MLP bias, the activation under ``activation`` (``hidden_act`` or ``hidden_activation``)."""
+    the Llama layout's rows (``llama_config``) with Gemma's norm, embedding and ``wiring``, no MLP
+    bias, the activation under ``activation`` (``hidden_act`` or ``hidden_activation``), and
+    ``use_bidirectional_attention`` for causality (Gemma has no ``is_causal``)."""
     act = Key(activation, "mlp.activation", "gelu_pytorch_tanh", read=_gemma_activation, write=_TANH.write) \
         if gelu_is_tanh else Activation(activation, default="gelu_pytorch_tanh")
     return [
-        Fixed("embedding.kind", "tokens"), Fixed("embedding.scale", "sqrt_hidden_size"),
+        *without(llama_config(vocab_size=vocab_size, max_positions=max_positions, heads=heads, tied=True,
+                              hidden_size=hidden_size, layers=layers, kv_heads=kv_heads, head_dim=256,
+                              intermediate_size=intermediate_size),
+                 "wiring.kind", "mlp.activation", "mlp.bias", "is_causal"),
+        Fixed("embedding.scale", "sqrt_hidden_size"),
         Fixed("embedding.scale_inputs_embeds", False),  # Gemma scales inside embed_tokens
-        Fixed("norm.kind", "rmsnorm"), Fixed("norm.unit_offset", True), Fixed("attention.kind", "gqa"),
-        Fixed("mlp.kind", "gated"), Fixed("wiring.kind", wiring),
-        Key("vocab_size", "vocab_size", vocab_size),
-        Key("hidden_size", "hidden_size", hidden_size),
-        Key("num_hidden_layers", "num_layers", layers),
-        Key("max_position_embeddings", "max_positions", max_positions),
-        Key("initializer_range", "initializer_range", 0.02),
-        Key("tie_word_embeddings", "embedding.tied", True),
-        Key("num_attention_heads", "attention.num_heads", heads),
-        Key("num_key_value_heads", "attention.num_kv_heads", kv_heads),
-        Key("head_dim", "attention.head_dim", 256),
-        Key("attention_bias", "attention.qkv_bias", False),
-        Key("attention_bias", "attention.out_bias", False),
-        Key("attention_dropout", "attention.dropout", 0.0),
-        Key("rms_norm_eps", "norm.eps", 1e-6),
-        Key("intermediate_size", "mlp.intermediate_size", intermediate_size),
+        Fixed("norm.unit_offset", True), Fixed("wiring.kind", wiring),
         act,
         Causal(),
         *token_ids(pad=0, bos=2, eos=1),
