@@ -10,12 +10,14 @@ and segment) through ``update_tokens``: a bias computed at a later step must see
 keys had when they were written (``position_ids`` given then), not ones rebuilt from the mask.
 These records cover every token seen, windowed layers or not."""
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from archcomposer.errors import CacheError
 
 
-class _Cache:
+class _Cache(ABC):
     """Per-layer key and value tensors, per-token records, and what every cache does with them."""
 
     def __init__(self):
@@ -23,10 +25,10 @@ class _Cache:
         self.values: list[torch.Tensor] = []
         self.tokens: dict[str, torch.Tensor] = {}  # name -> [B, S] (position, segment)
 
+    @abstractmethod
     def key_slots(self, total: int, new: int, window: int | None = None) -> range:
         """The slots (token indices, from 0) of the keys ``update`` returns to a layer with this
         ``window`` at a step that brings the cache to ``total`` tokens, ``new`` of them this step's."""
-        raise NotImplementedError
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
