@@ -50,6 +50,19 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
     ``model_type`` or architecture, and (in one message) every missing, unexpected or mis-shaped
     tensor. The model is returned in eval mode and carries its spec as ``model.spec``."""
     directory = Path(path)
+    spec, maps, describe, ignored = _read_checkpoint(directory)
+    with TensorFiles(directory) as files:
+        return _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
+                     device=torch.device(device) if device is not None else None, progress=progress)
+
+
+def checkpoint_spec(path: str | os.PathLike) -> ModelSpecBase:
+    """The spec of a checkpoint directory (ours or Hugging Face's), without reading its tensors:
+    what lets every command that takes a spec take a checkpoint too."""
+    return _read_checkpoint(Path(path))[0]
+
+
+def _read_checkpoint(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str, tuple[str, ...]]:
     if directory.is_file():
         refuse_pickle(directory)
         raise CheckpointError(f"{directory}: from_pretrained takes a checkpoint directory (with {SPEC_FILE} "
@@ -64,15 +77,11 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
     if not ((directory / WEIGHTS_FILE).is_file() or (directory / INDEX_FILE).is_file()):
         refuse_pickle(directory)
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
-    if ours:
-        spec = load_spec(directory / SPEC_FILE)
-        maps = [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))]
-        describe, ignored = "archcomposer checkpoint", ()
-    else:
-        spec, maps, describe, ignored = _read_hf_config(directory)
-    with TensorFiles(directory) as files:
-        return _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
-                     device=torch.device(device) if device is not None else None, progress=progress)
+    if not ours:
+        return _read_hf_config(directory)
+    spec = load_spec(directory / SPEC_FILE)
+    maps = [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))]
+    return spec, maps, "archcomposer checkpoint", ()
 
 
 def family_for_model_type(model_type: str) -> Family:

@@ -18,7 +18,8 @@ SpecLike = ModelSpecBase | dict | str | os.PathLike
 
 
 def load_spec(source: SpecLike) -> ModelSpecBase:
-    """Validate ``source`` into a ``ModelSpec``."""
+    """Validate ``source`` into a ``ModelSpec``: a spec, a dict, a shipped spec's name, a YAML
+    file, or a checkpoint directory (ours or Hugging Face's; its spec, not its weights)."""
     registry = get_registry()
     if isinstance(source, ModelSpecBase):
         return _check_family(source, None)
@@ -30,6 +31,10 @@ def load_spec(source: SpecLike) -> ModelSpecBase:
     elif not path.suffix and not path.exists():
         raise RegistryError(f"no shipped spec named {str(source)!r} and no such file; "
                             f"shipped specs: {', '.join(sorted(registry.specs))}")
+    if path.is_dir():
+        from archcomposer.checkpoint import checkpoint_spec  # checkpoint imports this module
+
+        return checkpoint_spec(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     text = path.read_text()

@@ -301,3 +301,16 @@ def test_bad_arguments(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(CheckpointError, match="exists and is not a directory"):
         model.save_pretrained(tmp_path / "file")
+
+
+def test_a_checkpoint_directory_stands_for_its_spec(tmp_path):
+    from archcomposer import load_spec
+
+    model = build_model("tiny-glm-4", seed=0)
+    ours = model.save_pretrained(tmp_path / "ours")
+    hf = model.save_pretrained(tmp_path / "hf", format="hf")
+    assert load_spec(ours) == model.spec
+    assert load_spec(hf).to_dict() | {"name": "tiny-glm-4"} == model.spec.to_dict()
+    assert build_model(str(ours), device="meta").num_parameters() == model.num_parameters()
+    with pytest.raises(CheckpointError, match="no such checkpoint directory|not a checkpoint directory"):
+        load_spec(tmp_path)
