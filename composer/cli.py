@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 import archcomposer
-from archcomposer.errors import CheckpointError, ComposerError, RegistryError
+from archcomposer.errors import CheckpointError, ComposerError
 
 EXIT_OK, EXIT_INVALID = 0, 1  # argparse exits 2 for a misused command
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head`)
@@ -178,8 +179,10 @@ def cmd_blocks(args) -> int:
     from archcomposer import get_registry
 
     registry = get_registry()
-    if args.section is not None and args.section not in registry.sections:
-        raise RegistryError(f"no section {args.section!r}; sections are {sorted(registry.sections)}")
+    if args.section is not None and args.section not in registry.sections:  # a closed set, like choices=
+        close = difflib.get_close_matches(args.section, registry.sections, n=1)
+        args.parser.error(f"argument section: no section {args.section!r}; sections are {sorted(registry.sections)}"
+                          + (f"; did you mean {close[0]!r}?" if close else ""))
     listing = []
     for section in registry.sections.values():
         if args.section not in (None, section.name):
@@ -433,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("section", nargs="?",
                    help="only this section (position, norm, attention, mlp, head, ...; e.g. mlp)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text (e.g. --json | jq '.[].kind')")
-    p.set_defaults(func=cmd_blocks)
+    p.set_defaults(func=cmd_blocks, parser=p)
     return parser
 
 

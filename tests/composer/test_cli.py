@@ -134,11 +134,15 @@ def test_schema_is_json_listing_the_kinds(capsys):
 def test_invalid_input_exits_1_and_misuse_exits_2(capsys):
     assert main(["summary", "no-such-spec"]) == 1
     assert capsys.readouterr().err.startswith("archcomposer: error: no shipped spec named 'no-such-spec'")
-    for argv in ([], ["summary", "--dtype", "float8"], ["no-such-command"], ["validate"]):
+    for argv in ([], ["summary", "--dtype", "float8"], ["no-such-command"], ["validate"], ["blocks", "positon"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
-        assert capsys.readouterr().err.startswith("usage: archcomposer")
+        err = capsys.readouterr().err
+        assert err.startswith("usage: archcomposer")
+    assert err.endswith("archcomposer blocks: error: argument section: no section 'positon'; sections are "
+                        "['attention', 'embedding', 'head', 'mlp', 'norm', 'position', 'wiring']; did you mean "
+                        "'position'?\n")
 
 
 def test_version_names_archcomposer_torch_and_python(capsys):
