@@ -10,7 +10,7 @@ import typing
 
 import torch
 
-from archcomposer.errors import ComposerError, RegistryError
+from archcomposer.errors import ComposerError, InputError, RegistryError
 
 
 def _blocks(spec) -> str:
@@ -76,9 +76,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from archcomposer import get_registry
+    from archcomposer.schema import schema_text
 
-    print(json.dumps(get_registry().spec_class().model_json_schema(), indent=2))
+    text = schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w") as out:
+            out.write(text)
+    except OSError as exc:
+        raise InputError(f"--output {args.output}: cannot write the schema there: {exc.strerror}") from None
+    print(f"wrote the JSON schema of spec files to {args.output}")
     return 0
 
 
@@ -202,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("schema", help="print the JSON schema of specs (registered kinds included)")
+    p = sub.add_parser("schema", help="print the JSON schema of spec files (draft 2020-12, every installed plugin's "
+                                      "kinds included), for editors")
+    p.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it "
+                                                    "(e.g. --output spec.schema.json)")
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("plugins", help="list plugins: distribution, version and what each registers")
