@@ -91,6 +91,18 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from archcomposer import load_spec
+    from archcomposer.diff import diff_specs
+
+    specs = [load_spec(source) for source in (args.a, args.b)]
+    labels = tuple(source if source == spec.name else f"{source} ({spec.name})"
+                   for source, spec in zip((args.a, args.b), specs))
+    found = diff_specs(*specs, labels=labels)
+    print(json.dumps(found.to_json(), indent=2) if args.json else found.format())
+    return 0 if found.equal else 1
+
+
 def cmd_plugins(args) -> int:
     from archcomposer import get_registry
 
@@ -216,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it "
                                                     "(e.g. --output spec.schema.json)")
     p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("diff", help="what differs between two specs, block by block and layer by layer; exit "
+                                    "status 0 when they are the same, 1 when they differ, 2 on an error (as diff(1))")
+    p.add_argument("a", help="a spec name, YAML file or checkpoint directory (e.g. glm-4-9b)")
+    p.add_argument("b", help="the spec to compare it with (e.g. seed-oss-36b)")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON (e.g. diff a.yaml b.yaml --json)")
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("plugins", help="list plugins: distribution, version and what each registers")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
