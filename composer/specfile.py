@@ -129,7 +129,7 @@ def read_spec_file(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, Sour
         return data, origin
     ref = data.pop(EXTENDS)
     where = origin.at([EXTENDS]).where
-    del origin.entries[EXTENDS]
+    origin.entries.pop(EXTENDS, None)
     base = _base_path(ref, path, where)
     chain = (*chain, path)
     resolved = [p.resolve() for p in chain]
