@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import archcomposer
-from archcomposer.errors import CheckpointError, ComposerError
+from archcomposer.errors import CheckpointError, ComposerError, InputError, RegistryError
 
 EXIT_OK, EXIT_INVALID = 0, 1  # argparse exits 2 for a misused command
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head`)
@@ -153,10 +153,31 @@ def cmd_convert(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from archcomposer import get_registry
+    from archcomposer.schema import schema_text
 
-    print(json.dumps(get_registry().spec_class().model_json_schema(), indent=2))
+    text = schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w") as out:
+            out.write(text)
+    except OSError as exc:
+        raise InputError(f"--output {args.output}: cannot write the schema there: {exc.strerror}") from None
+    print(f"wrote the JSON schema of spec files to {args.output}")
     return 0
+
+
+def cmd_diff(args) -> int:
+    from archcomposer import load_spec
+    from archcomposer.diff import diff_specs
+
+    specs = [load_spec(source) for source in (args.a, args.b)]
+    labels = tuple(source if source == spec.name else f"{source} ({spec.name})"
+                   for source, spec in zip((args.a, args.b), specs))
+    found = diff_specs(*specs, labels=labels)
+    print(json.dumps(found.to_json(), indent=2) if args.json else found.format())
+    return 0 if found.equal else 1
 
 
 def cmd_plugins(args) -> int:
@@ -416,11 +437,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the written directory and files as JSON (e.g. --json | jq -r .path)")
     p.set_defaults(func=cmd_convert, parser=p)
 
-    p = _subcommand(sub, "schema", help="print the JSON schema of specs (registered kinds included)",
-                    description="Print the JSON schema of a spec, with every kind registered by the installed "
-                                "plugins (for editors that validate YAML against a schema).",
-                    examples="  archcomposer schema > archcomposer.schema.json")
+    p = _subcommand(sub, "schema", help="print the JSON schema of spec files (draft 2020-12, every installed "
+                                        "plugin's kinds included), for editors",
+                    description="Print the JSON Schema of a spec file, with every kind registered by the installed "
+                                "plugins, for editors that check YAML against a schema (see the README's Editors).",
+                    examples="  archcomposer schema > archcomposer.schema.json\n"
+                             "  archcomposer schema --output specs/spec.schema.json")
+    p.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it "
+                                                    "(e.g. --output spec.schema.json)")
     p.set_defaults(func=cmd_schema)
+
+    p = _subcommand(sub, "diff", help="what differs between two specs or checkpoints, block by block and layer "
+                                      "by layer",
+                    description="Show what differs between two specs (names, YAML files or checkpoint directories), "
+                                "block by block and, where layers differ, layer by layer. Exit status as diff(1): "
+                                "0 when they are the same, 1 when they differ, 2 on an error.",
+                    examples="  archcomposer diff glm-4-9b seed-oss-36b\n"
+                             "  archcomposer diff my-ablation.yaml ./checkpoint --json")
+    p.add_argument("a", help="a spec name, YAML file or checkpoint directory (e.g. glm-4-9b)")
+    p.add_argument("b", help="the spec to compare it with (e.g. seed-oss-36b)")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON (e.g. diff a.yaml b.yaml --json)")
+    p.set_defaults(func=cmd_diff, error_code=2)  # 1 means the specs differ
 
     p = _subcommand(sub, "plugins", help="list plugins: distribution, version and what each registers",
                     description="List the plugins archcomposer loaded (built-in families included): their "
@@ -450,12 +487,9 @@ def main(argv: list[str] | None = None) -> int:
         # Stop quietly, as Unix tools do; point stdout at devnull so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except ComposerError as exc:
+    except (ComposerError, OSError) as exc:  # OSError: the file system refused (permissions, a full disk)
         print(f"archcomposer: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as exc:  # the file system refused (permissions, a full disk): no traceback either
-        print(f"archcomposer: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return getattr(args, "error_code", EXIT_INVALID)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 
