@@ -102,3 +102,26 @@ def trained_tokenizers(tmp_path_factory) -> dict[str, Path]:
     text = corpus(root / "corpus.txt")
     return {"tokenizers": train_byte_level(root / "byte-level", text),
             "sentencepiece": train_sentencepiece(root / "sentencepiece", text)}
+
+
+def llama_checkpoint(directory: Path, tokenizer_directory: Path, seed: int = 0) -> Path:
+    """A tiny random transformers Llama saved with save_pretrained, its tokenizer's files beside it."""
+    import transformers
+
+    from tests.plugins.parity import build_reference
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_directory)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=None, tie_word_embeddings=False)
+    build_reference("LlamaForCausalLM", config, seed=seed).save_pretrained(directory)
+    shutil.copytree(tokenizer_directory, directory, dirs_exist_ok=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def text_checkpoints(trained_tokenizers, tmp_path_factory) -> dict[str, Path]:
+    """Tiny transformers Llama checkpoints with a trained tokenizer, by tokenizer kind."""
+    root = tmp_path_factory.mktemp("text-checkpoints")
+    return {kind: llama_checkpoint(root / kind, directory) for kind, directory in trained_tokenizers.items()}

@@ -301,3 +301,72 @@ def test_bad_arguments_raise_input_errors(trained_tokenizers):
         Tokenizer(tokenizer.model, add_bos_token=True)  # a tokenizer.json's post-processor decides that
     with pytest.raises(InputError, match="wraps a tokenizers.Tokenizer or a sentencepiece.SentencePieceProcessor"):
         Tokenizer("tokenizer.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# a tokenizer is part of a model directory
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_pretrained_attaches_the_tokenizer_of_a_transformers_checkpoint(text_checkpoints, kind, tmp_path):
+    import archcomposer
+
+    model = archcomposer.from_pretrained(text_checkpoints[kind])
+    assert model.tokenizer is not None and model.tokenizer.kind == kind
+    assert_same_as(model.tokenizer, auto(text_checkpoints[kind]), count=50)
+    assert archcomposer.build_model("tiny-glm-4", seed=0).tokenizer is None
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bare")
+    assert archcomposer.from_pretrained(tmp_path / "bare").tokenizer is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_save_writes_the_tokenizer_in_our_format_and_the_hf_export(text_checkpoints, kind, tmp_path):
+    import transformers
+
+    import archcomposer
+
+    model = archcomposer.from_pretrained(text_checkpoints[kind])
+    model.save_pretrained(tmp_path / "ours")
+    model_file = "tokenizer.json" if kind == "tokenizers" else "tokenizer.model"
+    assert {"spec.yaml", "model.safetensors", "tokenizer.yaml", model_file} == {
+        p.name for p in (tmp_path / "ours").iterdir()}
+    ours = archcomposer.from_pretrained(tmp_path / "ours")
+    assert ours.tokenizer.config == model.tokenizer.config
+    ours.save_pretrained(tmp_path / "hf", format="hf")
+    theirs = auto(tmp_path / "hf")
+    assert_same_specials(model.tokenizer, theirs)
+    assert_same_as(model.tokenizer, theirs, count=50)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([theirs.encode("the cat sat")])
+    assert torch.equal(reference.generate(ids, max_new_tokens=6, do_sample=False),
+                       ours.generate(ids, max_new_tokens=6))
+
+
+def test_a_save_replaces_the_previous_tokenizer_and_never_writes_through_it(text_checkpoints, tmp_path,
+                                                                            monkeypatch):
+    import archcomposer
+    import archcomposer.tokenizer
+
+    target = tmp_path / "ckpt"
+    sentencepiece_model = archcomposer.from_pretrained(text_checkpoints["sentencepiece"])
+    sentencepiece_model.save_pretrained(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    other = archcomposer.from_pretrained(text_checkpoints["tokenizers"])
+
+    def fail(data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(archcomposer.tokenizer, "_dump_yaml", fail)  # after tokenizer.json is written
+    with pytest.raises(OSError, match="disk full"):
+        other.save_pretrained(target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    monkeypatch.undo()
+
+    other.save_pretrained(target)  # a tokenizer.json takes the place of the tokenizer.model
+    assert "tokenizer.model" not in {p.name for p in target.iterdir()}
+    assert archcomposer.from_pretrained(target).tokenizer.kind == "tokenizers"
+    other.tokenizer = None
+    other.save_pretrained(target)  # a model without a tokenizer keeps the one there
+    assert archcomposer.from_pretrained(target).tokenizer.kind == "tokenizers"
