@@ -63,7 +63,8 @@ def cmd_generate(args) -> int:
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     checkpoint = Path(args.spec).is_dir()
-    model = from_pretrained(args.spec, dtype=dtype) if checkpoint else build_model(args.spec, seed=args.seed, dtype=dtype)
+    model = from_pretrained(args.spec, dtype=dtype) if checkpoint \
+        else build_model(args.spec, seed=args.seed, dtype=dtype)
     options = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed,
                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     if args.prompt is None:
@@ -231,15 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="a checkpoint directory (weights and tokenizer), or a spec name or YAML path "
                                 "(random weights) (e.g. ./my-checkpoint, tiny-glm-4)")
     prompt = p.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", action="append",
-                        help="text to continue, streamed to stdout; repeat for a batch (e.g. --prompt 'Once upon a time')")
+    prompt.add_argument("--prompt", action="append", help="text to continue, streamed to stdout; repeat it for "
+                                                          "a batch (e.g. --prompt 'Once upon a time')")
     prompt.add_argument("--prompt-ids", type=int, nargs="+", default=[5, 17, 42, 8],
                         help="token ids to continue, no tokenizer needed (e.g. --prompt-ids 5 17 42 8)")
-    p.add_argument("--chat", action="store_true",
-                   help="wrap each prompt as a user message in the tokenizer's chat template (e.g. --chat --prompt 'Hi')")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate at most (e.g. --max-new-tokens 64)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the tokenizer's "
+                                                       "chat template (e.g. --chat --prompt 'Hi')")
+    p.add_argument("--max-new-tokens", type=int, default=20,
+                   help="tokens to generate at most (e.g. --max-new-tokens 64)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and of sampling (e.g. --seed 1)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (e.g. --sample --top-p 0.9)")
+    p.add_argument("--sample", action="store_true",
+                   help="sample instead of greedy decoding (e.g. --sample --top-p 0.9)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (e.g. --temperature 0.7)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (e.g. --top-k 50)")
     p.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of mass p (e.g. --top-p 0.9)")

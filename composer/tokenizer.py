@@ -196,30 +196,25 @@ class _SentencePieceBackend:
         self.added: dict[int, AddedToken] = {
             i: AddedToken(id=i, content=model.id_to_piece(i)) for i, kind in enumerate(_piece_types(self.proto))
             if kind in (3, 4)}
-        for token in options.added_tokens:
-            if token.id < self.size and model.id_to_piece(token.id) != token.content:
-                raise InputError(f"added token {token.content!r} has id {token.id}, which is the model's piece "
-                                 f"{model.id_to_piece(token.id)!r}")
+        ids = sorted(t.id for t in options.added_tokens)
+        if ids != list(range(self.size, self.size + len(ids))):
+            raise InputError(f"added tokens are numbered on from the model's {self.size} pieces ({self.size}, "
+                             f"{self.size + 1}, ...), got ids {ids}")
         self.added.update({t.id: t for t in options.added_tokens})
-        expected = list(range(self.size, self.size + len([i for i in self.added if i >= self.size])))
-        if sorted(i for i in self.added if i >= self.size) != expected:
-            raise InputError(f"added tokens beyond the model's {self.size} pieces must have the ids that follow them "
-                             f"({self.size}, {self.size + 1}, ...), got {sorted(i for i in self.added if i >= self.size)}")
         self._reindex()
+        # transformers' decoder for a converted sentencepiece model
         steps = [decoders.Replace(SPIECE_UNDERLINE, " "), decoders.ByteFallback(), decoders.Fuse()]
         if options.add_prefix_space:
             steps.append(decoders.Strip(" ", 1, 0))
         self.decoder = decoders.Sequence(steps)
-        self.bos_id: int | None = None
-        self.eos_id: int | None = None
 
     def _reindex(self) -> None:
         self.by_content = {t.content: t for t in self.added.values()}
         # longest first: at one position the longest token wins, as in tokenizers' leftmost-longest match
-        alternatives = [
-            (r"\s*" if t.lstrip else "") + (r"(?<!\w)" if t.single_word else "") + f"(?P<t{t.id}>{re.escape(t.content)})"
-            + (r"(?!\w)" if t.single_word else "") + (r"\s*" if t.rstrip else "")
-            for t in sorted(self.added.values(), key=lambda t: -len(t.content))]
+        alternatives = [(r"\s*" if t.lstrip else "") + (r"(?<!\w)" if t.single_word else "")
+                        + f"(?P<t{t.id}>{re.escape(t.content)})"
+                        + (r"(?!\w)" if t.single_word else "") + (r"\s*" if t.rstrip else "")
+                        for t in sorted(self.added.values(), key=lambda t: -len(t.content))]
         self.splitter = re.compile("|".join(alternatives)) if alternatives else None
 
     def __len__(self) -> int:
@@ -239,15 +234,6 @@ class _SentencePieceBackend:
                 self.added[token.id] = token.model_copy(update={"special": True})
         self._reindex()
 
-    def add(self, tokens: Sequence[AddedToken]) -> None:
-        for token in tokens:
-            if token.content not in self.by_content:
-                index = self.model.piece_to_id(token.content)
-                index = index if self.model.id_to_piece(index) == token.content else len(self)
-                self.added[index] = token.model_copy(update={"id": index})
-                self.by_content[token.content] = self.added[index]
-        self._reindex()
-
     def token_to_id(self, token: str) -> int | None:
         if token in self.by_content:
             return self.by_content[token].id
@@ -260,20 +246,17 @@ class _SentencePieceBackend:
         return self.model.id_to_piece(index) if 0 <= index < self.size else None
 
     def encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
-        return [self._encode(text, add_special_tokens) for text in texts]
+        """The ids of each text, without BOS/EOS (the Tokenizer adds those)."""
+        return [self._encode(text) for text in texts]
 
-    def _encode(self, text: str, add_special_tokens: bool) -> list[int]:
+    def _encode(self, text: str) -> list[int]:
         ids: list[int] = []
         start = 0
         for match in self.splitter.finditer(text) if self.splitter is not None else ():
             ids += self._encode_text(text[start:match.start()], first=start == 0)
             ids.append(int(match.lastgroup[1:]))
             start = match.end()
-        ids += self._encode_text(text[start:], first=start == 0)
-        if add_special_tokens:
-            ids = ([self.bos_id] if self.options.add_bos_token else []) + ids \
-                + ([self.eos_id] if self.options.add_eos_token else [])
-        return ids
+        return ids + self._encode_text(text[start:], first=start == 0)
 
     def _encode_text(self, text: str, *, first: bool) -> list[int]:
         """tokenizers' Metaspace pre-tokenizer (prepend scheme "first", or "always" when legacy),
@@ -289,13 +272,10 @@ class _SentencePieceBackend:
         pieces = []
         for index in ids:
             token = self.added.get(index)
-            if token is not None:
-                if not (skip_special_tokens and token.special):
-                    pieces.append(token.content)
-            elif 0 <= index < self.size:
+            if token is None:
                 pieces.append(self.model.id_to_piece(index))
-            else:
-                raise InputError(f"token id {index} is outside the vocabulary (size {len(self)})")
+            elif not (skip_special_tokens and token.special):
+                pieces.append(token.content)
         return self.decoder.decode(pieces)
 
     def write(self, directory: Path) -> None:
@@ -379,21 +359,29 @@ class Tokenizer:
         if kind is None:
             raise InputError(f"a Tokenizer wraps a tokenizers.Tokenizer or a sentencepiece.SentencePieceProcessor, "
                              f"got {type(model).__name__}")
-        self.config = _validate({"model": {"kind": kind, **options}, "special_tokens": special_tokens or {},
-                                 "extra_special_tokens": list(extra_special_tokens), "padding_side": padding_side,
-                                 "chat_template": chat_template}, where="Tokenizer()")
-        self._backend = _TokenizersBackend(model, self.config.model) if kind == "tokenizers" \
-            else _SentencePieceBackend(model, self.config.model)
-        self._special = dict(self.config.special_tokens)
-        self.padding_side = self.config.padding_side
-        self.chat_template = self.config.chat_template
-        self._backend.mark_special(list(dict.fromkeys([*self._special.values(), *self.config.extra_special_tokens])))
-        if kind == "sentencepiece":
-            for which in ("bos", "eos"):
-                if getattr(self.config.model, f"add_{which}_token") and self._special.get(f"{which}_token") is None:
-                    raise InputError(f"add_{which}_token is true but the tokenizer has no {which}_token")
-            self._backend.bos_id = self.bos_token_id
-            self._backend.eos_id = self.eos_token_id
+        config = _validate({"model": {"kind": kind, **options}, "special_tokens": special_tokens or {},
+                            "extra_special_tokens": list(extra_special_tokens), "padding_side": padding_side,
+                            "chat_template": chat_template}, where="Tokenizer()")
+        self._options = config.model
+        self._backend = _TokenizersBackend(model, config.model) if kind == "tokenizers" \
+            else _SentencePieceBackend(model, config.model)
+        self._special = dict(config.special_tokens)
+        self.extra_special_tokens = list(config.extra_special_tokens)
+        self.padding_side = config.padding_side
+        self.chat_template = config.chat_template
+        self._backend.mark_special(self.all_special_tokens)
+        self._bos_eos()  # a tokenizer that must add BOS or EOS has them
+
+    @property
+    def config(self) -> TokenizerConfig:
+        """What ``tokenizer.yaml`` holds: the tokenizer's settings now."""
+        options = self._options
+        if isinstance(options, SentencePieceModel):
+            beyond = [t for i, t in self._backend.added_tokens().items() if i >= self._backend.size]
+            options = options.model_copy(update={"added_tokens": beyond})
+        return TokenizerConfig(model=options, special_tokens=dict(self._special),
+                               extra_special_tokens=list(self.extra_special_tokens), padding_side=self.padding_side,
+                               chat_template=self.chat_template)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -431,24 +419,14 @@ class Tokenizer:
                     old.unlink()  # a hard link to the previous checkpoint's file: never write through it
             self._backend.write(directory)
             if format == "archcomposer":
-                (directory / OUR_CONFIG_FILE).write_text(_dump_yaml(self._our_config()))
+                (directory / OUR_CONFIG_FILE).write_text(_dump_yaml(self.config.model_dump(mode="json")))
             else:
                 (directory / HF_CONFIG_FILE).write_text(json.dumps(self._hf_config(), indent=2, ensure_ascii=False)
                                                         + "\n")
         return write
 
-    def _our_config(self) -> dict:
-        model = self.config.model
-        if isinstance(model, SentencePieceModel):
-            beyond = [t for i, t in self._backend.added_tokens().items() if i >= self._backend.size]
-            model = model.model_copy(update={"added_tokens": beyond})
-        config = self.config.model_copy(update={"model": model, "special_tokens": dict(self._special),
-                                                "padding_side": self.padding_side,
-                                                "chat_template": self.chat_template})
-        return config.model_dump(mode="json", exclude_defaults=False)
-
     def _hf_config(self) -> dict:
-        model = self.config.model
+        model = self._options
         config: dict[str, Any] = {"backend": "tokenizers"}
         if isinstance(model, TokenizersModel):
             config["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -458,7 +436,7 @@ class Tokenizer:
                           add_eos_token=model.add_eos_token, add_prefix_space=model.add_prefix_space,
                           legacy=model.legacy, clean_up_tokenization_spaces=False)
         config.update(self._special)
-        config["extra_special_tokens"] = list(self.config.extra_special_tokens)
+        config["extra_special_tokens"] = list(self.extra_special_tokens)
         config["padding_side"] = self.padding_side
         config["added_tokens_decoder"] = {str(i): t.model_dump(exclude={"id"})
                                           for i, t in self._backend.added_tokens().items()}
@@ -477,7 +455,7 @@ class Tokenizer:
     @property
     def kind(self) -> str:
         """``"tokenizers"`` (tokenizer.json) or ``"sentencepiece"`` (tokenizer.model)."""
-        return self.config.model.kind
+        return self._options.kind
 
     @property
     def model(self) -> tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor:
@@ -500,11 +478,7 @@ class Tokenizer:
 
     @property
     def all_special_tokens(self) -> list[str]:
-        return list(dict.fromkeys([*self._special.values(), *self.config.extra_special_tokens]))
-
-    @property
-    def all_special_ids(self) -> list[int]:
-        return [self._backend.token_to_id(t) for t in self.all_special_tokens]
+        return list(dict.fromkeys([*self._special.values(), *self.extra_special_tokens]))
 
     def _get(self, name: str) -> str | None:
         return self._special.get(name)
@@ -535,12 +509,32 @@ class Tokenizer:
 
     # -- text in ---------------------------------------------------------------------------------
 
+    def _bos_eos(self) -> tuple[list[int], list[int]]:
+        """What a sentencepiece tokenizer adds before and after the text (a tokenizer.json's
+        post-processor adds its own)."""
+        if not isinstance(self._options, SentencePieceModel):
+            return [], []
+        added = []
+        for which in ("bos", "eos"):
+            wanted = getattr(self._options, f"add_{which}_token")
+            if wanted and self._id(f"{which}_token") is None:
+                raise InputError(f"add_{which}_token is true but the tokenizer has no {which}_token")
+            added.append([self._id(f"{which}_token")] if wanted else [])
+        return added[0], added[1]
+
+    def _encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+        rows = self._backend.encode(texts, add_special_tokens)
+        if not add_special_tokens:
+            return rows
+        before, after = self._bos_eos()
+        return [before + row + after for row in rows] if before or after else rows
+
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """The ids of ``text``; with ``add_special_tokens``, what the tokenizer adds around
         them (BOS, EOS)."""
         if not isinstance(text, str):
             raise InputError(f"encode takes one str, got {type(text).__name__}; call the tokenizer for a batch")
-        return self._backend.encode([text], add_special_tokens)[0]
+        return self._encode([text], add_special_tokens)[0]
 
     def __call__(self, text: str | Sequence[str], *, add_special_tokens: bool = True,
                  padding: bool | str = False, max_length: int | None = None, padding_side: str | None = None,
@@ -554,7 +548,7 @@ class Tokenizer:
         texts = list(text) if batched else [text]
         if not all(isinstance(t, str) for t in texts):
             raise InputError("the tokenizer takes a str or a list of str")
-        ids = self._backend.encode(texts, add_special_tokens)
+        ids = self._encode(texts, add_special_tokens)
         masks = [[1] * len(row) for row in ids]
         if padding not in (False, True, "longest", "max_length", "do_not_pad"):
             raise InputError(f"padding={padding!r}: expected False, True, 'longest' or 'max_length'")
@@ -950,8 +944,8 @@ def _read_model(path: Path, why: str):
             return tokenizers.Tokenizer.from_file(str(path))
         return sentencepiece.SentencePieceProcessor(model_file=str(path))
     except Exception as exc:  # both libraries raise their own error types for unreadable files
-        raise CheckpointError(f"{path}: not a readable {'tokenizers' if path.name == TOKENIZER_JSON else 'sentencepiece'} "
-                              f"file: {exc}") from None
+        library = "tokenizers" if path.name == TOKENIZER_JSON else "sentencepiece"
+        raise CheckpointError(f"{path}: not a readable {library} file: {exc}") from None
 
 
 def _make(cls, model, directory: Path, **kwargs) -> Tokenizer:

@@ -17,7 +17,9 @@ WORDS = ("the a cat dog sat on mat ran fast slow big small red blue green house 
 
 CHATML = """{{ bos_token }}{%- set ns = namespace(turns=0) -%}
 {%- for message in messages -%}
-{%- if message['role'] not in ['system', 'user', 'assistant'] -%}{{ raise_exception('unknown role ' + message['role']) }}{%- endif -%}
+{%- if message['role'] not in ['system', 'user', 'assistant'] -%}
+{{- raise_exception('unknown role ' + message['role']) -}}
+{%- endif -%}
 {%- set ns.turns = ns.turns + 1 -%}
 <|im_start|>{{ message['role'] }}
 {{ message['content'] }}<|im_end|>
