@@ -586,13 +586,13 @@ class Tokenizer:
 
     # -- text out --------------------------------------------------------------------------------
 
-    def decode(self, ids: Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
-        """The text of ``ids`` (a list or a 1-D tensor)."""
+    def decode(self, ids: int | Sequence[int] | torch.Tensor, *, skip_special_tokens: bool = False) -> str:
+        """The text of ``ids`` (an id, a list or a 1-D tensor)."""
         if isinstance(ids, torch.Tensor):
             if ids.dim() > 1:
                 raise InputError(f"decode takes one sequence, got shape {tuple(ids.shape)}; use batch_decode")
-            ids = ids.tolist()
-        ids = [int(i) for i in ids]
+            ids = ids.reshape(-1).tolist()
+        ids = [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
         size = len(self)
         if any(not 0 <= i < size for i in ids):
             raise InputError(f"token ids must lie in [0, {size}), got {[i for i in ids if not 0 <= i < size]}")
