@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -834,6 +835,10 @@ def find_tokenizer(directory: Path) -> Tokenizer | None:
         return _read_ours(directory)
     if any((directory / name).is_file() for name in (TOKENIZER_JSON, SENTENCEPIECE_FILE)):
         return _read_hf(directory)
+    if (directory / HF_CONFIG_FILE).is_file():
+        warnings.warn(f"{directory}: {HF_CONFIG_FILE} comes without {TOKENIZER_JSON} or {SENTENCEPIECE_FILE}, the "
+                      f"tokenizer files archcomposer reads (not vocab.json/merges.txt or vocab.txt): no tokenizer",
+                      stacklevel=3)
     return None
 
 

@@ -318,6 +318,9 @@ def test_from_pretrained_attaches_the_tokenizer_of_a_transformers_checkpoint(tex
     model.tokenizer = None
     model.save_pretrained(tmp_path / "bare")
     assert archcomposer.from_pretrained(tmp_path / "bare").tokenizer is None
+    (tmp_path / "bare" / "tokenizer_config.json").write_text("{}")  # with vocab.json and merges.txt, say
+    with pytest.warns(UserWarning, match="tokenizer_config.json comes without tokenizer.json or tokenizer.model"):
+        assert archcomposer.from_pretrained(tmp_path / "bare").tokenizer is None
 
 
 @pytest.mark.parametrize("kind", KINDS)
