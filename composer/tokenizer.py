@@ -348,9 +348,10 @@ class BatchEncoding(dict):
 class Tokenizer:
     """Text to token ids and back, with a checkpoint's special tokens, padding and chat template.
 
-    ``model`` is a ``tokenizers.Tokenizer`` or a ``sentencepiece.SentencePieceProcessor``;
-    ``options`` are the fields of that kind (``TokenizersModel`` or ``SentencePieceModel``:
-    ``add_bos_token``, ``legacy``, ...). Usually made by ``Tokenizer.from_pretrained(dir)``."""
+    ``model`` is a ``tokenizers.Tokenizer`` (which the Tokenizer takes over: it registers the
+    special tokens on it) or a ``sentencepiece.SentencePieceProcessor``; ``options`` are the
+    fields of that kind (``TokenizersModel`` or ``SentencePieceModel``: ``add_bos_token``,
+    ``legacy``, ...). Usually made by ``Tokenizer.from_pretrained(dir)``."""
 
     def __init__(self, model: tokenizers.Tokenizer | sentencepiece.SentencePieceProcessor, *,
                  special_tokens: dict[str, str] | None = None, extra_special_tokens: Sequence[str] = (),
