@@ -75,14 +75,55 @@ def cmd_summary(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from archcomposer import build_model
+    from pathlib import Path
 
-    model = build_model(args.spec, seed=args.seed)
-    ids = torch.tensor([args.prompt_ids], dtype=torch.long)
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    print(f"{model.spec.name} (random weights, seed {args.seed}): prompt {args.prompt_ids} -> "
-          f"generated {out[0, ids.shape[1]:].tolist()}")
+    from archcomposer import build_model, from_pretrained
+    from archcomposer.errors import InputError
+    from archcomposer.tokenizer import TextStreamer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    checkpoint = Path(args.spec).is_dir()
+    model = from_pretrained(args.spec, dtype=dtype) if checkpoint \
+        else build_model(args.spec, seed=args.seed, dtype=dtype)
+    options = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed,
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.prompt is None:
+        if args.chat:
+            args.parser.error("--chat applies the chat template to --prompt text; there is none")
+        ids = torch.tensor([args.prompt_ids], dtype=torch.long)
+        out = model.generate(ids, **options)
+        source = f"checkpoint {args.spec}" if checkpoint else f"random weights, seed {args.seed}"
+        print(f"{model.spec.name} ({source}): prompt {args.prompt_ids} -> generated {out[0, ids.shape[1]:].tolist()}")
+        return 0
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        what = f"checkpoint {args.spec} has no tokenizer (tokenizer.json or tokenizer.model)" if checkpoint \
+            else f"spec {model.spec.name!r} has no tokenizer (a spec gives random weights and no vocabulary)"
+        raise InputError(f"--prompt needs a tokenizer and {what}: give a checkpoint directory with a tokenizer, "
+                         f"or token ids with --prompt-ids")
+    texts = args.prompt
+    if args.chat:
+        if tokenizer.chat_template is None:
+            raise InputError(f"--chat: the tokenizer of {args.spec} has no chat template")
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=False) for text in texts]
+    rows = [tokenizer.encode(text, add_special_tokens=not args.chat) for text in texts]  # a template writes its own
+    if not all(rows):
+        raise InputError(f"--prompt {args.prompt[[len(r) for r in rows].index(0)]!r} encodes to no tokens")
+    if len(rows) == 1:  # one prompt: stream its continuation as it comes
+        model.generate(torch.tensor(rows), streamer=TextStreamer(tokenizer, skip_prompt=True), **options)
+        return 0
+    if tokenizer.pad_token is None:  # pad with EOS, as transformers' generate does without a pad token
+        if tokenizer.eos_token is None:
+            raise InputError("several --prompt are padded to one length, and the tokenizer has no pad or eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(texts, add_special_tokens=not args.chat, padding=True, padding_side="left", return_tensors="pt")
+    out = model.generate(batch.input_ids, attention_mask=batch.attention_mask, **options)
+    stops = set(model.spec.eos_token_ids)
+    for i, (prompt, row) in enumerate(zip(args.prompt, out[:, batch.input_ids.shape[1]:].tolist()), start=1):
+        end = next((j + 1 for j, token in enumerate(row) if token in stops), len(row))  # through the first EOS
+        print(f"--- {i}: {prompt!r}")
+        print(tokenizer.decode(row[:end], skip_special_tokens=True))
     return 0
 
 
@@ -377,17 +418,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the dtype the sizes are for (default: bfloat16; e.g. --dtype float32)")
     p.set_defaults(func=cmd_summary)
 
-    p = _subcommand(sub, "generate", help="generate tokens from a spec with random weights",
-                    description="Generate tokens from a spec's model with random weights (a smoke test of the "
-                                "spec's decoding with the KV cache).",
-                    examples="  archcomposer generate tiny-glm-4\n"
-                             "  archcomposer generate tiny-llama --prompt-ids 5 6 7 --sample --top-p 0.9 --seed 1")
-    p.add_argument("spec", help="spec name, YAML path or checkpoint directory (its spec: the weights are random; "
-                                "e.g. tiny-glm-4)")
-    p.add_argument("--prompt-ids", type=non_negative_int, nargs="+", default=[5, 17, 42, 8],
-                   help="the prompt's token ids (default: 5 17 42 8; e.g. --prompt-ids 1 2 3)")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=8,
-                   help="how many tokens to generate at most (default: 8; e.g. --max-new-tokens 32)")
+    p = _subcommand(sub, "generate", help="generate text from a checkpoint, or tokens from a spec with random weights",
+                    description="Generate text from a checkpoint directory with a tokenizer, streamed to stdout as "
+                                "it is produced (several --prompt make a left-padded batch), or token ids from a "
+                                "spec's model with random weights (a smoke test of decoding with the KV cache).",
+                    examples="  archcomposer generate ./my-checkpoint --prompt 'Once upon a time'\n"
+                             "  archcomposer generate ./my-checkpoint --chat --prompt 'Hi' --max-new-tokens 64\n"
+                             "  archcomposer generate tiny-glm-4 --prompt-ids 5 6 7 --sample --top-p 0.9 --seed 1")
+    p.add_argument("spec", help="a checkpoint directory (weights and tokenizer), or a spec name or YAML path "
+                                "(random weights) (e.g. ./my-checkpoint, tiny-glm-4)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", action="append", help="text to continue, streamed to stdout; repeat it for "
+                                                          "a batch (e.g. --prompt 'Once upon a time')")
+    prompt.add_argument("--prompt-ids", type=non_negative_int, nargs="+", default=[5, 17, 42, 8],
+                        help="token ids to continue, no tokenizer needed (default: 5 17 42 8; e.g. --prompt-ids 1 2 3)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the tokenizer's "
+                                                       "chat template (e.g. --chat --prompt 'Hi')")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=20,
+                   help="how many tokens to generate at most (default: 20; e.g. --max-new-tokens 64)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the random weights and of sampling (default: 0; e.g. --seed 1)")
     p.add_argument("--sample", action="store_true",
@@ -398,7 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample from the k most likely tokens only (e.g. --top-k 50)")
     p.add_argument("--top-p", type=probability, default=None,
                    help="sample from the most likely tokens whose probabilities sum to p (e.g. --top-p 0.9)")
-    p.set_defaults(func=cmd_generate)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: as stored; random weights float32) (e.g. --dtype bfloat16)")
+    p.set_defaults(func=cmd_generate, parser=p)
 
     p = _subcommand(sub, "validate", help="validate specs and checkpoint directories, reporting every error",
                     description="Validate each spec (YAML file or shipped name) or checkpoint directory (its spec, "

@@ -468,3 +468,100 @@ def test_schema_to_an_unwritable_place_exits_1(tmp_path, capsys):
     assert main(["schema", "--output", str(tmp_path / "missing" / "schema.json")]) == 1
     assert f"--output {tmp_path / 'missing' / 'schema.json'}: cannot write the schema there: No such file or " \
            f"directory" in capsys.readouterr().err
+
+
+def transformers_continuations(directory, prompts, *, max_new_tokens, chat=False):
+    """transformers' greedy continuation of each prompt, decoded without special tokens: left-padded
+    with EOS as the pad for a batch, the chat template applied with ``chat``."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=False) for p in prompts]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batch = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=not chat, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, batch["input_ids"].shape[1]:]]
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_streams_the_text_transformers_generates(text_checkpoints, kind, capsys, monkeypatch):
+    import archcomposer.tokenizer
+
+    shown = []
+    monkeypatch.setattr(archcomposer.tokenizer, "_print", lambda text: (shown.append(text), print(text, end="")))
+    directory = text_checkpoints[kind]
+    assert main(["generate", str(directory), "--prompt", "the cat sat", "--max-new-tokens", "16"]) == 0
+    expected = transformers_continuations(directory, ["the cat sat"], max_new_tokens=16)[0]
+    assert capsys.readouterr().out == expected + "\n"
+    assert len([text for text in shown if text.strip()]) > 2  # it came out piece by piece, as it was generated
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_pads_a_batch_on_the_left_and_prints_each_completion(text_checkpoints, kind, capsys):
+    prompts = ["the cat sat", "hello", "a big red house on the river"]
+    args = [a for p in prompts for a in ("--prompt", p)]
+    assert main(["generate", str(text_checkpoints[kind]), *args, "--max-new-tokens", "10"]) == 0
+    expected = transformers_continuations(text_checkpoints[kind], prompts, max_new_tokens=10)
+    assert capsys.readouterr().out == "".join(f"--- {i}: {p!r}\n{text}\n"
+                                              for i, (p, text) in enumerate(zip(prompts, expected), start=1))
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_chat_applies_the_chat_template(text_checkpoints, kind, capsys):
+    assert main(["generate", str(text_checkpoints[kind]), "--chat", "--prompt", "hello world",
+                 "--max-new-tokens", "10"]) == 0
+    expected = transformers_continuations(text_checkpoints[kind], ["hello world"], max_new_tokens=10, chat=True)[0]
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_samples_text_as_generate_samples(text_checkpoints, capsys):
+    import torch
+
+    from archcomposer import from_pretrained
+
+    directory = text_checkpoints["tokenizers"]
+    assert main(["generate", str(directory), "--prompt", "the cat sat", "--max-new-tokens", "8", "--sample",
+                 "--seed", "3", "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8"]) == 0
+    model = from_pretrained(directory)
+    ids = torch.tensor([model.tokenizer.encode("the cat sat")])
+    out = model.generate(ids, max_new_tokens=8, do_sample=True, seed=3, top_k=20, top_p=0.9, temperature=0.8)
+    assert capsys.readouterr().out == model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) + "\n"
+
+
+def test_generate_from_a_checkpoint_takes_ids_too(text_checkpoints, capsys):
+    import torch
+
+    from archcomposer import from_pretrained
+
+    directory = text_checkpoints["sentencepiece"]
+    assert main(["generate", str(directory), "--prompt-ids", "5", "6", "--max-new-tokens", "3",
+                 "--dtype", "bfloat16"]) == 0
+    model = from_pretrained(directory, dtype=torch.bfloat16)
+    expected = model.generate(torch.tensor([[5, 6]]), max_new_tokens=3)[0, 2:].tolist()
+    assert capsys.readouterr().out == f"{model.spec.name} (checkpoint {directory}): prompt [5, 6] -> " \
+                                      f"generated {expected}\n"
+
+
+def test_generate_prompt_without_a_tokenizer_names_what_is_missing(text_checkpoints, capsys, tmp_path):
+    assert main(["generate", "tiny-glm-4", "--prompt", "hello"]) == 1  # the input lacks a tokenizer
+    err = capsys.readouterr().err
+    assert "--prompt needs a tokenizer and spec 'tiny-glm-4' has no tokenizer" in err
+    assert "give a checkpoint directory with a tokenizer, or token ids with --prompt-ids" in err
+    from archcomposer import from_pretrained
+
+    model = from_pretrained(text_checkpoints["tokenizers"])
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bare")
+    assert main(["generate", str(tmp_path / "bare"), "--prompt", "hello"]) == 1
+    assert f"checkpoint {tmp_path / 'bare'} has no tokenizer (tokenizer.json or tokenizer.model)" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a misused command
+        main(["generate", "tiny-glm-4", "--chat"])
+    assert info.value.code == 2
+    assert "--chat applies the chat template to --prompt text" in capsys.readouterr().err
