@@ -18,9 +18,11 @@ one head, as transformers' do: the spec's head of its kind, or a new one (a clas
 config's ``num_labels``), so ``AutoModelForSequenceClassification.from_pretrained(causal_lm_dir,
 num_labels=3)`` drops the LM head and adds a classifier; the bare ``ArchComposerModel`` has none.
 ``to_transformers`` keeps every head of the model it wraps, and ``archcomposer.from_pretrained``
-reads them all back from what it saves. ``generate`` runs transformers' decoding
-loop on archcomposer's own caches (``DynamicCache``, or ``StaticCache`` for
-``cache_implementation="static"``), which the model needs for its position records."""
+reads them all back from what it saves.
+
+``generate`` runs transformers' decoding loop on archcomposer's own caches (``DynamicCache``, or
+``StaticCache`` for ``cache_implementation="static"``), which the model needs for its position
+records."""
 
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from transformers import initialization as init
 from transformers.generation.configuration_utils import GenerationMode
 
 from archcomposer import hf_remote
-from archcomposer.build import build_model
+from archcomposer.build import build_model, init_module
 from archcomposer.cache import DynamicCache, StaticCache
 from archcomposer.errors import InputError
 from archcomposer.model import ComposedModel
@@ -143,6 +145,9 @@ class ArchComposerPreTrainedModel(PreTrainedModel):
             raise InputError(f"{type(self).__name__} needs a {self.head_kind} head; spec {model.spec.name!r} has "
                              f"{[h.kind for h in model.spec.heads] or 'none'}")
         config.describe(model.spec)  # what was built: a task class may have added its head
+        head = next((h for h in model.spec.heads if h.kind == self.head_kind), None)
+        if hasattr(head, "num_labels") and config.num_labels != head.num_labels:
+            config.num_labels = head.num_labels  # a wrapped model's classifier, whatever its spec lists first
         self.model = model
         if config.tie_word_embeddings:
             prefix = hf_remote.TENSOR_PREFIX
@@ -177,24 +182,16 @@ class ArchComposerPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """``archcomposer.init_weights`` for one module, skipping what transformers has loaded."""
-        if not module._parameters:
+        """archcomposer's initialisation of one module (``archcomposer.build.init_module``),
+        keeping what transformers loaded: a block's initialiser writes all its parameters."""
+        params = {name: p for name, p in module._parameters.items() if p is not None}
+        loaded = [name for name, p in params.items() if getattr(p, "_is_hf_initialized", False)]
+        if len(loaded) == len(params):
             return
-        std = self.config.initializer_range
-        if hasattr(module, "init_weights"):
-            if not any(getattr(p, "_is_hf_initialized", False) for p in module._parameters.values()):
-                module.init_weights(std, None)
-        elif isinstance(module, (nn.Linear, nn.Embedding)):
-            init.normal_(module.weight, mean=0.0, std=std)
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() == 1:
-            init.ones_(module.weight)  # norms
-            if getattr(module, "bias", None) is not None:
-                init.zeros_(module.bias)
-        elif hasattr(module, "reset_parameters"):
-            if not any(getattr(p, "_is_hf_initialized", False) for p in module._parameters.values()):
-                module.reset_parameters()
+        kept = {name: params[name].detach().clone() for name in loaded}
+        init_module(module, std=self.config.initializer_range)
+        for name, value in kept.items():
+            params[name].copy_(value)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.embedding.tokens
@@ -263,8 +260,9 @@ class ArchComposerForCausalLM(ArchComposerPreTrainedModel, GenerationMixin):
         implementation = generation_config.cache_implementation
         if given is not None:
             if not isinstance(given, (DynamicCache, StaticCache)):
-                raise InputError(f"past_key_values is a {type(given).__module__}.{type(given).__qualname__}; this model keeps its keys and "
-                                 f"values in archcomposer.DynamicCache or archcomposer.StaticCache: pass one of those")
+                given_type = f"{type(given).__module__}.{type(given).__qualname__}"
+                raise InputError(f"past_key_values is a {given_type}; this model keeps its keys and values in "
+                                 f"archcomposer.DynamicCache or archcomposer.StaticCache: pass one of those")
             if implementation is not None:
                 raise InputError(f"pass either past_key_values or cache_implementation={implementation!r}, not both")
             given._is_user_defined = True  # transformers returns a cache the caller passed
