@@ -124,6 +124,20 @@ def test_auto_classes_build_the_head_they_name(hf, tmp_path):
     assert AutoModelForQuestionAnswering.from_pretrained(path)(ids).start_logits.shape == (2, 4)
 
 
+def test_a_wrapped_model_keeps_every_head_through_its_checkpoint(hf, tmp_path):
+    heads = [{"kind": "sequence_classification", "num_labels": 3}, {"kind": "causal_lm"},
+             {"kind": "token_classification", "num_labels": 5}]
+    ours = build_model(novel_spec(heads=heads), seed=0)
+    model = hf.to_transformers(ours, head="token_classification")
+    assert type(model).__name__ == "ArchComposerForTokenClassification" and model.config.num_labels == 5
+    model.save_pretrained(tmp_path / "three")
+    back = from_pretrained(tmp_path / "three")
+    assert [h.kind for h in back.spec.heads] == [h["kind"] for h in heads]
+    with torch.no_grad():
+        for head in ("sequence_classification", "causal_lm", "token_classification"):
+            assert torch.equal(back(IDS, head=head).logits, ours(IDS, head=head).logits)
+
+
 # ---------------------------------------------------------------------------------------------
 # generate
 
