@@ -22,6 +22,7 @@ import torch
 import yaml
 from torch import nn
 
+from archcomposer import hf_remote
 from archcomposer.build import retie, skeleton, tied_parameters
 from archcomposer.errors import CheckpointError, SpecError
 from archcomposer.family import Family, TensorMap
@@ -119,6 +120,8 @@ def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], st
         raise CheckpointError(f"{config_path}: not valid JSON: {exc}") from None
     if "model_type" not in config:
         raise CheckpointError(f"{config_path}: no model_type")
+    if config["model_type"] == hf_remote.MODEL_TYPE:  # a spec no family expresses, exported for transformers
+        return _read_archcomposer_config(config, config_path)
     family = family_for_model_type(config["model_type"])
     architectures = config.get("architectures") or []
     known = [a for a in architectures if a in family.hf_architectures]
@@ -136,6 +139,15 @@ def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], st
             from None
     return (spec, family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint",
             family.hf_ignored_tensors)
+
+
+def _read_archcomposer_config(config: dict, config_path: Path):
+    try:
+        spec = load_spec(hf_remote.spec_data(config, str(config_path)))
+    except SpecError as exc:
+        raise CheckpointError(f"{config_path}: its spec is invalid: {exc}") from None
+    maps = [TensorMap(ours=name, theirs=(hf_remote.TENSOR_PREFIX + name,)) for name in own_tensors(skeleton(spec))]
+    return spec, maps, "archcomposer transformers checkpoint", ()
 
 
 def _load(spec, maps, files, *, describe, ignored, dtype, device, progress) -> ComposedModel:
@@ -243,7 +255,10 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     ``format="archcomposer"`` (ours): ``spec.yaml`` and safetensors under our names.
     ``format="hf"``: ``config.json`` and safetensors that transformers' ``AutoModel*`` classes
     load; the spec's family plugin (or, for a spec without a family, the first family that can
-    express it) translates. A Hugging Face model has one head: with several, name it (``head=``).
+    express it) translates. A spec without a family that no family expresses is written for
+    transformers' ``trust_remote_code`` (``archcomposer.hf_remote``): ``model_type: "archcomposer"``
+    and two small modules that import ``archcomposer.hf``. A Hugging Face model has one head: with
+    several, name it (``head=``).
 
     Weights above ``max_shard_size`` (bytes, or ``"500MB"``, ``"5GB"``) are split into shards with
     an index. ``model.tokenizer``, if set, is written too (in the same format), replacing any
@@ -265,6 +280,7 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
         config, tensors = _to_hf(model.spec, own, head)
         metadata = {"format": "pt"}
         config_file, config_text = HF_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n"
+    remote_code = format == "hf" and config["model_type"] == hf_remote.MODEL_TYPE
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     bar = Progress(f"saving {Path(path).name}", total,
                    enabled=progress if progress is not None else total >= PROGRESS_MIN_BYTES)
@@ -274,6 +290,8 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
         write_tensors(directory, tensors, limit, metadata, bar)
         if tokenizer is not None:
             tokenizer(directory)
+        if remote_code:
+            hf_remote.write_sources(directory)
 
     try:
         return write_atomically(Path(path), write)
@@ -290,12 +308,24 @@ def _to_hf(spec: ModelSpecBase, own: dict[str, torch.Tensor], head: str | None):
     head = head if head is not None else (kinds[0] if kinds else None)
     if len(kinds) > 1:
         spec = spec.model_copy(update={"heads": [h for h in spec.heads if h.kind == head]})
-    family, architecture, config = _hf_family_for(spec, head)
+    floats = [t.dtype for t in own.values() if t.is_floating_point()]
+    dtype = str(floats[0]).removeprefix("torch.") if floats else None
+    try:
+        family, architecture, config = _hf_family_for(spec, head)
+    except _NoFamily as exc:
+        if spec.family is not None:
+            raise CheckpointError(f"{exc} (left without a family, a spec that no family expresses exports for "
+                                  f"transformers' trust_remote_code, model_type {hf_remote.MODEL_TYPE!r})") from None
+        if head not in hf_remote.ARCHITECTURES:
+            raise
+        # No family expresses it: our own tensors, for the transformers classes of archcomposer.hf.
+        kept = {n: t for n, t in own.items() if not (n.startswith("heads.") and n.split(".")[1] != head)}
+        return (hf_remote.hf_config(spec, head, dtype),
+                {hf_remote.TENSOR_PREFIX + n: t for n, t in kept.items()})
     config = {**config, "architectures": [architecture]}
     config.setdefault("model_type", family.hf_model_types[0])
-    floats = [t.dtype for t in own.values() if t.is_floating_point()]
-    if floats:
-        config.setdefault("dtype", str(floats[0]).removeprefix("torch."))
+    if dtype is not None:
+        config.setdefault("dtype", dtype)
     tensors: dict[str, torch.Tensor] = {}
     mapped = set()
     for m in family.hf_tensors(spec, architecture):
@@ -331,6 +361,9 @@ def _hf_family_for(spec: ModelSpecBase, head: str | None) -> tuple[Family, str, 
             reasons.append(f"{family.name}: {exc}")
     if len(reasons) == 1:
         family, _, reason = reasons[0].partition(": ")
-        raise CheckpointError(f"spec {spec.name!r} (family {family}) cannot be exported to Hugging Face: {reason}")
-    raise CheckpointError(f"spec {spec.name!r} has no Hugging Face equivalent in any family:\n  "
-                          + "\n  ".join(reasons))
+        raise _NoFamily(f"spec {spec.name!r} (family {family}) cannot be exported to Hugging Face: {reason}")
+    raise _NoFamily(f"spec {spec.name!r} has no Hugging Face equivalent in any family:\n  " + "\n  ".join(reasons))
+
+
+class _NoFamily(CheckpointError):
+    """No family expresses the spec: the message gives each family's reason."""

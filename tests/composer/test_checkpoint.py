@@ -256,17 +256,37 @@ def test_spec_without_family_exports_through_a_family_that_expresses_it(tmp_path
     assert json.loads((out / "config.json").read_text())["model_type"] == "glm"
 
 
-def test_spec_no_family_expresses_gets_every_reason(tmp_path):
+def test_spec_no_family_expresses_exports_for_trust_remote_code(tmp_path):
+    """Written without transformers; tests/composer/test_hf.py loads it with transformers."""
     spec = build_model("tiny-glm-4", device="meta").spec.to_dict()
-    spec["family"] = None
+    spec.update(family=None, position={"kind": "none"},
+                heads=[{"kind": "causal_lm"}, {"kind": "token_classification", "num_labels": 3}])
+    model = build_model(spec, seed=0)
+    with pytest.raises(CheckpointError, match="pass head="):
+        model.save_pretrained(tmp_path / "hf", format="hf")
+    out = model.save_pretrained(tmp_path / "hf", format="hf", head="token_classification")
+    assert sorted(os.listdir(out)) == ["config.json", "configuration_archcomposer.py", "model.safetensors",
+                                       "modeling_archcomposer.py"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "archcomposer"
+    assert config["architectures"] == ["ArchComposerForTokenClassification"] and len(config["id2label"]) == 3
+    assert config["auto_map"]["AutoConfig"] == "configuration_archcomposer.ArchComposerConfig"
+    assert "from archcomposer.hf import" in (out / "modeling_archcomposer.py").read_text()
+    assert config["spec"]["position"] == {"kind": "none"} and config["vocab_size"] == 256
+    assert all(name.startswith("model.") and ".causal_lm." not in name for name in load_file(out / "model.safetensors"))
+    loaded = from_pretrained(out)
+    assert [h.kind for h in loaded.spec.heads] == ["token_classification"]
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS).logits, model(IDS, head="token_classification").logits)
+
+
+def test_spec_of_a_family_that_cannot_express_it_is_refused(tmp_path):
+    spec = build_model("tiny-glm-4", device="meta").spec.to_dict()
     spec["position"] = {"kind": "none"}
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(CheckpointError, match=r"spec 'tiny-glm-4' \(family glm-4\) cannot be exported to Hugging Face: "
+                                              r"position.kind = 'none' .*\(left without a family, a spec that no "
+                                              r"family expresses exports for transformers' trust_remote_code"):
         build_model(spec, seed=0).save_pretrained(tmp_path / "hf", format="hf")
-    message = str(info.value)
-    assert "has no Hugging Face equivalent in any family" in message
-    for family in ("bloom", "glm-4", "seed-oss", "cpm-ant", "falcon", "mpt", "olmo", "olmo2", "cohere"):
-        # each names the first field it cannot express
-        assert re.search(rf"\n  {family}: [a-z_.]+ = .* has no equivalent", message), message
     assert not (tmp_path / "hf").exists()
 
 
