@@ -1,6 +1,7 @@
 """Key/value caches. A cache is handed to every attention layer, which calls
 ``update(layer_idx, k, v, start, window=...)`` with this step's keys and values and gets back the
-keys it attends to: those the cache kept, then this step's. ``key_slots`` says which cache slots
+keys it attends to: those the cache kept, then this step's. (Multi-head latent attention stores its
+latent [B, 1, S, R] as keys and its shared rotary key [B, 1, S, Dr] as values, as transformers does.) ``key_slots`` says which cache slots
 those are, so the model builds the mask (and slices position records) to match. A layer with a
 sliding ``window`` only ever needs the ``window - 1`` tokens before each query; the dynamic cache
 keeps only those for it.
@@ -114,9 +115,8 @@ class StaticCache(_Cache):
         """Write this step's ``k``, ``v`` [B, Hkv, s, Dh] at slots ``start...``; returns all
         ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
         if layer_idx == len(self.keys):
-            shape = (*k.shape[:2], self.max_length, k.shape[-1])
-            self.keys.append(k.new_zeros(shape))
-            self.values.append(v.new_zeros(shape))
+            self.keys.append(k.new_zeros(*k.shape[:2], self.max_length, k.shape[-1]))
+            self.values.append(v.new_zeros(*v.shape[:2], self.max_length, v.shape[-1]))  # widths may differ (MLA)
         end = start + k.shape[-2]
         self.keys[layer_idx][:, :, start:end] = k
         self.values[layer_idx][:, :, start:end] = v

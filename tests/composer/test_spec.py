@@ -71,7 +71,16 @@ COVERAGE = {
     "MQA": lambda s: s["attention"].get("num_kv_heads") == 1 and s["attention"]["num_heads"] > 1,
     "GQA": lambda s: 1 < s["attention"].get("num_kv_heads", 1) < s["attention"]["num_heads"],
     "MHA by default": lambda s: "num_kv_heads" not in s["attention"] and s["attention"]["num_heads"] > 1,
-    "fused qkv with bias": lambda s: s["attention"]["fused_qkv"] and s["attention"]["qkv_bias"],
+    "fused qkv with bias": lambda s: s["attention"].get("fused_qkv") and s["attention"]["qkv_bias"],
+    "mla with a q bottleneck": lambda s: s["attention"].get("q_lora_rank") is not None,
+    "mla with a plain q projection, bias": lambda s: s["attention"]["kind"] == "mla"
+    and "q_lora_rank" not in s["attention"] and s["attention"]["bias"],
+    "mla with value heads wider than query heads": lambda s: s["attention"]["kind"] == "mla"
+    and s["attention"]["v_head_dim"] > s["attention"]["qk_nope_head_dim"] + s["attention"]["qk_rope_head_dim"],
+    "mla under yarn with mscale_all_dim": lambda s: s["attention"]["kind"] == "mla"
+    and s["position"].get("scaling", {}).get("mscale_all_dim") is not None and "scale" not in s["attention"],
+    "a layer with mla's q bottleneck changed": lambda s: s["attention"]["kind"] == "mla"
+    and any("q_lora_rank" in e.get("attention", {}) for e in s.get("layers", [])),
     "fused gated mlp": lambda s: s["mlp"].get("fused") is True,
     "tied": lambda s: s["embedding"].get("tied"),
     "embedding norm": lambda s: s["embedding"].get("norm"),
