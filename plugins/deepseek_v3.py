@@ -20,12 +20,15 @@ from archcomposer.spec import ModelSpecBase, PartialRopeSpec
 
 
 class DenseLayers:
-    """``first_k_dense_replace``: the layers before it have a dense MLP, those from it on a
-    mixture of experts, which no mlp kind expresses yet: a config with any is refused. Export
-    writes ``num_hidden_layers`` (every layer dense)."""
+    """``first_k_dense_replace`` (transformers' default ``default``): the layers before it have a
+    dense MLP, those from it on a mixture of experts, which no mlp kind expresses yet: a config with
+    any is refused. Export writes ``num_hidden_layers`` (every layer dense)."""
+
+    def __init__(self, *, default: int):
+        self.default = default
 
     def to_spec(self, config: dict, data: dict) -> None:
-        layers, dense = data["num_layers"], config.get("first_k_dense_replace", 3)
+        layers, dense = data["num_layers"], config.get("first_k_dense_replace", self.default)
         if dense is None or dense < layers:
             raise CheckpointError(f"config.json first_k_dense_replace = {dense!r} with num_hidden_layers = {layers}: "
                                   f"layers {dense or 0} to {layers - 1} are mixture-of-experts layers, which are not "
@@ -50,21 +53,27 @@ class KVHeads:
 
 
 class DeepseekRope:
-    """``rope_parameters`` and ``rope_interleave`` <-> the position section over the
+    """``rope_parameters`` (and DeepSeek-V3's ``rope_interleave``) <-> the position section over the
     ``qk_rope_head_dim`` rotated channels; DeepSeek's ``mscale_all_dim`` also sets the score scale
-    (``attention.kind: mla``, scale left out), which the spec expresses for ``yarn`` only."""
+    (``attention.kind: mla``, scale left out), which the spec expresses for ``yarn`` only.
+    ``interleave_key`` False: the family always rotates adjacent pairs (DeepSeek-V2's complex
+    rotation) and writes no key."""
+
+    def __init__(self, *, interleave_key: bool = True):
+        self.interleave_key = interleave_key
 
     def to_spec(self, config: dict, data: dict) -> None:
         rope = rope_parameters_of(config)
         if rope.get("mscale_all_dim") and rope["rope_type"] not in ("default", "yarn"):
             raise CheckpointError(f"config.json rope_parameters.mscale_all_dim with rope_type {rope['rope_type']!r} "
                                   f"is not supported (DeepSeek's score-scale correction is read for 'yarn' only)")
-        interleaved = config.get("rope_interleave", True)
+        interleaved = config.get("rope_interleave", True) if self.interleave_key else True
         Rope(interleaved=bool(interleaved)).to_spec(config, data)
 
     def to_config(self, spec: ModelSpecBase, config: dict) -> None:
         Rope().to_config(spec, config)
-        config["rope_interleave"] = isinstance(spec.position, PartialRopeSpec) and spec.position.interleaved
+        if self.interleave_key:
+            config["rope_interleave"] = isinstance(spec.position, PartialRopeSpec) and spec.position.interleaved
 
 
 TENSORS = (
@@ -80,20 +89,25 @@ TENSORS = (
 )
 
 
-def config_rows(*, q_lora_rank: Any = 1536) -> list:
-    """DeepSeek-V3's config rows with transformers' defaults (``q_lora_rank``: the family's)."""
+def config_rows(*, vocab_size: int = 129280, hidden_size: int = 7168, layers: int = 61, max_positions: int = 4096,
+                heads: int = 128, intermediate_size: int = 18432, dense_layers: int = 3, mlp_bias: Any = None,
+                interleave_key: bool = True, bos: Any = 0, eos: Any = 1) -> list:
+    """The DeepSeek config rows with transformers' defaults, DeepSeek-V3's unless given.
+    ``mlp_bias``: the default of the family's ``mlp_bias`` key (None: no key, no bias);
+    ``interleave_key``: the family has ``rope_interleave`` (V3) or always rotates pairs (V2)."""
+    mlp = Fixed("mlp.bias", False) if mlp_bias is None else Key("mlp_bias", "mlp.bias", mlp_bias)
     return [
         Fixed("embedding.kind", "tokens"), Fixed("norm.kind", "rmsnorm"), Fixed("attention.kind", "mla"),
-        Fixed("mlp.kind", "gated"), Fixed("mlp.bias", False), Fixed("wiring.kind", "pre_norm"),
-        Key("vocab_size", "vocab_size", 129280),
-        Key("hidden_size", "hidden_size", 7168),
-        Key("num_hidden_layers", "num_layers", 61),
-        Key("max_position_embeddings", "max_positions", 4096),
+        Fixed("mlp.kind", "gated"), mlp, Fixed("wiring.kind", "pre_norm"),
+        Key("vocab_size", "vocab_size", vocab_size),
+        Key("hidden_size", "hidden_size", hidden_size),
+        Key("num_hidden_layers", "num_layers", layers),
+        Key("max_position_embeddings", "max_positions", max_positions),
         Key("initializer_range", "initializer_range", 0.02),
         Key("tie_word_embeddings", "embedding.tied", False),
-        Key("num_attention_heads", "attention.num_heads", 128),
+        Key("num_attention_heads", "attention.num_heads", heads),
         KVHeads(),
-        Key("q_lora_rank", "attention.q_lora_rank", q_lora_rank),
+        Key("q_lora_rank", "attention.q_lora_rank", 1536),
         Key("kv_lora_rank", "attention.kv_lora_rank", 512),
         Key("qk_nope_head_dim", "attention.qk_nope_head_dim", 128),
         Key("qk_rope_head_dim", "attention.qk_rope_head_dim", 64),
@@ -101,12 +115,12 @@ def config_rows(*, q_lora_rank: Any = 1536) -> list:
         Key("attention_bias", "attention.bias", False),
         Key("attention_dropout", "attention.dropout", 0.0),
         Key("rms_norm_eps", "norm.eps", 1e-6),
-        Key("intermediate_size", "mlp.intermediate_size", 18432),
+        Key("intermediate_size", "mlp.intermediate_size", intermediate_size),
         Activation("hidden_act"),
-        DenseLayers(),
-        DeepseekRope(),
+        DenseLayers(default=dense_layers),
+        DeepseekRope(interleave_key=interleave_key),
         Expect("is_causal", True, "transformers' masks then let every token attend to every other (bidirectional)"),
-        *token_ids(pad=None, bos=0, eos=1),
+        *token_ids(pad=None, bos=bos, eos=eos),
     ]
 
 
