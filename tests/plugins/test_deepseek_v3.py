@@ -96,3 +96,22 @@ def test_the_tiny_spec_exports_to_a_checkpoint_transformers_runs_alike(tmp_path)
     ids = torch.randint(0, 256, (1, 80), generator=torch.Generator().manual_seed(0))  # past original 64 positions
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_the_cache_holds_what_transformers_caches(tmp_path, interleave):
+    """The normalised latent as keys and the rotated shared key as values, layer by layer. With
+    rope_interleave transformers writes the rotated pairs de-interleaved (evens, then odds), ours
+    keeps them in place: the same numbers, in the order of the unrotated channels."""
+    import torch
+
+    reference = build_reference("DeepseekV3ForCausalLM", config(rope_interleave=interleave))
+    reference.save_pretrained(tmp_path)
+    ours = from_pretrained(tmp_path)
+    with torch.no_grad():
+        theirs = reference(INPUTS.single, use_cache=True).past_key_values
+        mine = ours(INPUTS.single, use_cache=True).past_key_values
+    order = torch.cat([torch.arange(0, 4, 2), torch.arange(1, 4, 2)]) if interleave else torch.arange(4)
+    for i, layer in enumerate(theirs.layers):
+        torch.testing.assert_close(mine.keys[i], layer.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mine.values[i][..., order], layer.values, rtol=1e-5, atol=1e-5)
