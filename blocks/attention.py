@@ -112,7 +112,7 @@ class LatentAttention(nn.Module):
         k = torch.cat((k_pass, k_rot.expand(-1, H, -1, -1)), dim=-1)  # [B, H, K, Dn+Dr]
         dropout = self.dropout if self.training else 0.0
         if need_weights:
-            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, nn.Identity())
+            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, _uncapped)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
                                                scale=self.scale)  # [B, H, S, Dv]
@@ -133,6 +133,10 @@ class SoftCap(nn.Module):
 
     def extra_repr(self) -> str:
         return f"cap={self.cap}"
+
+
+def _uncapped(scores: torch.Tensor) -> torch.Tensor:
+    return scores
 
 
 def _attention_with_weights(q, k, v, scores_bias, scale, dropout, cap):
