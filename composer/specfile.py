@@ -280,7 +280,8 @@ def _check_values(data: Any, path: Path | None, node: yaml.Node | None) -> None:
     def where(loc: tuple) -> str:
         line = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else \
             f"{path}: " if path is not None else ""
-        return f"{line}{_dotted(loc) + ': ' if loc else ''}"
+        field = _dotted(loc) if len(loc) <= 8 else _dotted(loc[:6]) + "..."
+        return f"{line}{field + ': ' if loc else ''}"
 
     stack, count = [(data, ())], 0
     while stack:
