@@ -16,24 +16,83 @@ changes them for some layers); ``norm`` also builds the final norm and any embed
 
 from __future__ import annotations
 
+import types
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
+import annotated_types
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr,
-                      SerializeAsAny, TypeAdapter, ValidationError, field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PrivateAttr, SerializeAsAny,
+                      TypeAdapter, ValidationError, field_validator, model_validator)
 from torch import nn
 
 from archcomposer import outputs
 from archcomposer.blocks import attention, embedding, heads, layer, mlp, norm, position, projection
 
+# The largest values a spec accepts, so that a model that cannot exist is refused here rather
+# than inside torch (or after hours of building). Widths, counts and indices: a weight is at most
+# a product of three of them (a fused projection's [3 x heads x head_dim, hidden]), which then
+# stays inside what torch can address (a storage's size in bytes is an int64).
+MAX_WIDTH = 2**19
+#: Vocabulary sizes, sequence lengths and windows: a weight multiplies one by a width at most.
+MAX_LENGTH = 2**30
+#: Layers are built, and resolved at validation, one by one.
+MAX_LAYERS = 2**12
+
+
+def _bounded(high: int, what: str, *, positive: bool = True):
+    """An int > 0 (or >= 0) and <= ``high``; beyond ``high`` the message says why there is a bound."""
+    def refuse_beyond(value):
+        if type(value) is int and value > high:
+            raise ValueError(f"{value:,} is more than {high:,}, {what}")
+        return value
+
+    return Annotated[int, annotated_types.Gt(0) if positive else annotated_types.Ge(0), annotated_types.Le(high),
+                     BeforeValidator(refuse_beyond)]
+
+
+_WIDTH_WHY = ("the largest width, count or index a spec accepts (2**19; published models stay below 2**17, and "
+              "larger widths give weights beyond what torch can address)")
+#: Every width, count and index of the built-in kinds (pydantic's PositiveInt and NonNegativeInt, bounded).
+PositiveInt = _bounded(MAX_WIDTH, _WIDTH_WHY)
+NonNegativeInt = _bounded(MAX_WIDTH, _WIDTH_WHY, positive=False)
+#: A vocabulary size, a sequence length or a window.
+Length = _bounded(MAX_LENGTH, "the largest vocabulary, length or window a spec accepts (2**30; published "
+                              "models stay below 2**24)")
+LayerCount = _bounded(MAX_LAYERS, "the most layers a spec accepts (2**12; the deepest published models have "
+                                  "about 200)")
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every spec model, plugins' included. ``strict``: an int field takes an int only (not
+    ``true``, ``64.0`` or ``"64"``), a bool field a bool only (not ``1`` or ``"yes"``), a str field
+    a str; a float field takes an int too. ``allow_inf_nan``: every float is finite (an infinite
+    eps, theta or std builds a model that silently computes nothing useful)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data):
+        # YAML and JSON have lists only, which strict mode would refuse for a tuple field.
+        if isinstance(data, dict):
+            tuples = {name for name, field in cls.model_fields.items() if _is_tuple(field.annotation)}
+            if tuples & data.keys():
+                data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
+        return data
 
     def check(self, ctx: BuildContext) -> None:
         """Rules that need the whole spec (``ctx.spec``) or the layer (``ctx.layer_spec``);
         raise ``ValueError`` naming the fields involved."""
+
+
+def _is_tuple(annotation) -> bool:
+    """Whether a field's type is a tuple (or a union holding one: ``tuple[int, int] | None``)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_tuple(get_args(annotation)[0])
+    return origin is tuple or origin in (Union, types.UnionType) and any(_is_tuple(a) for a in get_args(annotation))
 
 
 class SpecRuleError(ValueError):
@@ -154,7 +213,7 @@ class DynamicScalingSpec(RopeScalingSpec):
 
     type: Literal["dynamic"]
     factor: PositiveFloat
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
 
     def check(self, ctx, *, rotary_dim):
         if rotary_dim < 4:
@@ -172,7 +231,7 @@ class YarnScalingSpec(RopeScalingSpec):
 
     type: Literal["yarn"]
     factor: PositiveFloat
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
     beta_fast: PositiveFloat = 32.0
     beta_slow: PositiveFloat = 1.0
     mscale: float | None = None
@@ -199,7 +258,7 @@ class LongRopeScalingSpec(RopeScalingSpec):
     short_factor: tuple[PositiveFloat, ...]
     long_factor: tuple[PositiveFloat, ...]
     factor: PositiveFloat | None = None
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
     attention_factor: PositiveFloat | None = None
 
     def check(self, ctx, *, rotary_dim):
@@ -225,7 +284,7 @@ class Llama3ScalingSpec(RopeScalingSpec):
     factor: PositiveFloat
     low_freq_factor: PositiveFloat = 1.0
     high_freq_factor: PositiveFloat = 4.0
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
 
     @model_validator(mode="after")
     def _factors_ordered(self):
@@ -326,7 +385,7 @@ class BucketBiasSpec(PositionSpec):
 
     kind: Literal["bucket_bias"]
     num_buckets: PositiveInt = 32
-    max_distance: PositiveInt = 128
+    max_distance: Length = 128
     bidirectional: bool = True
     segments: bool = False
 
@@ -517,7 +576,7 @@ class GQASpec(AttentionSpec):
     #: Each token sees itself and the ``sliding_window - 1`` tokens before it, counted in cache
     #: slots (padding included), as transformers' ``sliding_window`` (Mistral; Gemma 2's local
     #: layers through ``layers``). None: every token before it.
-    sliding_window: PositiveInt | None = None
+    sliding_window: Length | None = None
     scale: PositiveFloat | None = None
     softcap: PositiveFloat | None = None
     clip_qkv: PositiveFloat | None = None
@@ -1103,10 +1162,10 @@ class ModelSpecBase(Strict):
 
     name: str
     family: str | None = None
-    vocab_size: PositiveInt
+    vocab_size: Length
     hidden_size: PositiveInt
-    num_layers: PositiveInt
-    max_positions: PositiveInt
+    num_layers: LayerCount
+    max_positions: Length
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -1148,9 +1207,14 @@ class ModelSpecBase(Strict):
             raise ValueError(f"heads lists a kind more than once: {kinds}")
         for head in self.heads:
             head.check(ctx)
-        for bound, value in (("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id)):
+        ids = [(("pad_token_id",), self.pad_token_id), (("bos_token_id",), self.bos_token_id)]
+        eos = self.eos_token_id
+        ids += [(("eos_token_id",), eos)] if not isinstance(eos, list) else \
+            [(("eos_token_id", i), value) for i, value in enumerate(eos)]
+        for loc, value in ids:
             if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"{bound} ({value}) must be in [0, vocab_size={self.vocab_size})")
+                raise SpecRuleError(loc, f"token id {value} is not in the vocabulary: ids are 0 to vocab_size - 1 "
+                                         f"= {self.vocab_size - 1}")
         return self
 
     def _resolve_layers(self, given: dict[str, dict]) -> tuple[LayerSpec, ...]:
