@@ -62,6 +62,17 @@ def checkpoint_spec(path: str | os.PathLike) -> ModelSpecBase:
     return _read_checkpoint(Path(path))[0]
 
 
+def check_checkpoint(path: str | os.PathLike) -> ModelSpecBase:
+    """The spec of a checkpoint directory, once its tensors are checked against the spec's model
+    (every missing, unexpected and mis-shaped one, in one ``CheckpointError``) from the
+    safetensors headers alone: no tensor data is read. What ``archcomposer validate`` runs."""
+    directory = Path(path)
+    spec, maps, describe, ignored = _read_checkpoint(directory)
+    with TensorFiles(directory) as files:
+        _check(spec, _without_absent_prefixes(maps, files), own_tensors(skeleton(spec)), files, describe, ignored)
+    return spec
+
+
 def _read_checkpoint(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str, tuple[str, ...]]:
     if directory.is_file():
         refuse_pickle(directory)
@@ -220,7 +231,8 @@ def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: str = "archcomposer",
-                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, head: str | None = None) -> Path:
+                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, head: str | None = None,
+                    progress: bool | None = None) -> Path:
     """Write ``model`` to the directory ``path`` and return it.
 
     ``format="archcomposer"`` (ours): ``spec.yaml`` and safetensors under our names.
@@ -231,7 +243,8 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     Weights above ``max_shard_size`` (bytes, or ``"500MB"``, ``"5GB"``) are split into shards with
     an index. The directory is written next to the target and renamed into place: an interrupted
     save leaves the previous checkpoint there intact. Other files in an existing target directory
-    (a tokenizer) are kept."""
+    (a tokenizer) are kept. ``progress`` shows a progress line on stderr (default: for saves of
+    1 GiB or more)."""
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)
@@ -239,18 +252,24 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     if format == "archcomposer":
         if head is not None:
             raise CheckpointError("head= selects the head of a Hugging Face export; our format keeps every head")
-        spec_text = yaml.safe_dump(model.spec.to_dict(), sort_keys=False)
-
-        def write(directory: Path) -> None:
-            (directory / SPEC_FILE).write_text(spec_text)
-            write_tensors(directory, own, limit, {"format": "pt", "archcomposer": "archcomposer"})
+        tensors, metadata = own, {"format": "pt", "archcomposer": "archcomposer"}
+        config_file, config_text = SPEC_FILE, yaml.safe_dump(model.spec.to_dict(), sort_keys=False)
     else:
         config, tensors = _to_hf(model.spec, own, head)
+        metadata = {"format": "pt"}
+        config_file, config_text = HF_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n"
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    bar = Progress(f"saving {Path(path).name}", total,
+                   enabled=progress if progress is not None else total >= PROGRESS_MIN_BYTES)
 
-        def write(directory: Path) -> None:
-            (directory / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            write_tensors(directory, tensors, limit, {"format": "pt"})
-    return write_atomically(Path(path), write)
+    def write(directory: Path) -> None:
+        (directory / config_file).write_text(config_text)
+        write_tensors(directory, tensors, limit, metadata, bar)
+
+    try:
+        return write_atomically(Path(path), write)
+    finally:
+        bar.close()
 
 
 def _to_hf(spec: ModelSpecBase, own: dict[str, torch.Tensor], head: str | None):

@@ -3,12 +3,16 @@ validated ``ModelSpec``, with errors that name the file, the line and the field 
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from archcomposer.errors import RegistryError, SpecError
 from archcomposer.registry import get_registry
@@ -81,8 +85,60 @@ def format_validation_error(exc: ValidationError, data: Any, path: Path | None, 
             else f" (got {_short(err['ctx']['tag'] if err['type'] == 'union_tag_invalid' else err['input'])})"
         msg = err["msg"].removeprefix("Value error, ")
         # Cross-field rules have no single field: their messages name the fields involved.
-        lines.append(f"  {where}{_dotted(loc) + ': ' if loc else ''}{msg}{got}")
+        lines.append(f"  {where}{_dotted(loc) + ': ' if loc else ''}{msg}{got}{_suggestion(err)}")
     return "\n".join(lines)
+
+
+def _suggestion(err: dict) -> str:
+    """``; did you mean 'num_heads'?`` for a misspelled key or kind, else nothing."""
+    if err["type"] == "extra_forbidden":
+        model = _model_at(get_registry().spec_class(), err["loc"][:-1])
+        given, choices = err["loc"][-1], list(model.model_fields) if model is not None else []
+    elif err["type"] == "union_tag_invalid":
+        given, choices = err["ctx"]["tag"], re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])
+    else:
+        return ""
+    close = difflib.get_close_matches(str(given), choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_at(annotation: Any, loc) -> type[BaseModel] | None:
+    """The spec model class that pydantic's error location ``loc`` points into: field names,
+    list indices and union tags (``('mlp', 'gated')`` is the gated MLP's class)."""
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        members = _members(annotation)
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if isinstance(part, int):
+            lists = [typing.get_args(m)[0] for m in members if typing.get_origin(m) in (list, tuple)]
+            annotation = lists[0] if lists else None
+        elif len(models) == 1 and part in models[0].model_fields:
+            annotation = models[0].model_fields[part].annotation
+        else:
+            tagged = [m for m in models if part in (_literal(m, "kind"), _literal(m, "type"))]
+            annotation = tagged[0] if tagged else None
+        if annotation is None:
+            return None
+    models = [m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def _members(annotation: Any) -> list:
+    """The alternatives of a type, through ``Annotated`` and unions (``X | None``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [annotation]
+
+
+def _literal(model: type[BaseModel], field: str) -> Any:
+    info = model.model_fields.get(field)
+    if info is not None and typing.get_origin(info.annotation) is typing.Literal:
+        return typing.get_args(info.annotation)[0]
+    return None
 
 
 def _input_path(data: Any, loc) -> list:

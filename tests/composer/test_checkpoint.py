@@ -211,12 +211,23 @@ def test_not_a_checkpoint(tmp_path):
         from_pretrained(tmp_path)
 
 
-def test_progress_line(tmp_path, capsys):
-    out = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+def test_progress_line(tmp_path, capsys, monkeypatch):
+    original_advance = storage.Progress.advance
+    model = build_model("tiny-glm-4", seed=0)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    assert capsys.readouterr().err == ""  # small saves are quiet
     from_pretrained(out, progress=True)
     assert "loading ckpt: 100%" in capsys.readouterr().err
     from_pretrained(out)  # small loads are quiet
     assert capsys.readouterr().err == ""
+    advances = []
+    monkeypatch.setattr(storage.Progress, "advance", lambda self, nbytes: advances.append(nbytes) or
+                        original_advance(self, nbytes))
+    out = model.save_pretrained(tmp_path / "hf", format="hf", max_shard_size="40KB", progress=True)
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1 and len(advances) == len(shards)  # one step per file safetensors writes
+    assert advances == [sum(t.numel() * t.element_size() for t in load_file(f).values()) for f in shards]
+    assert capsys.readouterr().err.endswith("saving hf: 100% (0.00/0.00 GiB)\n")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The command line: the installed ``archcomposer`` script and ``python -m archcomposer`` (one
 subprocess each), and the subcommands in process."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from archcomposer import build_model, get_registry
-from archcomposer.cli import main
+from archcomposer.cli import build_parser, main
 from tests.composer.test_specs_shipped import PUBLISHED
+
+SPECS_DIR = Path(__file__).parents[2] / "specs"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -31,29 +34,77 @@ def test_summary_script_lists_every_shipped_spec_with_its_parameter_count():
         assert f" {count:,} " in row
 
 
-def test_validate_module_exits_2_naming_the_file_line_and_field(tmp_path):
+BAD_SPEC = ("name: bad\nvocab_size: 32\nhidden_size: 16\nnum_layers: 1\nmax_positions: 8\n"
+            "position: {kind: rpoe}\nattention: {kind: gqa, num_heads: 4, num_kv_head: 2}\nnorm: {kind: rmsnorm}\n"
+            "mlp: {kind: gated, intermediate_size: 8}\n")
+
+
+def test_validate_module_exits_1_naming_the_file_line_and_field(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nvocab_size: 32\nhidden_size: 16\nnum_layers: 1\nmax_positions: 8\n"
-                   "position: {kind: rpoe}\nattention: {kind: gqa, num_heads: 4}\nnorm: {kind: rmsnorm}\n"
-                   "mlp: {kind: gated, intermediate_size: 8}\n")
+    bad.write_text(BAD_SPEC)
     result = run(sys.executable, "-m", "archcomposer", "validate", str(bad))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.startswith(f"archcomposer: error: invalid spec {bad} (1 error(s)):")
+    assert result.stderr.startswith(f"archcomposer: error: invalid spec {bad} (2 error(s)):")
     assert f"{bad}:6: position.kind: Input tag 'rpoe' found using 'kind' does not match any of the expected tags" \
+        in result.stderr
+    assert "(got 'rpoe'); did you mean 'rope'?" in result.stderr
+    assert f"{bad}:7: attention.num_kv_head: Extra inputs are not permitted (got 2); did you mean 'num_kv_heads'?" \
         in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_validate_accepts_good_files_and_stops_at_a_missing_one(capsys, tmp_path):
-    from archcomposer.specs import __file__ as specs_init
-
-    good = Path(specs_init).with_name("tiny-glm-4.yaml")
+def test_validate_reports_every_file_and_exits_1_if_any_is_invalid(capsys, tmp_path):
+    good = SPECS_DIR / "tiny-glm-4.yaml"
+    bad, binary = tmp_path / "bad.yaml", tmp_path / "binary.yaml"
+    bad.write_text(BAD_SPEC)
+    binary.write_bytes(b"\x89PNG\x00\xff")
     assert main(["validate", str(good)]) == 0
     assert capsys.readouterr().out.startswith(f"{good}: ok (tiny-glm-4: partial_rope | gqa 4/2h | rmsnorm |")
-    assert main(["validate", str(good), str(tmp_path / "missing.yaml")]) == 2
+    missing = tmp_path / "missing.yaml"
+    assert main(["validate", str(missing), str(bad), str(binary), str(good), "tiny-glm4"]) == 1
     captured = capsys.readouterr()
-    assert "missing.yaml: no such spec file" in captured.err
+    assert captured.out.startswith(f"{good}: ok (tiny-glm-4:")  # the files after the bad ones are validated too
+    errors = captured.err.split("archcomposer: error: ")
+    assert errors[1] == f"{missing}: no such spec file\n"
+    assert errors[2].startswith(f"invalid spec {bad} (2 error(s)):")
+    assert errors[3].startswith(f"{binary}")
+    assert errors[4].startswith("no shipped spec named 'tiny-glm4'")
+    assert captured.err.endswith("archcomposer: 4 of 5 invalid\n")
+    assert "Traceback" not in captured.err
+
+
+def test_validate_json_lists_each_file_with_its_errors(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD_SPEC)
+    assert main(["validate", "--json", "tiny-glm-4", str(bad), str(tmp_path / "missing.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    first, second, third = json.loads(captured.out)
+    assert first == {"file": "tiny-glm-4", "ok": True, "spec": "tiny-glm-4", "errors": []}
+    assert second["file"] == str(bad) and second["ok"] is False and second["spec"] is None
+    assert [e.split(": ")[0] for e in second["errors"]] == [f"{bad}:6", f"{bad}:7"]  # one entry per error
+    assert second["errors"][1].endswith("did you mean 'num_kv_heads'?")
+    assert third["errors"] == [f"{tmp_path / 'missing.yaml'}: no such spec file"]
+
+
+def test_validate_checks_a_checkpoint_directory_and_its_tensors(capsys, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build_model("tiny-glm-4", seed=0)
+    ours = model.save_pretrained(tmp_path / "ours")
+    hf = model.save_pretrained(tmp_path / "hf", format="hf")
+    assert main(["validate", str(ours), str(hf)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{ours}: ok (tiny-glm-4: partial_rope | gqa 4/2h")
+    assert out[1].startswith(f"{hf}: ok (hf: partial_rope | gqa 4/2h")
+    tensors = load_file(hf / "model.safetensors")
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, hf / "model.safetensors", metadata={"format": "pt"})
+    assert main(["validate", "--json", str(hf)]) == 1
+    [result] = json.loads(capsys.readouterr().out)
+    assert result["ok"] is False
+    assert "missing (1):\n    model.layers.1.mlp.down_proj.weight (for layers.1.mlp.down.weight)" in result["errors"][0]
 
 
 def test_summary_of_named_specs_in_float32(capsys):
@@ -80,15 +131,254 @@ def test_schema_is_json_listing_the_kinds(capsys):
         assert f'"{kind}"' in text
 
 
-def test_unknown_spec_name_exits_2(capsys):
-    assert main(["summary", "no-such-spec"]) == 2
-    assert "no shipped spec named 'no-such-spec'" in capsys.readouterr().err
+def test_invalid_input_exits_1_and_misuse_exits_2(capsys):
+    assert main(["summary", "no-such-spec"]) == 1
+    assert capsys.readouterr().err.startswith("archcomposer: error: no shipped spec named 'no-such-spec'")
+    for argv in ([], ["summary", "--dtype", "float8"], ["no-such-command"], ["validate"], ["blocks", "positon"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("usage: archcomposer")
+    assert err.endswith("archcomposer blocks: error: argument section: no section 'positon'; sections are "
+                        "['attention', 'embedding', 'head', 'mlp', 'norm', 'position', 'wiring']; did you mean "
+                        "'position'?\n")
 
 
-def test_a_missing_subcommand_is_a_usage_error():
+def test_version_names_archcomposer_torch_and_python(capsys):
+    import platform
+
+    import torch
+
+    import archcomposer
+
     with pytest.raises(SystemExit) as info:
-        main([])
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == (f"archcomposer {archcomposer.__version__} (torch {torch.__version__}, "
+                                       f"Python {platform.python_version()})\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# numbers are checked at the door: a usage error naming the option
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["generate", "tiny-glm-4", "--prompt-ids", "5", "99999999999999999999"],
+     "argument --prompt-ids: 99999999999999999999 is out of range: expected a whole number from 0 to "
+     "9223372036854775807 (2**63 - 1)"),
+    (["generate", "tiny-glm-4", "--prompt-ids", "-3"], "argument --prompt-ids: -3 is out of range"),
+    (["generate", "tiny-glm-4", "--temperature", "nan"], "argument --temperature: expected a finite number, got 'nan'"),
+    (["generate", "tiny-glm-4", "--temperature", "inf"], "argument --temperature: expected a finite number, got 'inf'"),
+    (["generate", "tiny-glm-4", "--temperature", "0"], "argument --temperature: expected a number > 0, got '0'"),
+    (["generate", "tiny-glm-4", "--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
+    (["generate", "tiny-glm-4", "--top-p=-inf"], "argument --top-p: expected a finite number, got '-inf'"),
+    (["generate", "tiny-glm-4", "--top-k", "0"], "argument --top-k: 0 is out of range: expected a whole number from 1"),
+    (["generate", "tiny-glm-4", "--max-new-tokens", "-1"], "argument --max-new-tokens: -1 is out of range"),
+    (["generate", "tiny-glm-4", "--seed", "1e3"], "argument --seed: expected a whole number, got '1e3'"),
+    (["generate", "tiny-glm-4", "--seed", str(2**64)], "argument --seed: 18446744073709551616 is out of range"),
+    (["convert", "a", "b", "--to", "hf", "--max-shard-size", "lots"],
+     "argument --max-shard-size: expected a size such as 500MB, 5GB or 2GiB, got 'lots'"),
+    (["convert", "a", "b", "--to", "hf", "--max-shard-size", "0"],
+     "argument --max-shard-size: expected a size such as 500MB, 5GB or 2GiB, got '0'"),
+])
+def test_a_number_out_of_range_is_a_usage_error_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
     assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"archcomposer {argv[0]}: error: {message}" in err
+    assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# help: every option shows an example, every command example invocations
+
+
+def subcommands(parser):
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: sub for action in actions for name, sub in action.choices.items()}
+
+
+def test_every_option_and_positional_has_help_with_an_example():
+    parser = build_parser()
+    missing = []
+    for name, sub in [("(top level)", parser), *subcommands(parser).items()]:
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if "e.g." not in (action.help or ""):
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}: {action.help!r}")
+    assert not missing, "help without an example (e.g. ...):\n" + "\n".join(missing)
+
+
+def test_every_subcommand_has_a_description_and_example_invocations():
+    for name, sub in subcommands(build_parser()).items():
+        assert sub.description, name
+        assert sub.formatter_class is argparse.RawDescriptionHelpFormatter, name
+        assert f"\n  archcomposer {name}" in (sub.epilog or ""), f"{name}: no example invocation in its epilog"
+
+
+def test_help_shows_the_examples(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert "examples:\n  archcomposer convert " in out
+    assert "(default: 5GB; e.g. --max-shard-size 2GB)\n" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# a reader that goes away (| head) and the file system refusing
+
+
+CLOSED_PIPE_SCRIPT = """
+import json, os, sys
+from archcomposer.cli import main
+codes = []
+for command in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line arrives, like `| head -0`
+    os.dup2(write, 1)
+    os.close(write)
+    codes.append(main(command))
+print(json.dumps(codes), file=sys.stderr)
+"""
+
+
+def test_every_command_that_prints_exits_quietly_into_a_closed_pipe(tmp_path):
+    ours = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ours")
+    commands = [["blocks"], ["blocks", "--json"], ["plugins"], ["plugins", "--json"], ["schema"],
+                ["validate", "tiny-glm-4"], ["validate", "--json", str(ours)], ["summary", "tiny-bloom"],
+                ["generate", "tiny-glm-4", "--max-new-tokens", "1"],
+                ["convert", str(ours), str(tmp_path / "hf"), "--to", "hf", "--json"]]
+    # one interpreter for all (each starts in seconds), each command into a fresh closed pipe
+    result = subprocess.run([sys.executable, "-c", CLOSED_PIPE_SCRIPT, json.dumps(commands)], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert result.returncode == 0 and json.loads(result.stderr) == [141] * len(commands), result.stderr
+
+
+def test_the_script_exits_141_into_a_closed_pipe():
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "archcomposer", "blocks"], stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=120,
+                                env={**os.environ, "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")  # as a shell reports a tool that SIGPIPE ended
+
+
+def test_a_file_system_error_is_reported_without_a_traceback(capsys, tmp_path):
+    ours = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ours")
+    (tmp_path / "file").write_text("")
+    assert main(["convert", str(ours), str(tmp_path / "file" / "out"), "--to", "hf"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"archcomposer: error: [Errno 17] File exists: '{tmp_path / 'file'}'\n"  # mkdir of out's parent
+
+
+# ---------------------------------------------------------------------------------------------
+# convert
+
+
+def transformers_checkpoint(path: Path) -> Path:
+    """A tiny Llama written by transformers' own save_pretrained, every weight randomised."""
+    import transformers
+
+    from tests.plugins.parity import build_reference
+
+    config = transformers.LlamaConfig(vocab_size=160, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    build_reference("LlamaForCausalLM", config).save_pretrained(path)
+    return path
+
+
+def test_convert_round_trip_through_both_formats_keeps_the_logits(capsys, tmp_path):
+    import torch
+    import transformers
+
+    from archcomposer import from_pretrained
+
+    hf = transformers_checkpoint(tmp_path / "hf")
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3]])
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf, attn_implementation="eager")
+    with torch.no_grad():
+        expected = reference(ids).logits
+
+    assert main(["convert", str(hf), str(tmp_path / "ours"), "--to", "archcomposer", "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written == {"path": str(tmp_path / "ours"), "format": "archcomposer",
+                       "files": ["model.safetensors", "spec.yaml"]}
+    ours = from_pretrained(tmp_path / "ours")
+    with torch.no_grad():
+        assert (ours(ids).logits - expected).abs().max() <= 1e-4
+
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back"), "--to", "hf", "--progress",
+                 "--max-shard-size", "60KB"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"wrote {tmp_path / 'back'} (hf: config.json, model-00001-of-")
+    assert "loading ours: 100%" in captured.err and "saving back: 100%" in captured.err
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="eager")
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, expected)  # the same weights through the same code
+    expected_state = reference.state_dict()
+    assert back.state_dict().keys() == expected_state.keys()
+    assert all(torch.equal(t, expected_state[n]) for n, t in back.state_dict().items())
+
+
+def test_convert_casts_and_is_quiet_without_a_terminal(capsys, tmp_path):
+    from safetensors import safe_open
+
+    hf = transformers_checkpoint(tmp_path / "hf")
+    assert main(["convert", str(hf), str(tmp_path / "bf16"), "--to", "hf", "--dtype", "bfloat16"]) == 0
+    assert capsys.readouterr().err == ""
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(tmp_path / "bf16" / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(n).get_dtype() for n in f.keys()} == {"BF16"}
+
+
+def test_convert_of_several_heads_needs_head_for_hf(capsys, tmp_path):
+    import torch
+
+    from archcomposer import from_pretrained
+
+    spec = build_model("tiny-seed-oss", device="meta").spec.to_dict()
+    spec["heads"] = [{"kind": "causal_lm"}, {"kind": "question_answering"}]
+    model = build_model(spec, seed=0)
+    ours = model.save_pretrained(tmp_path / "ours")
+    for argv, message in (
+            ([], f"{ours} has heads ['causal_lm', 'question_answering'] and a Hugging Face model has one: "
+                 f"pick one, e.g. --head causal_lm"),
+            (["--head", "token_classification"], f"argument --head: {ours} has heads ['causal_lm', "
+                                                 f"'question_answering'], not 'token_classification'")):
+        with pytest.raises(SystemExit) as info:
+            main(["convert", str(ours), str(tmp_path / "hf"), "--to", "hf", *argv])
+        assert info.value.code == 2
+        assert f"archcomposer convert: error: {message}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", str(ours), str(tmp_path / "x"), "--to", "archcomposer", "--head", "causal_lm"])
+    assert "--head picks the one head of a --to hf export" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists() and not (tmp_path / "x").exists()
+
+    assert main(["convert", str(ours), str(tmp_path / "hf"), "--to", "hf", "--head", "question_answering"]) == 0
+    loaded = from_pretrained(tmp_path / "hf")
+    ids = torch.tensor([[5, 17, 42, 8]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).start_logits, model(ids, head="question_answering").start_logits)
+
+
+def test_convert_refuses_a_spec_and_a_missing_directory(capsys, tmp_path):
+    assert main(["convert", "tiny-glm-4", str(tmp_path / "out"), "--to", "hf"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("archcomposer: error: tiny-glm-4 is a spec, not a checkpoint: convert converts the weights "
+                          "of a checkpoint directory. To write a spec's random initialisation, use Python, e.g. "
+                          f"build_model('tiny-glm-4', seed=0).save_pretrained('{tmp_path / 'out'}', format='hf')")
+    assert main(["convert", str(SPECS_DIR / "tiny-glm-4.yaml"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    assert capsys.readouterr().err.startswith(f"archcomposer: error: {SPECS_DIR / 'tiny-glm-4.yaml'} is a spec, not")
+    assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--to", "hf"]) == 1
+    assert f"{tmp_path / 'nothing'}: no such checkpoint directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,12 +440,13 @@ def test_summary_of_a_checkpoint_directory(capsys, tmp_path):
     assert by_path == capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["summary", "--length", "64"], "--batch and --length size the detailed breakdown of the specs you name"),
-    (["summary", "tiny-glm-4", "--length", "300"], "length must be a whole number from 1 to the spec's max_positions "
-                                                   "(256), got 300"),
-    (["summary", "tiny-glm-4", "--batch", "0"], "batch must be a whole number >= 1, got 0"),
-])
-def test_summary_refuses_sizes_it_cannot_describe(capsys, argv, message):
-    assert main(argv) == 2
-    assert f"archcomposer: error: {message}" in capsys.readouterr().err
+def test_summary_refuses_sizes_it_cannot_describe(capsys):
+    for argv, message in [(["summary", "--length", "64"], "--batch and --length size the detailed breakdown of "
+                                                          "the specs you name"),
+                          (["summary", "tiny-glm-4", "--batch", "0"], "argument --batch: 0 is out of range")]:
+        with pytest.raises(SystemExit) as info:  # misuse
+            main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert main(["summary", "tiny-glm-4", "--length", "300"]) == 1  # a length this spec does not have
+    assert capsys.readouterr().err == ("archcomposer: error: length must be a whole number from 1 to the spec's "
+                                       "max_positions (256), got 300\n")

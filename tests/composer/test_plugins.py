@@ -566,7 +566,9 @@ def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
     assert re.search(r"^      num_heads +int \(> 0\) +required$", text, re.M)  # columns as wide as the longest field
     assert main(["blocks", "mlp"]) == 0
     assert "gated" in capsys.readouterr().out
-    assert main(["blocks", "positon"]) == 2
+    with pytest.raises(SystemExit) as info:  # a usage error, as an argparse choice would be
+        main(["blocks", "positon"])
+    assert info.value.code == 2
     assert "no section 'positon'; sections are ['attention', 'embedding', 'head', 'mlp', 'norm', 'position', 'wiring']" in \
         capsys.readouterr().err
 
