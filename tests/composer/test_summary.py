@@ -153,6 +153,9 @@ def test_attention_flops_grow_with_the_keys_and_the_rest_does_not():
 
 
 def cache_bytes(cache) -> int:
+    """The bytes of the cached key and value tensors. (After the first forward of a model with a
+    fused QKV projection, a cached tensor that is a view of the projection's output keeps that whole
+    output, queries included, alive until the next step concatenates: more storage than this.)"""
     return sum(t.nbytes for t in cache.keys + cache.values)
 
 
