@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,14 +12,16 @@ from archcomposer.spec import ModelSpecBase
 from archcomposer.specfile import SpecLike, load_spec
 
 
-def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                seed: int | None = None) -> ComposedModel:
+def build_model(spec: SpecLike, /, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                seed: int | None = None, **overrides: Any) -> ComposedModel:
     """Build the model a spec describes.
 
-    ``spec`` is a spec object, a dict, a path to a YAML file or the name of a shipped spec.
+    ``spec`` is a spec object, a dict, a path to a YAML file or the name of a shipped spec; any
+    other keyword is a spec field merged over it, as in an extending spec file
+    (``build_model("glm-4-9b", num_layers=2, position={"kind": "alibi"})``).
     ``device="meta"`` allocates nothing (any size builds instantly). The same ``seed`` gives the
     same weights; without one, weights come from torch's global generator."""
-    spec = load_spec(spec)
+    spec = load_spec(spec, **overrides)
     device = torch.device(device) if device is not None else torch.device("cpu")
     model = skeleton(spec)
     if device.type != "meta":

@@ -31,6 +31,7 @@ from archcomposer.spec import ModelSpecBase
 from archcomposer.specfile import load_spec
 from archcomposer.storage import (HF_CONFIG_FILE, INDEX_FILE, PROGRESS_MIN_BYTES, SPEC_FILE, WEIGHTS_FILE, Progress,
                                   TensorFiles, parse_size, refuse_pickle, write_atomically, write_tensors)
+from archcomposer.tokenizer import find_tokenizer
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 FORMATS = ("archcomposer", "hf")
@@ -48,12 +49,16 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None
     where they go (default: CPU). ``progress`` shows a progress line on stderr (default: for
     loads of 1 GiB or more). Raises ``CheckpointError`` for a pickle checkpoint, an unknown
     ``model_type`` or architecture, and (in one message) every missing, unexpected or mis-shaped
-    tensor. The model is returned in eval mode and carries its spec as ``model.spec``."""
+    tensor. The model is returned in eval mode and carries its spec as ``model.spec`` and the
+    directory's tokenizer, ours or transformers', as ``model.tokenizer`` (None if it has none)."""
     directory = Path(path)
     spec, maps, describe, ignored = _read_checkpoint(directory)
+    tokenizer = find_tokenizer(directory)
     with TensorFiles(directory) as files:
-        return _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
-                     device=torch.device(device) if device is not None else None, progress=progress)
+        model = _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
+                      device=torch.device(device) if device is not None else None, progress=progress)
+    model.tokenizer = tokenizer
+    return model
 
 
 def checkpoint_spec(path: str | os.PathLike) -> ModelSpecBase:
@@ -241,14 +246,16 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     express it) translates. A Hugging Face model has one head: with several, name it (``head=``).
 
     Weights above ``max_shard_size`` (bytes, or ``"500MB"``, ``"5GB"``) are split into shards with
-    an index. The directory is written next to the target and renamed into place: an interrupted
-    save leaves the previous checkpoint there intact. Other files in an existing target directory
-    (a tokenizer) are kept. ``progress`` shows a progress line on stderr (default: for saves of
-    1 GiB or more)."""
+    an index. ``model.tokenizer``, if set, is written too (in the same format), replacing any
+    tokenizer there. The directory is written next to the target and renamed into place: an
+    interrupted save leaves the previous checkpoint there intact. Other files in an existing
+    target directory (a tokenizer, when the model has none) are kept. ``progress`` shows a
+    progress line on stderr (default: for saves of 1 GiB or more)."""
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)
     own = {name: t.detach() for name, t in own_tensors(model).items()}
+    tokenizer = model.tokenizer.writer(format) if model.tokenizer is not None else None
     if format == "archcomposer":
         if head is not None:
             raise CheckpointError("head= selects the head of a Hugging Face export; our format keeps every head")
@@ -265,6 +272,8 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     def write(directory: Path) -> None:
         (directory / config_file).write_text(config_text)
         write_tensors(directory, tensors, limit, metadata, bar)
+        if tokenizer is not None:
+            tokenizer(directory)
 
     try:
         return write_atomically(Path(path), write)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import archcomposer
-from archcomposer.errors import CheckpointError, ComposerError
+from archcomposer.errors import CheckpointError, ComposerError, InputError, RegistryError
 
 EXIT_OK, EXIT_INVALID = 0, 1  # argparse exits 2 for a misused command
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head`)
@@ -83,14 +83,55 @@ def cmd_summary(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from archcomposer import build_model
+    from pathlib import Path
 
-    model = build_model(args.spec, seed=args.seed)
-    ids = torch.tensor([args.prompt_ids], dtype=torch.long)
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.sample, seed=args.seed,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    print(f"{model.spec.name} (random weights, seed {args.seed}): prompt {args.prompt_ids} -> "
-          f"generated {out[0, ids.shape[1]:].tolist()}")
+    from archcomposer import build_model, from_pretrained
+    from archcomposer.errors import InputError
+    from archcomposer.tokenizer import TextStreamer
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    checkpoint = Path(args.spec).is_dir()
+    model = from_pretrained(args.spec, dtype=dtype) if checkpoint \
+        else build_model(args.spec, seed=args.seed, dtype=dtype)
+    options = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample, "seed": args.seed,
+               "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    if args.prompt is None:
+        if args.chat:
+            args.parser.error("--chat applies the chat template to --prompt text; there is none")
+        ids = torch.tensor([args.prompt_ids], dtype=torch.long)
+        out = model.generate(ids, **options)
+        source = f"checkpoint {args.spec}" if checkpoint else f"random weights, seed {args.seed}"
+        print(f"{model.spec.name} ({source}): prompt {args.prompt_ids} -> generated {out[0, ids.shape[1]:].tolist()}")
+        return 0
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        what = f"checkpoint {args.spec} has no tokenizer (tokenizer.json or tokenizer.model)" if checkpoint \
+            else f"spec {model.spec.name!r} has no tokenizer (a spec gives random weights and no vocabulary)"
+        raise InputError(f"--prompt needs a tokenizer and {what}: give a checkpoint directory with a tokenizer, "
+                         f"or token ids with --prompt-ids")
+    texts = args.prompt
+    if args.chat:
+        if tokenizer.chat_template is None:
+            raise InputError(f"--chat: the tokenizer of {args.spec} has no chat template")
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                               tokenize=False) for text in texts]
+    rows = [tokenizer.encode(text, add_special_tokens=not args.chat) for text in texts]  # a template writes its own
+    if not all(rows):
+        raise InputError(f"--prompt {args.prompt[[len(r) for r in rows].index(0)]!r} encodes to no tokens")
+    if len(rows) == 1:  # one prompt: stream its continuation as it comes
+        model.generate(torch.tensor(rows), streamer=TextStreamer(tokenizer, skip_prompt=True), **options)
+        return 0
+    if tokenizer.pad_token is None:  # pad with EOS, as transformers' generate does without a pad token
+        if tokenizer.eos_token is None:
+            raise InputError("several --prompt are padded to one length, and the tokenizer has no pad or eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(texts, add_special_tokens=not args.chat, padding=True, padding_side="left", return_tensors="pt")
+    out = model.generate(batch.input_ids, attention_mask=batch.attention_mask, **options)
+    stops = set(model.spec.eos_token_ids)
+    for i, (prompt, row) in enumerate(zip(args.prompt, out[:, batch.input_ids.shape[1]:].tolist()), start=1):
+        end = next((j + 1 for j, token in enumerate(row) if token in stops), len(row))  # through the first EOS
+        print(f"--- {i}: {prompt!r}")
+        print(tokenizer.decode(row[:end], skip_special_tokens=True))
     return 0
 
 
@@ -161,10 +202,31 @@ def cmd_convert(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from archcomposer import get_registry
+    from archcomposer.schema import schema_text
 
-    print(json.dumps(get_registry().spec_class().model_json_schema(), indent=2))
+    text = schema_text()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w") as out:
+            out.write(text)
+    except OSError as exc:
+        raise InputError(f"--output {args.output}: cannot write the schema there: {exc.strerror}") from None
+    print(f"wrote the JSON schema of spec files to {args.output}")
     return 0
+
+
+def cmd_diff(args) -> int:
+    from archcomposer import load_spec
+    from archcomposer.diff import diff_specs
+
+    specs = [load_spec(source) for source in (args.a, args.b)]
+    labels = tuple(source if source == spec.name else f"{source} ({spec.name})"
+                   for source, spec in zip((args.a, args.b), specs))
+    found = diff_specs(*specs, labels=labels)
+    print(json.dumps(found.to_json(), indent=2) if args.json else found.format())
+    return 0 if found.equal else 1
 
 
 def cmd_plugins(args) -> int:
@@ -377,17 +439,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print a JSON list, one object per spec, for scripts (e.g. --json | jq '.[0].parameters')")
     p.set_defaults(func=cmd_summary, parser=p)
 
-    p = _subcommand(sub, "generate", help="generate tokens from a spec with random weights",
-                    description="Generate tokens from a spec's model with random weights (a smoke test of the "
-                                "spec's decoding with the KV cache).",
-                    examples="  archcomposer generate tiny-glm-4\n"
-                             "  archcomposer generate tiny-llama --prompt-ids 5 6 7 --sample --top-p 0.9 --seed 1")
-    p.add_argument("spec", help="spec name, YAML path or checkpoint directory (its spec: the weights are random; "
-                                "e.g. tiny-glm-4)")
-    p.add_argument("--prompt-ids", type=non_negative_int, nargs="+", default=[5, 17, 42, 8],
-                   help="the prompt's token ids (default: 5 17 42 8; e.g. --prompt-ids 1 2 3)")
-    p.add_argument("--max-new-tokens", type=non_negative_int, default=8,
-                   help="how many tokens to generate at most (default: 8; e.g. --max-new-tokens 32)")
+    p = _subcommand(sub, "generate", help="generate text from a checkpoint, or tokens from a spec with random weights",
+                    description="Generate text from a checkpoint directory with a tokenizer, streamed to stdout as "
+                                "it is produced (several --prompt make a left-padded batch), or token ids from a "
+                                "spec's model with random weights (a smoke test of decoding with the KV cache).",
+                    examples="  archcomposer generate ./my-checkpoint --prompt 'Once upon a time'\n"
+                             "  archcomposer generate ./my-checkpoint --chat --prompt 'Hi' --max-new-tokens 64\n"
+                             "  archcomposer generate tiny-glm-4 --prompt-ids 5 6 7 --sample --top-p 0.9 --seed 1")
+    p.add_argument("spec", help="a checkpoint directory (weights and tokenizer), or a spec name or YAML path "
+                                "(random weights) (e.g. ./my-checkpoint, tiny-glm-4)")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", action="append", help="text to continue, streamed to stdout; repeat it for "
+                                                          "a batch (e.g. --prompt 'Once upon a time')")
+    prompt.add_argument("--prompt-ids", type=non_negative_int, nargs="+", default=[5, 17, 42, 8],
+                        help="token ids to continue, no tokenizer needed (default: 5 17 42 8; e.g. --prompt-ids 1 2 3)")
+    p.add_argument("--chat", action="store_true", help="wrap each prompt as a user message in the tokenizer's "
+                                                       "chat template (e.g. --chat --prompt 'Hi')")
+    p.add_argument("--max-new-tokens", type=non_negative_int, default=20,
+                   help="how many tokens to generate at most (default: 20; e.g. --max-new-tokens 64)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed of the random weights and of sampling (default: 0; e.g. --seed 1)")
     p.add_argument("--sample", action="store_true",
@@ -398,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample from the k most likely tokens only (e.g. --top-k 50)")
     p.add_argument("--top-p", type=probability, default=None,
                    help="sample from the most likely tokens whose probabilities sum to p (e.g. --top-p 0.9)")
-    p.set_defaults(func=cmd_generate)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default: as stored; random weights float32) (e.g. --dtype bfloat16)")
+    p.set_defaults(func=cmd_generate, parser=p)
 
     p = _subcommand(sub, "validate", help="validate specs and checkpoint directories, reporting every error",
                     description="Validate each spec (YAML file or shipped name) or checkpoint directory (its spec, "
@@ -437,11 +508,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the written directory and files as JSON (e.g. --json | jq -r .path)")
     p.set_defaults(func=cmd_convert, parser=p)
 
-    p = _subcommand(sub, "schema", help="print the JSON schema of specs (registered kinds included)",
-                    description="Print the JSON schema of a spec, with every kind registered by the installed "
-                                "plugins (for editors that validate YAML against a schema).",
-                    examples="  archcomposer schema > archcomposer.schema.json")
+    p = _subcommand(sub, "schema", help="print the JSON schema of spec files (draft 2020-12, every installed "
+                                        "plugin's kinds included), for editors",
+                    description="Print the JSON Schema of a spec file, with every kind registered by the installed "
+                                "plugins, for editors that check YAML against a schema (see the README's Editors).",
+                    examples="  archcomposer schema > archcomposer.schema.json\n"
+                             "  archcomposer schema --output specs/spec.schema.json")
+    p.add_argument("--output", metavar="FILE", help="write the schema to FILE instead of printing it "
+                                                    "(e.g. --output spec.schema.json)")
     p.set_defaults(func=cmd_schema)
+
+    p = _subcommand(sub, "diff", help="what differs between two specs or checkpoints, block by block and layer "
+                                      "by layer",
+                    description="Show what differs between two specs (names, YAML files or checkpoint directories), "
+                                "block by block and, where layers differ, layer by layer. Exit status as diff(1): "
+                                "0 when they are the same, 1 when they differ, 2 on an error.",
+                    examples="  archcomposer diff glm-4-9b seed-oss-36b\n"
+                             "  archcomposer diff my-ablation.yaml ./checkpoint --json")
+    p.add_argument("a", help="a spec name, YAML file or checkpoint directory (e.g. glm-4-9b)")
+    p.add_argument("b", help="the spec to compare it with (e.g. seed-oss-36b)")
+    p.add_argument("--json", action="store_true", help="print the differences as JSON (e.g. diff a.yaml b.yaml --json)")
+    p.set_defaults(func=cmd_diff, error_code=2)  # 1 means the specs differ
 
     p = _subcommand(sub, "plugins", help="list plugins: distribution, version and what each registers",
                     description="List the plugins archcomposer loaded (built-in families included): their "
@@ -471,12 +558,9 @@ def main(argv: list[str] | None = None) -> int:
         # Stop quietly, as Unix tools do; point stdout at devnull so the flush at exit cannot fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except ComposerError as exc:
+    except (ComposerError, OSError) as exc:  # OSError: the file system refused (permissions, a full disk)
         print(f"archcomposer: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as exc:  # the file system refused (permissions, a full disk): no traceback either
-        print(f"archcomposer: error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return getattr(args, "error_code", EXIT_INVALID)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

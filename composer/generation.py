@@ -12,7 +12,8 @@ from archcomposer.errors import InputError
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
              max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
-             pad_token_id: int | None = None, seed: int | None = None, cache: str = "dynamic") -> torch.Tensor:
+             pad_token_id: int | None = None, seed: int | None = None, cache: str = "dynamic",
+             streamer=None) -> torch.Tensor:
     """Continue each row of ``input_ids`` by up to ``max_new_tokens`` tokens and return
     ``[B, S + new]`` (prompt then continuation), as transformers' ``generate`` does.
 
@@ -20,7 +21,13 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     A row stops at an EOS token (``eos_token_id``, else the spec's); rows that stopped are filled
     with ``pad_token_id`` (else the spec's, else the first EOS id). Sampling applies temperature,
     then top-k, then top-p, drawing from a generator seeded by ``seed``. ``cache="static"``
-    preallocates the cache for the whole run."""
+    preallocates the cache for the whole run.
+
+    ``streamer`` receives the tokens as they are produced: an object with transformers' streamer
+    protocol gets ``put(input_ids)`` with the prompt, ``put(token)`` with each step's ``[B]``
+    tokens (pad for rows that stopped) and ``end()`` (``archcomposer.tokenizer.TextStreamer``,
+    transformers' ``TextStreamer``); a plain callable gets each step's ``[B]`` tokens. Tokens
+    reach it on the CPU."""
     spec = model.spec
     if "causal_lm" not in model.heads:
         raise InputError(f"generate needs a causal_lm head; spec {spec.name!r} has {list(model.heads) or 'none'}")
@@ -39,6 +46,10 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     B, S = input_ids.shape
     device = input_ids.device
     mask = torch.ones(B, S, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+    protocol = hasattr(streamer, "put") and hasattr(streamer, "end")
+    if streamer is not None and not protocol and not callable(streamer):
+        raise InputError(f"streamer must have put() and end() or be callable, got {type(streamer).__name__}")
+    put = streamer.put if protocol else streamer
     if cache == "dynamic":
         kv = DynamicCache()
     elif cache == "static":
@@ -50,17 +61,23 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens = []
     step_ids = input_ids
+    if protocol:
+        streamer.put(input_ids.cpu())
     for _ in range(max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, past_key_values=kv, use_cache=True,
                        logits_to_keep=1, head="causal_lm").logits[:, -1].float()  # [B, V]
         token = _sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)  # [B]
         token = torch.where(finished, pad, token)
         new_tokens.append(token)
+        if streamer is not None:
+            put(token.cpu())
         finished |= torch.isin(token, eos_tensor)
         if finished.all():
             break
         step_ids = token[:, None]
         mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+    if protocol:
+        streamer.end()
     if not new_tokens:
         return input_ids
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

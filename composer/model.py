@@ -48,6 +48,7 @@ class ComposedModel(nn.Module):
         self.final_norm = spec.norm.build(ctx, dim=spec.hidden_size) if spec.final_norm else nn.Identity()
         self.heads = nn.ModuleDict({h.kind: h.build(ctx) for h in spec.heads})
         self.head_specs = {h.kind: h for h in spec.heads}
+        self.tokenizer = None  # an archcomposer.Tokenizer: from_pretrained sets the checkpoint's
 
     @property
     def num_prepended(self) -> int:

@@ -1,5 +1,10 @@
 """Turning what a user hands us (a spec object, a dict, a YAML path or a shipped name) into a
-validated ``ModelSpec``, with errors that name the file, the line and the field path."""
+validated ``ModelSpec``, with errors that name the file, the line and the field path.
+
+A spec file may start from another: ``extends: NAME_OR_PATH`` loads that spec (a shipped name, or
+a file relative to the extending one) and merges the file's fields over it (``merge``). Each value
+remembers where it was written (``Source``), so an error names the file and line the bad value
+came from, in the extending file or in the one it extends."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 import re
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +26,72 @@ from archcomposer.spec import ModelSpecBase, SpecRuleError
 
 SpecLike = ModelSpecBase | dict | str | os.PathLike
 
+#: The key of a spec file that names the spec it starts from.
+EXTENDS = "extends"
+#: Keys whose value names a mapping's kind: a mapping that changes it is replaced, not merged
+#: (``kind`` of every section, ``type`` of a RoPE scaling; CPM-Ant's numeric prompt ``type`` is no tag).
+TAGS = ("kind", "type")
 
-def load_spec(source: SpecLike) -> ModelSpecBase:
+
+@dataclass
+class Source:
+    """Where a value of a spec was written (``where``: ``file:line``, ``overrides`` for keyword
+    arguments, None for a dict), and where each of its entries (mapping keys, list items) was."""
+
+    where: str | None
+    entries: dict[Any, Source] = field(default_factory=dict)
+
+    @classmethod
+    def of_node(cls, node: yaml.Node, path: Path, line: int | None = None) -> Source:
+        """A mapping entry is where its key is written; a list item where the item starts."""
+        line = line if line is not None else node.start_mark.line + 1
+        entries = {}
+        if isinstance(node, yaml.MappingNode):
+            entries = {k.value: cls.of_node(v, path, k.start_mark.line + 1) for k, v in node.value
+                       if isinstance(k, yaml.ScalarNode)}
+        elif isinstance(node, yaml.SequenceNode):
+            entries = {i: cls.of_node(v, path) for i, v in enumerate(node.value)}
+        return cls(f"{path}:{line}", entries)
+
+    @classmethod
+    def of_data(cls, data: Any, where: str | None) -> Source:
+        items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+        return cls(where, {k: cls.of_data(v, where) for k, v in items})
+
+    def at(self, loc) -> Source:
+        """The source of the deepest entry on ``loc`` that exists."""
+        source = self
+        for part in loc:
+            if part not in source.entries:
+                break
+            source = source.entries[part]
+        return source
+
+
+def load_spec(source: SpecLike, /, **overrides: Any) -> ModelSpecBase:
     """Validate ``source`` into a ``ModelSpec``: a spec, a dict, a shipped spec's name, a YAML
-    file, or a checkpoint directory (ours or Hugging Face's; its spec, not its weights)."""
-    registry = get_registry()
-    if isinstance(source, ModelSpecBase):
+    file, or a checkpoint directory (ours or Hugging Face's; its spec, not its weights).
+    ``overrides`` are spec fields merged over it as an extending file's are (``merge``):
+    ``load_spec("glm-4-9b", num_layers=2, position={"kind": "alibi"})``."""
+    if isinstance(source, ModelSpecBase) and not overrides:
         return _check_family(source, None)
-    if isinstance(source, dict):
+    if isinstance(source, dict) and not overrides:
         return validate_spec(source)
+    data, origin, path = _spec_data(source)
+    if overrides:
+        data, origin = merge((data, origin), (overrides, Source.of_data(overrides, "overrides")))
+    return validate_spec(data, path=path, node=origin)
+
+
+def _spec_data(source: SpecLike) -> tuple[dict, Source, Path | None]:
+    """What ``source`` holds as the data its author wrote (defaults left out), where each value
+    was written, and its file."""
+    if isinstance(source, ModelSpecBase):
+        data = source.model_dump(mode="json", exclude_unset=True)
+        return data, Source.of_data(data, None), None
+    if isinstance(source, dict):
+        return source, Source.of_data(source, None), None
+    registry = get_registry()
     path = Path(source)
     if str(source) in registry.specs and not path.is_file():  # a name may hold dots: llama-3.2-1b
         path = registry.specs[str(source)][0]
@@ -38,9 +101,16 @@ def load_spec(source: SpecLike) -> ModelSpecBase:
     if path.is_dir():
         from archcomposer.checkpoint import checkpoint_spec  # checkpoint imports this module
 
-        return checkpoint_spec(path)
+        data = checkpoint_spec(path).model_dump(mode="json", exclude_unset=True)
+        return data, Source.of_data(data, None), None
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
+    data, origin = read_spec_file(path)
+    return data, origin, path
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The data of a YAML file and its node tree (which knows the lines)."""
     text = path.read_text()
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -49,29 +119,93 @@ def load_spec(source: SpecLike) -> ModelSpecBase:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise SpecError(f"{where}: not valid YAML: {exc}") from None
+    return data, node
+
+
+def read_spec_file(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, Source]:
+    """A spec file's data with the spec it ``extends`` merged under it, and where each value was
+    written. ``chain``: the files that extend this one, to catch a cycle."""
+    data, node = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a YAML mapping of fields, got {type(data).__name__}")
-    return validate_spec(data, path=path, node=node)
+    origin = Source.of_node(node, path)
+    if EXTENDS not in data:
+        return data, origin
+    ref = data.pop(EXTENDS)
+    where = origin.at([EXTENDS]).where
+    origin.entries.pop(EXTENDS, None)
+    base = _base_path(ref, path, where)
+    chain = (*chain, path)
+    resolved = [p.resolve() for p in chain]
+    if base.resolve() in resolved:
+        cycle = [*chain[resolved.index(base.resolve()):], base]
+        raise SpecError(f"{where}: {EXTENDS}: the specs extend each other in a cycle: "
+                        f"{' -> '.join(str(p) for p in cycle)}")
+    return merge(read_spec_file(base, chain), (data, origin))
 
 
-def validate_spec(data: dict[str, Any], *, path: Path | None = None, node: yaml.Node | None = None) -> ModelSpecBase:
+def _base_path(ref: Any, path: Path, where: str) -> Path:
+    """The file ``extends: ref`` in ``path`` names: a file relative to ``path``'s folder, else a shipped spec."""
+    if not isinstance(ref, str) or not ref:
+        raise SpecError(f"{where}: {EXTENDS}: give the name of a shipped spec or the path of a YAML file "
+                        f"(e.g. extends: glm-4-9b or extends: base.yaml), got {_short(ref)}")
+    candidate = path.parent / ref
+    if candidate.is_file():
+        return candidate
+    specs = get_registry().specs
+    if ref in specs:
+        return specs[ref][0]
+    raise SpecError(f"{where}: {EXTENDS}: no shipped spec named {ref!r} and no file {candidate}; "
+                    f"shipped specs: {', '.join(sorted(specs))}")
+
+
+def merge(base: tuple[Any, Source], over: tuple[Any, Source]) -> tuple[Any, Source]:
+    """``over`` (data, source) merged over ``base``: mappings merge key by key, recursively; lists
+    and scalars replace; a mapping whose kind (``TAGS``) changes replaces the base's whole, since
+    the old kind's fields would not belong to the new one."""
+    (old, old_source), (new, new_source) = base, over
+    if not (isinstance(old, dict) and isinstance(new, dict)) or _retagged(old, new):
+        return new, new_source
+    data, entries = dict(old), dict(old_source.entries)
+    for key, value in new.items():
+        source = new_source.entries.get(key, new_source)
+        if key in old:
+            data[key], entries[key] = merge((old[key], old_source.entries.get(key, old_source)), (value, source))
+        else:
+            data[key], entries[key] = value, source
+    return data, Source(new_source.where, entries)
+
+
+def _retagged(old: dict, new: dict) -> bool:
+    return any(isinstance(old.get(tag), str) and isinstance(new.get(tag), str) and old[tag] != new[tag]
+               for tag in TAGS)
+
+
+def validate_spec(data: dict[str, Any], *, path: Path | None = None,
+                  node: yaml.Node | Source | None = None) -> ModelSpecBase:
+    """Validate spec data; ``node`` (the file's YAML nodes, or a ``Source``) says where each value
+    was written, for errors that name a file and line."""
+    if isinstance(node, yaml.Node):
+        node = Source.of_node(node, path) if path is not None else None
     try:
         spec = get_registry().spec_class().model_validate(data)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, data, path, node)) from None
-    return _check_family(spec, path)
+    return _check_family(spec, node)
 
 
-def _check_family(spec: ModelSpecBase, path: Path | None) -> ModelSpecBase:
+def _check_family(spec: ModelSpecBase, origin: Source | None) -> ModelSpecBase:
     families = get_registry().families
     if spec.family is not None and spec.family not in families:
-        where = f"{path}: " if path else ""
-        raise SpecError(f"{where}family: unknown family {spec.family!r}; registered families: "
-                        f"{', '.join(sorted(families)) or 'none'}")
+        where = origin.at(["family"]).where if origin is not None else None
+        raise SpecError(f"{f'{where}: ' if where else ''}family: unknown family {spec.family!r}; registered "
+                        f"families: {', '.join(sorted(families)) or 'none'}")
     return spec
 
 
-def format_validation_error(exc: ValidationError, data: Any, path: Path | None, node: yaml.Node | None) -> str:
+def format_validation_error(exc: ValidationError, data: Any, path: Path | None, node: yaml.Node | Source | None) -> str:
+    if isinstance(node, yaml.Node):
+        node = Source.of_node(node, path) if path is not None else None
     lines = [f"invalid spec{f' {path}' if path else ''} ({exc.error_count()} error(s)):"]
     for err in exc.errors(include_url=False):
         rule = err.get("ctx", {}).get("error")
@@ -80,7 +214,8 @@ def format_validation_error(exc: ValidationError, data: Any, path: Path | None, 
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             # the tag field (``kind``, a RoPE scaling's ``type``) is what is wrong or missing, not the section
             loc.append(err["ctx"]["discriminator"].strip("'"))
-        where = f"{path}:{_line_of(node, loc)}: " if path is not None and node is not None else ""
+        where = node.at(loc).where if node is not None else None
+        where = f"{where}: " if where else ""
         got = "" if err["type"] in ("missing", "value_error", "union_tag_not_found") \
             else f" (got {_short(err['ctx']['tag'] if err['type'] == 'union_tag_invalid' else err['input'])})"
         msg = err["msg"].removeprefix("Value error, ")
@@ -162,24 +297,6 @@ def _dotted(loc) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-def _line_of(node: yaml.Node | None, loc) -> int:
-    """The 1-based line of the deepest YAML node on ``loc`` that exists."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if k.value == part), None)
-            if child is None:
-                break
-            line = next(k for k, v in node.value if v is child).start_mark.line + 1
-            node = child
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
 
 
 def _short(value: Any) -> str:

@@ -106,7 +106,7 @@ def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
 def test_interrupted_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
     old = build_model("tiny-glm-4", seed=0)
     target = old.save_pretrained(tmp_path / "ckpt")
-    (target / "tokenizer.json").write_text("{}")
+    (target / "README.md").write_text("a model card")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     new = build_model("tiny-glm-4", seed=1)
     monkeypatch.setattr(storage, "save_file", failing_save_file(after=2))
@@ -119,10 +119,10 @@ def test_interrupted_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
 
 def test_overwrite_replaces_the_checkpoint_and_keeps_other_files(tmp_path):
     target = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
-    (target / "tokenizer.json").write_text("{}")
+    (target / "README.md").write_text("a model card")
     new = build_model("tiny-glm-4", seed=1)
     new.save_pretrained(target)
-    assert sorted(os.listdir(target)) == ["model.safetensors", "spec.yaml", "tokenizer.json"]  # old shards gone
+    assert sorted(os.listdir(target)) == ["README.md", "model.safetensors", "spec.yaml"]  # old shards gone
     assert os.listdir(tmp_path) == ["ckpt"]
     assert torch.equal(logits(from_pretrained(target)), logits(new))
 

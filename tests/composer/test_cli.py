@@ -2,16 +2,21 @@
 subprocess each), and the subcommands in process."""
 
 import argparse
+import functools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
 from archcomposer import build_model, get_registry
 from archcomposer.cli import build_parser, main
+from archcomposer.schema import MODELINE
+from archcomposer.testing import registered
 from tests.composer.test_specs_shipped import PUBLISHED
 
 SPECS_DIR = Path(__file__).parents[2] / "specs"
@@ -379,6 +384,187 @@ def test_convert_refuses_a_spec_and_a_missing_directory(capsys, tmp_path):
     assert capsys.readouterr().err.startswith(f"archcomposer: error: {SPECS_DIR / 'tiny-glm-4.yaml'} is a spec, not")
     assert main(["convert", str(tmp_path / "nothing"), str(tmp_path / "out"), "--to", "hf"]) == 1
     assert f"{tmp_path / 'nothing'}: no such checkpoint directory" in capsys.readouterr().err
+
+
+# -- schema: the JSON Schema editors check spec files with ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "archcomposer-nemotron"
+EXAMPLE_SPECS = EXAMPLE / "src" / "archcomposer_nemotron" / "specs"
+REGENERATE = "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD=1 archcomposer schema --output specs/spec.schema.json"
+
+
+@functools.cache
+def validator(schema_path: Path):
+    """A validator of the schema at ``schema_path``, checked against the 2020-12 meta-schema (once: ~0.5 s)."""
+    schema = json.loads(schema_path.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_schema_is_a_draft_2020_12_schema_with_an_id(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == "urn:archcomposer:spec"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_the_shipped_schema_is_what_the_command_writes(tmp_path, capsys):
+    out = tmp_path / "spec.schema.json"
+    assert main(["schema", "--output", str(out)]) == 0
+    assert f"wrote the JSON schema of spec files to {out}" in capsys.readouterr().out
+    assert out.read_text() == (ROOT / "specs" / "spec.schema.json").read_text(), \
+        f"specs/spec.schema.json is stale: regenerate it with `{REGENERATE}`"
+
+
+def test_the_example_plugin_ships_the_schema_with_its_kinds(tmp_path):
+    sys.path.insert(0, str(EXAMPLE / "src"))
+    try:
+        import archcomposer_nemotron.plugin
+
+        with registered(archcomposer_nemotron.plugin, "nemotron"):
+            assert main(["schema", "--output", str(tmp_path / "schema.json")]) == 0
+    finally:
+        sys.path.remove(str(EXAMPLE / "src"))
+    text = (tmp_path / "schema.json").read_text()
+    assert text == (EXAMPLE_SPECS / "spec.schema.json").read_text(), \
+        "the example's specs/spec.schema.json is stale: regenerate it with the plugin installed"
+    assert '"layernorm1p"' in text and '"squared_relu"' in text
+    assert '"layernorm1p"' not in (ROOT / "specs" / "spec.schema.json").read_text()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "specs").glob("*.yaml")) + sorted(EXAMPLE_SPECS.glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_spec_names_the_schema_beside_it_and_satisfies_it(path):
+    assert path.read_text().splitlines()[0] == MODELINE
+    schema = validator(path.parent / "spec.schema.json")
+    assert [e.message for e in schema.iter_errors(yaml.safe_load(path.read_text()))] == []
+
+
+@pytest.mark.parametrize(("spec", "errors"), [
+    ({"extends": "glm-4-9b", "name": "a", "num_layers": 2, "position": {"kind": "alibi"},
+      "attention": {"num_kv_heads": 4}}, []),
+    ({"extends": "glm-4-9b", "position": {"theta": 5.0, "scaling": None}, "heads": [{"kind": "causal_lm"}]}, []),
+    ({"extends": "glm-4-9b", "num_layer": 2}, ["Additional properties are not allowed ('num_layer' was unexpected)"]),
+    ({"extends": "glm-4-9b", "position": {"kind": "rpoe"}},
+     ["{'kind': 'rpoe'} is not valid under any of the given schemas"]),
+    ({"extends": "glm-4-9b", "mlp": {"intermediate_size": "wide"}},
+     ["{'intermediate_size': 'wide'} is not valid under any of the given schemas"]),
+    # a list replaces the base's: its items are checked whole
+    ({"extends": "glm-4-9b", "heads": [{"num_labels": 2}]},
+     ["{'num_labels': 2} is not valid under any of the given schemas"]),
+    ({"extends": 3}, ["3 is not of type 'string'"]),
+    ({"name": "a", "vocab_size": 8, "hidden_size": 8, "num_layers": 1, "max_positions": 8,
+      "position": {"kind": "rope"}, "attention": {"kind": "gqa", "num_heads": 2}, "norm": {"kind": "rmsnorm"}},
+     ["'mlp' is a required property"]),
+])
+def test_the_schema_checks_an_extending_file_as_a_partial_spec(spec, errors):
+    found = [e.message for e in validator(ROOT / "specs" / "spec.schema.json").iter_errors(spec)]
+    assert found == errors
+
+
+def test_schema_to_an_unwritable_place_exits_1(tmp_path, capsys):
+    assert main(["schema", "--output", str(tmp_path / "missing" / "schema.json")]) == 1
+    assert f"--output {tmp_path / 'missing' / 'schema.json'}: cannot write the schema there: No such file or " \
+           f"directory" in capsys.readouterr().err
+
+
+def transformers_continuations(directory, prompts, *, max_new_tokens, chat=False):
+    """transformers' greedy continuation of each prompt, decoded without special tokens: left-padded
+    with EOS as the pad for a batch, the chat template applied with ``chat``."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    if chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                 tokenize=False) for p in prompts]
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    batch = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=not chat, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in out[:, batch["input_ids"].shape[1]:]]
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_streams_the_text_transformers_generates(text_checkpoints, kind, capsys, monkeypatch):
+    import archcomposer.tokenizer
+
+    shown = []
+    monkeypatch.setattr(archcomposer.tokenizer, "_print", lambda text: (shown.append(text), print(text, end="")))
+    directory = text_checkpoints[kind]
+    assert main(["generate", str(directory), "--prompt", "the cat sat", "--max-new-tokens", "16"]) == 0
+    expected = transformers_continuations(directory, ["the cat sat"], max_new_tokens=16)[0]
+    assert capsys.readouterr().out == expected + "\n"
+    assert len([text for text in shown if text.strip()]) > 2  # it came out piece by piece, as it was generated
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_pads_a_batch_on_the_left_and_prints_each_completion(text_checkpoints, kind, capsys):
+    prompts = ["the cat sat", "hello", "a big red house on the river"]
+    args = [a for p in prompts for a in ("--prompt", p)]
+    assert main(["generate", str(text_checkpoints[kind]), *args, "--max-new-tokens", "10"]) == 0
+    expected = transformers_continuations(text_checkpoints[kind], prompts, max_new_tokens=10)
+    assert capsys.readouterr().out == "".join(f"--- {i}: {p!r}\n{text}\n"
+                                              for i, (p, text) in enumerate(zip(prompts, expected), start=1))
+
+
+@pytest.mark.parametrize("kind", ["tokenizers", "sentencepiece"])
+def test_generate_chat_applies_the_chat_template(text_checkpoints, kind, capsys):
+    assert main(["generate", str(text_checkpoints[kind]), "--chat", "--prompt", "hello world",
+                 "--max-new-tokens", "10"]) == 0
+    expected = transformers_continuations(text_checkpoints[kind], ["hello world"], max_new_tokens=10, chat=True)[0]
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_samples_text_as_generate_samples(text_checkpoints, capsys):
+    import torch
+
+    from archcomposer import from_pretrained
+
+    directory = text_checkpoints["tokenizers"]
+    assert main(["generate", str(directory), "--prompt", "the cat sat", "--max-new-tokens", "8", "--sample",
+                 "--seed", "3", "--top-k", "20", "--top-p", "0.9", "--temperature", "0.8"]) == 0
+    model = from_pretrained(directory)
+    ids = torch.tensor([model.tokenizer.encode("the cat sat")])
+    out = model.generate(ids, max_new_tokens=8, do_sample=True, seed=3, top_k=20, top_p=0.9, temperature=0.8)
+    assert capsys.readouterr().out == model.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) + "\n"
+
+
+def test_generate_from_a_checkpoint_takes_ids_too(text_checkpoints, capsys):
+    import torch
+
+    from archcomposer import from_pretrained
+
+    directory = text_checkpoints["sentencepiece"]
+    assert main(["generate", str(directory), "--prompt-ids", "5", "6", "--max-new-tokens", "3",
+                 "--dtype", "bfloat16"]) == 0
+    model = from_pretrained(directory, dtype=torch.bfloat16)
+    expected = model.generate(torch.tensor([[5, 6]]), max_new_tokens=3)[0, 2:].tolist()
+    assert capsys.readouterr().out == f"{model.spec.name} (checkpoint {directory}): prompt [5, 6] -> " \
+                                      f"generated {expected}\n"
+
+
+def test_generate_prompt_without_a_tokenizer_names_what_is_missing(text_checkpoints, capsys, tmp_path):
+    assert main(["generate", "tiny-glm-4", "--prompt", "hello"]) == 1  # the input lacks a tokenizer
+    err = capsys.readouterr().err
+    assert "--prompt needs a tokenizer and spec 'tiny-glm-4' has no tokenizer" in err
+    assert "give a checkpoint directory with a tokenizer, or token ids with --prompt-ids" in err
+    from archcomposer import from_pretrained
+
+    model = from_pretrained(text_checkpoints["tokenizers"])
+    model.tokenizer = None
+    model.save_pretrained(tmp_path / "bare")
+    assert main(["generate", str(tmp_path / "bare"), "--prompt", "hello"]) == 1
+    assert f"checkpoint {tmp_path / 'bare'} has no tokenizer (tokenizer.json or tokenizer.model)" \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a misused command
+        main(["generate", "tiny-glm-4", "--chat"])
+    assert info.value.code == 2
+    assert "--chat applies the chat template to --prompt text" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
