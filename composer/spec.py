@@ -86,6 +86,21 @@ class Strict(BaseModel):
         """Rules that need the whole spec (``ctx.spec``) or the layer (``ctx.layer_spec``);
         raise ``ValueError`` naming the fields involved."""
 
+    # What a block kind says about its own size (``archcomposer.summary``). ``module`` is the block
+    # this spec built (on the meta device); a kind overrides these where the defaults do not hold.
+
+    def active_parameters(self, module: nn.Module) -> int:
+        """Parameters of ``module`` one token computes with: all of them, unless the kind routes
+        each token through a part of itself (a mixture of experts counts its chosen experts)."""
+        return sum(p.numel() for p in module.parameters())
+
+    def flops_per_token(self, module: nn.Module, *, keys: int) -> int:
+        """Forward FLOPs ``module`` spends on one token that attends to ``keys`` key slots: by
+        default its linear layers, 2 per weight (a multiply and an add). Only matrix products are
+        counted, as torch's ``FlopCounterMode`` counts them; elementwise work (norms, activations,
+        rotations, softmax) is O(width) per token and left out."""
+        return linear_flops(module)
+
 
 def _is_tuple(annotation) -> bool:
     """Whether a field's type is a tuple (or a union holding one: ``tuple[int, int] | None``)."""
@@ -141,6 +156,11 @@ class BuildContext:
 
 def _linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
     return nn.Linear(fan_in, fan_out, bias=bias)
+
+
+def linear_flops(module: nn.Module) -> int:
+    """Forward FLOPs per token of every ``nn.Linear`` in ``module``: 2 per weight."""
+    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +532,17 @@ class AttentionSpec(Strict):
     def position_head_dim(self) -> int | None:
         """The per-head width a rotary position scheme rotates (None: this kind has none)."""
         return getattr(self, "head_dim", None)
+
+    def flops_per_token(self, module, *, keys):
+        """The projections (the linear layers) plus each head's scores against ``keys`` keys and
+        its mix of their values, 2 * head_dim FLOPs per key for each: 4 * num_heads * head_dim *
+        keys. Every key slot the mask covers is counted (the kernels compute masked scores too).
+        A kind whose query-key and value widths differ, or that has no ``head_dim``, overrides this."""
+        head_dim = getattr(self, "head_dim", None)
+        if head_dim is None:
+            raise TypeError(f"attention kind {self.kind!r} has no head_dim to count its score FLOPs with: give "
+                            f"{type(self).__name__} a flops_per_token(module, *, keys) method")
+        return linear_flops(module) + 4 * self.num_heads * head_dim * keys
 
     @property
     def score_scale(self) -> float | None:
