@@ -240,6 +240,9 @@ def test_forward_head_labels(data):
     start, end = torch.tensor(data.draw(st.lists(st.integers(-3, S + 3), min_size=2 * B, max_size=2 * B),
                                         label="span")).view(2, B)
     span = {"start_positions": start.clamp(0, S), "end_positions": end.clamp(0, S)}  # transformers clamps to [0, S]
+    wrong_tokens = tokens.clone()
+    wrong_tokens[data.draw(st.integers(0, B - 1), label="row"), data.draw(st.integers(0, S - 1), label="col")] = \
+        data.draw(st.sampled_from([3, 4, 2**31 - 1, -1, -99, -101, -2**31]), label="wrong class")
     soft = classes.float()[:, None].expand(B, 3) / 2
     # head -> form -> (label arguments, their canonical form or None, the argument a refusal names)
     forms = {
@@ -256,7 +259,7 @@ def test_forward_head_labels(data):
         "token_classification": {
             "labels": ({"labels": tokens}, {"labels": tokens}, "labels"),
             "int32": ({"labels": tokens.int()}, {"labels": tokens}, "labels"),
-            "out of range": ({"labels": tokens.masked_fill(tokens == 0, 3)}, None, "labels"),
+            "out of range": ({"labels": wrong_tokens}, None, "labels"),
             "other dtype": ({"labels": tokens.to(other)}, None, "labels"),
             "other shape": ({"labels": tokens[:, :-1]}, None, "labels"),
             "logits_to_keep": ({"logits_to_keep": torch.tensor([0])}, None, "logits_to_keep")},
