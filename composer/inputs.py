@@ -20,8 +20,10 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 
 def describe(value) -> str:
     """A short account of a non-tensor argument: its value when short, and its type."""
+    kind = type(value)
+    kind = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
     shown = repr(value)
-    return f"{shown} ({type(value).__name__})" if len(shown) <= 40 else type(value).__name__
+    return f"{shown} ({kind})" if len(shown) <= 40 else kind
 
 
 def tensor(name: str, value, expected: str) -> torch.Tensor:

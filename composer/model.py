@@ -246,8 +246,9 @@ def _check_position_ids(position_ids, B: int, S: int) -> None:
     [B, S], or [1, S] or [S] for every row."""
     inputs.index_tensor("position_ids", position_ids, f"positions [{B}, {S}]")
     if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
+        shared = f" (or (1, {S}): the same for every row)" if B > 1 else ""
         raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({B}, {S}): one position "
-                         f"per input token (or (1, {S}): the same for every row)")
+                         f"per input token{shared}")
 
 
 def _checked_logits_to_keep(logits_to_keep, head_spec, S: int, has_labels: bool) -> int | torch.Tensor:

@@ -931,7 +931,8 @@ def _only(kind: str, labels: dict[str, torch.Tensor], *names: str) -> None:
     """Refuse label arguments other than ``names``."""
     others = [name for name in labels if name not in names]
     if others:
-        raise InputError(f"{' and '.join(others)} do not apply to head {kind!r}, which takes {' and '.join(names)}")
+        verb = "do" if len(others) > 1 else "does"
+        raise InputError(f"{' and '.join(others)} {verb} not apply to head {kind!r}, which takes {' and '.join(names)}")
 
 
 def _class_ids(name: str, value, shape: tuple[int, ...], num_classes: int, bound: str) -> torch.Tensor:
