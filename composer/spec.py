@@ -27,7 +27,8 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFlo
                       TypeAdapter, ValidationError, field_validator, model_validator)
 from torch import nn
 
-from archcomposer import outputs
+from archcomposer import inputs, outputs
+from archcomposer.errors import InputError
 from archcomposer.blocks import attention, embedding, heads, layer, mlp, norm, position, projection
 
 # The largest values a spec accepts, so that a model that cannot exist is refused here rather
@@ -963,6 +964,14 @@ class HeadSpec(Strict):
         """The largest batch this head can score (None: any)."""
         return None
 
+    def check_labels(self, spec: ModelSpecBase, labels: dict[str, torch.Tensor], *, batch: int,
+                     seq: int) -> dict[str, torch.Tensor]:
+        """The label arguments given to ``forward`` (``labels``, ``start_positions``...; only those
+        not None), checked for a [batch, seq] input and returned as this head's module takes them;
+        an ``InputError`` naming the argument otherwise. Class ids are checked to be in range (a
+        host sync, on calls with labels only). The default leaves them to the head's module."""
+        return labels
+
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """This head's spec fields from a transformers ``config.json``, read as its task head reads it."""
@@ -1000,8 +1009,30 @@ class CausalLMHeadSpec(HeadSpec):
     def example_labels(self, spec, ids, generator):
         return {"labels": ids.clone()}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        return {"labels": _class_ids("labels", labels["labels"], (batch, seq), spec.vocab_size, "vocab_size")}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, seq, spec.vocab_size)}
+
+
+def _only(kind: str, labels: dict[str, torch.Tensor], *names: str) -> None:
+    """Refuse label arguments other than ``names``."""
+    others = [name for name in labels if name not in names]
+    if others:
+        verb = "do" if len(others) > 1 else "does"
+        raise InputError(f"{' and '.join(others)} {verb} not apply to head {kind!r}, which takes {' and '.join(names)}")
+
+
+def _class_ids(name: str, value, shape: tuple[int, ...], num_classes: int, bound: str) -> torch.Tensor:
+    """Class-id labels of ``shape``, each in [0, num_classes) or the ignore index, as int64
+    (cross-entropy's targets)."""
+    inputs.index_tensor(name, value, f"class ids {shape}")
+    if tuple(value.shape) != shape:
+        raise InputError(f"{name} has shape {tuple(value.shape)}; expected {shape}")
+    inputs.in_range(name, value, num_classes, bound, ignore=heads.IGNORE_INDEX)
+    return value.long()
 
 
 def _hf_num_labels(config: dict[str, Any]) -> int:
@@ -1038,6 +1069,21 @@ class SequenceClassificationHeadSpec(HeadSpec):
             return {"labels": labels.squeeze(-1) if n == 1 else labels}
         return {"labels": torch.randint(0, n, (B,), generator=generator)}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        value, n = inputs.tensor("labels", labels["labels"], "one label per row"), self.num_labels
+        # The problem the head's loss infers when problem_type is not set (as transformers does).
+        problem = self.problem_type or ("regression" if n == 1 else "single_label_classification"
+                                        if value.dtype in inputs.INDEX_DTYPES else "multi_label_classification")
+        if problem == "single_label_classification":
+            return {"labels": _class_ids("labels", value, (batch,), n, "num_labels")}
+        shape = (batch,) if problem == "regression" and n == 1 else (batch, n)
+        if not value.is_floating_point():
+            raise InputError(f"labels for {problem} (num_labels={n}) must be floats, got {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise InputError(f"labels for {problem} (num_labels={n}) has shape {tuple(value.shape)}; expected {shape}")
+        return {"labels": value}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, self.num_labels)}
 
@@ -1067,6 +1113,10 @@ class TokenClassificationHeadSpec(HeadSpec):
     def example_labels(self, spec, ids, generator):
         return {"labels": torch.randint(0, self.num_labels, ids.shape, generator=generator)}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        return {"labels": _class_ids("labels", labels["labels"], (batch, seq), self.num_labels, "num_labels")}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, seq, self.num_labels)}
 
@@ -1095,6 +1145,16 @@ class QuestionAnsweringHeadSpec(HeadSpec):
         B, S = ids.shape
         start = torch.randint(0, S, (B,), generator=generator)
         return {"start_positions": start, "end_positions": torch.minimum(start + 1, torch.tensor(S - 1))}
+
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "start_positions", "end_positions")
+        # One of the two alone gives no loss, and positions outside the sequence are ignored by the
+        # loss: both as transformers, so neither is refused.
+        for name, value in labels.items():
+            inputs.index_tensor(name, value, f"a token position per row, [{batch}]")
+            if tuple(value.shape) != (batch,):
+                raise InputError(f"{name} has shape {tuple(value.shape)}; expected ({batch},), a position per row")
+        return {name: value.long() for name, value in labels.items()}
 
     def output_shapes(self, spec, batch, seq):
         return {"start_logits": (batch, seq), "end_logits": (batch, seq)}
