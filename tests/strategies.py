@@ -367,12 +367,12 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
 @st.composite
 def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[str] = ("causal_lm",),
                embeddings: Sequence[str] = EMBEDDINGS, max_layers: int = 3, overrides: bool = True,
-               length_dependent: bool = False) -> dict:
+               length_dependent: bool = False, attentions: Sequence[str] = ATTENTIONS) -> dict:
     """A valid spec dict. ``positions`` and ``embeddings``: the kinds to draw from (the base
     position; ``layers`` entries may give some layers another). ``heads``: the heads the spec
     lists, in order (empty: the bare trunk). ``overrides``: draw per-layer ``layers`` entries.
     ``length_dependent``: also draw RoPE scalings whose frequencies follow the length a forward
-    reaches (see the module docstring)."""
+    reaches (see the module docstring). ``attentions``: the attention kinds to draw from."""
     position = draw(st.sampled_from(positions))
     embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
     segments = embedding["kind"] == "prompt_segments"
@@ -380,7 +380,7 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
     # No sliding window with prompt_segments: a window counts cache slots, pads included (as
     # transformers), and the prompt sits before a padded row's pads, so it would leave the window
     # sooner than in the row alone (the padding properties would not hold; the cache still would).
-    attention = draw(attention_specs(head_dim=head_dim, windows=not segments))
+    attention = draw(attention_specs(attentions, head_dim=head_dim, windows=not segments))
     # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
     # alone moves the logits by about 1e-5.
     if attention["kind"] == "gqa" and attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # default head_dim
