@@ -299,7 +299,10 @@ def _built(where: Path, spec: ModelSpecBase, build: Callable, *args):
         if isinstance(exc, ComposerError):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # torch appends a C++ trace
-        raise CheckpointError(f"{where}: spec {spec.name!r} read from it cannot be built ({reason})") from None
+        huge = [f"{path} = {value}" for path in _SIZE_FIELDS
+                if isinstance(value := _at(spec.model_dump(), path), int) and value >= 2**31]
+        raise CheckpointError(f"{where}: spec {spec.name!r} read from it cannot be built ({reason})"
+                              + (f"; sizes too large for torch: {', '.join(huge)}" if huge else "")) from None
 
 
 def _load(source: _Source, files: TensorFiles, *, dtype, device, progress) -> ComposedModel:

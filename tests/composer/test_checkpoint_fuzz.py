@@ -588,9 +588,16 @@ def save_in_child(model, target: Path, *, kill_before: int | None = None, exchan
     return pid, read
 
 
-def wait_for(pid: int, read: int) -> tuple[bool, str]:
+def wait_for(pid: int, read: int, timeout: float = 120.0) -> tuple[bool, str]:
     """(killed, the operation it was killed before)."""
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + timeout
+    while not (ended := os.waitpid(pid, os.WNOHANG))[0]:
+        if time.monotonic() > deadline:  # a save that hangs fails the test rather than hanging the suite
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError(f"the save in child {pid} did not end within {timeout} s")
+        time.sleep(0.005)
+    status = ended[1]
     with os.fdopen(read, "rb") as pipe:
         operation = pipe.read().decode()
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
