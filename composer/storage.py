@@ -299,9 +299,10 @@ def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
     state = "the checkpoint there is unchanged" if target.is_dir() else "nothing was written there"
     try:
         try:
-            if target.is_dir():
-                os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
-                _keep_other_files(target, staging)
+            with _locked(parent):  # not between the two renames of another save's swap
+                if target.is_dir():
+                    os.chmod(staging, stat.S_IMODE(target.stat().st_mode))
+                    _keep_other_files(target, staging)
             write(staging)
             _fsync_tree(staging)
             cwd = _cwd_within(target)

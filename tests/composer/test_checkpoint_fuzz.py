@@ -551,10 +551,10 @@ def logits_of(model) -> torch.Tensor:
 
 
 def save_in_child(model, target: Path, *, kill_before: int | None = None, exchange: bool = True,
-                  repeat: bool = False) -> int:
-    """Fork a child that saves ``model`` to ``target`` (over and over with ``repeat``) and, with
-    ``kill_before=k``, SIGKILLs itself just before its k-th filesystem operation, after writing
-    that operation's name to the returned pipe."""
+                  times: int | None = 1) -> tuple[int, int]:
+    """Fork a child that saves ``model`` to ``target`` ``times`` times (None: until killed) and,
+    with ``kill_before=k``, SIGKILLs itself just before its k-th filesystem operation, after
+    writing that operation's name to the returned pipe. Returns (pid, pipe)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
@@ -577,10 +577,10 @@ def save_in_child(model, target: Path, *, kill_before: int | None = None, exchan
                     return _original(*args, **kwargs)
 
                 setattr(module, name, counted)
-            while True:
+            done = 0
+            while times is None or done < times:
                 model.save_pretrained(target, max_shard_size=KILL_SHARD_SIZE)
-                if not repeat:
-                    break
+                done += 1
             code = 0
         finally:
             os._exit(code)
@@ -667,7 +667,7 @@ def test_saves_killed_at_random_moments(tmp_path, no_fsync):
     target = a.save_pretrained(tmp_path / "ckpt", max_shard_size=KILL_SHARD_SIZE)
     kills = 12 * SCALE
     for i in range(kills):
-        pid, read = save_in_child(a if i % 2 else b, target, repeat=True, exchange=i % 4 < 2)
+        pid, read = save_in_child(a if i % 2 else b, target, times=None, exchange=i % 4 < 2)
         time.sleep(rng.uniform(0.0, 0.15))
         os.kill(pid, signal.SIGKILL)
         wait_for(pid, read)
@@ -676,3 +676,16 @@ def test_saves_killed_at_random_moments(tmp_path, no_fsync):
     b.save_pretrained(target)
     only_the_checkpoint_is_left(target)
     assert loads_as_one_of(target, expected) == "b"
+
+
+def test_two_saves_at_once_never_touch_each_others_temporary_directory(tmp_path, no_fsync):
+    """Each cleans leftovers at its start; the other's directory, held with flock, is not one."""
+    a, b = build_model("tiny-glm-4", seed=0), build_model("tiny-glm-4", seed=1)
+    expected = {"a": logits_of(a), "b": logits_of(b)}
+    target = a.save_pretrained(tmp_path / "ckpt", max_shard_size=KILL_SHARD_SIZE)
+    children = [save_in_child(model, target, exchange=exchange, times=4) for model, exchange in ((a, True), (b, False))]
+    for pid, read in children:
+        killed, _ = wait_for(pid, read)
+        assert not killed  # each save completed
+    loads_as_one_of(target, expected)
+    only_the_checkpoint_is_left(target)
