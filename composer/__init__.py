@@ -9,11 +9,12 @@ from archcomposer.hookspecs import hookimpl
 from archcomposer.model import ComposedModel
 from archcomposer.registry import get_registry
 from archcomposer.specfile import load_spec
+from archcomposer.tokenizer import TextStreamer, Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CacheError", "CheckpointError", "ComposedModel", "ComposerError", "DynamicCache", "Family", "InputError",
-    "RegistryError", "SpecError", "StaticCache", "TensorMap", "build_model", "from_pretrained", "get_registry",
-    "hookimpl", "init_weights", "load_spec",
+    "RegistryError", "SpecError", "StaticCache", "TensorMap", "TextStreamer", "Tokenizer", "build_model",
+    "from_pretrained", "get_registry", "hookimpl", "init_weights", "load_spec",
 ]

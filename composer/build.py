@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,14 +12,16 @@ from archcomposer.spec import ModelSpecBase
 from archcomposer.specfile import SpecLike, load_spec
 
 
-def build_model(spec: SpecLike, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                seed: int | None = None) -> ComposedModel:
+def build_model(spec: SpecLike, /, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                seed: int | None = None, **overrides: Any) -> ComposedModel:
     """Build the model a spec describes.
 
-    ``spec`` is a spec object, a dict, a path to a YAML file or the name of a shipped spec.
+    ``spec`` is a spec object, a dict, a path to a YAML file or the name of a shipped spec; any
+    other keyword is a spec field merged over it, as in an extending spec file
+    (``build_model("glm-4-9b", num_layers=2, position={"kind": "alibi"})``).
     ``device="meta"`` allocates nothing (any size builds instantly). The same ``seed`` gives the
     same weights; without one, weights come from torch's global generator."""
-    spec = load_spec(spec)
+    spec = load_spec(spec, **overrides)
     device = torch.device(device) if device is not None else torch.device("cpu")
     model = skeleton(spec)
     if device.type != "meta":
@@ -68,21 +72,28 @@ def init_weights(model: nn.Module, *, std: float, generator: torch.Generator | N
     nothing initialises is an error, since the model is built on the meta device and it would
     hold whatever memory it was given."""
     for name, module in model.named_modules():
-        if module is model or not module._parameters:
-            continue
-        if hasattr(module, "init_weights"):
-            module.init_weights(std, generator)
-        elif isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std, generator=generator)
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
-        elif isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() == 1:
-            module.weight.fill_(1.0)  # norms
-            if getattr(module, "bias", None) is not None:
-                module.bias.zero_()
-        elif hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-        else:
-            names = [f"{name}.{p}" for p in module._parameters]
-            raise TypeError(f"{type(module).__name__} ({name}) has parameters {names} that nothing initialises: "
-                            f"give the block an init_weights(std, generator) or reset_parameters() method")
+        if module is not model:
+            init_module(module, std=std, generator=generator, name=name)
+
+
+@torch.no_grad()
+def init_module(module: nn.Module, *, std: float, generator: torch.Generator | None = None, name: str = "") -> None:
+    """Initialise ``module``'s own parameters (not its children's), as ``init_weights`` does."""
+    if not module._parameters:
+        return
+    if hasattr(module, "init_weights"):
+        module.init_weights(std, generator)
+    elif isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.normal_(0.0, std, generator=generator)
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+    elif isinstance(getattr(module, "weight", None), nn.Parameter) and module.weight.dim() == 1:
+        module.weight.fill_(1.0)  # norms
+        if getattr(module, "bias", None) is not None:
+            module.bias.zero_()
+    elif hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+    else:
+        names = [f"{name}.{p}" for p in module._parameters]
+        raise TypeError(f"{type(module).__name__} ({name}) has parameters {names} that nothing initialises: "
+                        f"give the block an init_weights(std, generator) or reset_parameters() method")

@@ -22,19 +22,20 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
+from archcomposer import hf_remote
 from archcomposer.build import retie, skeleton, tied_parameters
 from archcomposer.errors import CheckpointError, ComposerError, SpecError
 from archcomposer.family import Family, TensorMap
 from archcomposer.model import ComposedModel
 from archcomposer.registry import get_registry
-from archcomposer.spec import ModelSpecBase
+from archcomposer.spec import MAX_LAYERS, ModelSpecBase
 from archcomposer.specfile import load_spec
 from archcomposer.storage import (FLOAT_DTYPES, HF_CONFIG_FILE, INDEX_FILE, PROGRESS_MIN_BYTES, SPEC_FILE,
                                   WEIGHTS_FILE, Progress, TensorFiles, json_type, parse_size, read_json, recover,
                                   refuse_pickle, write_atomically, write_tensors)
+from archcomposer.tokenizer import find_tokenizer
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 FORMATS = ("archcomposer", "hf")
@@ -54,22 +55,38 @@ def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None 
     ``progress`` shows a progress line on stderr (default: for loads of 1 GiB or more). Raises
     ``CheckpointError`` for a pickle checkpoint, an unreadable or malformed file, an unknown
     ``model_type`` or architecture, and (in one message) every missing, unexpected, mis-shaped or
-    wrongly typed tensor. The model is returned in eval mode and carries its spec as ``model.spec``."""
+    wrongly typed tensor. The model is returned in eval mode and carries its spec as ``model.spec``
+    and the directory's tokenizer, ours or transformers', as ``model.tokenizer`` (None if it has
+    none)."""
     dtype, device = _dtype_argument(dtype), _device_argument(device)
     if progress is not None and not isinstance(progress, bool):
         raise CheckpointError(f"progress={progress!r}: expected True, False or None (shown for loads of 1 GiB or more)")
     directory = _checkpoint_directory(path)
+    source = _read_checkpoint(directory)
+    tokenizer = find_tokenizer(directory)
     with TensorFiles(directory) as files:
-        source = _read_checkpoint(directory, files)
-        return _load(source, files, dtype=dtype, device=device, progress=progress)
+        model = _load(source, files, dtype=dtype, device=device, progress=progress)
+    model.tokenizer = tokenizer
+    return model
 
 
 def checkpoint_spec(path: str | os.PathLike) -> ModelSpecBase:
     """The spec of a checkpoint directory (ours or Hugging Face's), without reading its tensors'
     data: what lets every command that takes a spec take a checkpoint too."""
+    return _read_checkpoint(_checkpoint_directory(path)).spec
+
+
+def check_checkpoint(path: str | os.PathLike) -> ModelSpecBase:
+    """The spec of a checkpoint directory, once its tensors are checked against the spec's model
+    (every missing, unexpected, mis-shaped and wrongly typed one, in one ``CheckpointError``) from
+    the safetensors headers alone: no tensor data is read. What ``archcomposer validate`` runs."""
     directory = _checkpoint_directory(path)
+    source = _read_checkpoint(directory)
     with TensorFiles(directory) as files:
-        return _read_checkpoint(directory, files).spec
+        _check_layer_count(source, files)
+        _check(source.spec, _without_absent_prefixes(source.maps(), files), own_tensors(skeleton(source.spec)), files,
+               source.describe, source.ignored, source.note)
+    return source.spec
 
 
 #: ``dtype=`` of a load: the floating-point dtypes weights may be cast to, by torch's names for them.
@@ -143,33 +160,26 @@ def _checkpoint_directory(path: Any) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    """What a checkpoint holds, read from its spec or config: the spec, where each tensor of ours
-    is stored, and what to say about it in errors."""
+    """What a checkpoint holds, read from its spec or config (no tensor file is opened): the spec,
+    where each tensor of ours is stored (``maps()`` builds the model on the meta device, so it
+    waits for ``_check_layer_count``), and what to say about it in errors."""
 
     spec: ModelSpecBase
-    maps: list[TensorMap]
+    maps: Callable[[], list[TensorMap]]
     describe: str
+    #: The file the spec came from, and the field its layer count was read from.
+    where: str
     ignored: tuple[str, ...] = ()
     #: Said after a mismatch: config.json keys the family filled with transformers' defaults.
     note: str = ""
 
 
-def _read_checkpoint(directory: Path, files: TensorFiles) -> _Source:
+def _read_checkpoint(directory: Path) -> _Source:
     if not (directory / SPEC_FILE).is_file():
-        return _read_hf_config(directory, files)
-    spec_path = directory / SPEC_FILE
-    try:
-        peek = yaml.safe_load(spec_path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{spec_path}: not UTF-8 text (byte {exc.start}); expected a YAML spec") from None
-    except yaml.YAMLError:
-        peek = None  # load_spec names the line
-    if isinstance(peek, dict):
-        _check_layer_count(peek.get("num_layers"), files, f"{spec_path}: num_layers = {peek.get('num_layers')!r}")
-    spec = load_spec(spec_path)
-    own = _built(spec_path, spec, lambda: own_tensors(skeleton(spec)))
-    maps = [TensorMap(ours=name, theirs=(name,)) for name in own]
-    return _Source(spec, maps, "archcomposer checkpoint")
+        return _read_hf_config(directory)
+    spec = load_spec(directory / SPEC_FILE)
+    return _Source(spec, lambda: [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))],
+                   "archcomposer checkpoint", f"{directory / SPEC_FILE}: num_layers = {spec.num_layers}")
 
 
 def family_for_model_type(model_type: str) -> Family:
@@ -188,7 +198,7 @@ _SIZE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "attention.num_heads"
                 "attention.head_dim", "mlp.intermediate_size")
 
 
-def _read_hf_config(directory: Path, files: TensorFiles) -> _Source:
+def _read_hf_config(directory: Path) -> _Source:
     config_path = directory / HF_CONFIG_FILE
     config = read_json(config_path, "a JSON object of Hugging Face model settings")
     if not isinstance(config, dict):
@@ -199,6 +209,8 @@ def _read_hf_config(directory: Path, files: TensorFiles) -> _Source:
     if not isinstance(config["model_type"], str):
         raise CheckpointError(f"{config_path}: model_type = {config['model_type']!r}; expected a model type name "
                               f"such as 'llama'")
+    if config["model_type"] == hf_remote.MODEL_TYPE:  # a spec no family expresses, exported for transformers
+        return _read_archcomposer_config(config, config_path)
     family = family_for_model_type(config["model_type"])
     architectures = config.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
@@ -209,10 +221,10 @@ def _read_hf_config(directory: Path, files: TensorFiles) -> _Source:
         raise CheckpointError(f"{config_path}: architectures {architectures} names none that family "
                               f"{family.name!r} reads; it reads {sorted(family.hf_architectures)}")
     architecture = known[0]
-    for key in family.hf_config_keys.get("num_layers", ()):  # before any codec makes a list per layer
-        if key in config:
-            _check_layer_count(config[key], files, f"{config_path}: {key} = {config[key]!r}")
-            break
+    for key in family.hf_config_keys.get("num_layers", ()):  # before a family's code makes a list per layer
+        value = config.get(key)
+        if isinstance(value, int) and value > MAX_LAYERS:
+            raise CheckpointError(f"{config_path}: {key} = {value}: more layers than a spec accepts ({MAX_LAYERS})")
     reads = _ReadLog(config)
     try:
         data = dict(family.spec_from_hf_config(reads, architecture))
@@ -228,7 +240,6 @@ def _read_hf_config(directory: Path, files: TensorFiles) -> _Source:
     note = ("" if not defaulted else
             f"\n  {config_path} has no {', '.join(k for _, k in defaulted)}: the family used transformers' default"
             f"{'s' if len(defaulted) > 1 else ''} ({', '.join(f'{k} = {_at(data, p)!r}' for p, k in defaulted)})")
-    _check_layer_count(data.get("num_layers"), files, f"{config_path}: as family {family.name!r} reads it", note)
     data.setdefault("name", directory.resolve().name)
     data["family"] = family.name
     try:
@@ -236,8 +247,18 @@ def _read_hf_config(directory: Path, files: TensorFiles) -> _Source:
     except SpecError as exc:
         raise CheckpointError(f"{config_path}: family {family.name!r} translated it into an invalid spec: "
                               f"{_with_config_keys(str(exc), family.hf_config_keys)}") from None
-    maps = _built(config_path, spec, family.hf_tensors, spec, architecture)
-    return _Source(spec, maps, f"Hugging Face {architecture} checkpoint", family.hf_ignored_tensors, note)
+    return _Source(spec, lambda: family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint",
+                   f"{config_path}: as family {family.name!r} reads it", family.hf_ignored_tensors, note)
+
+
+def _read_archcomposer_config(config: dict, config_path: Path) -> _Source:
+    try:
+        spec = load_spec(hf_remote.spec_data(config, str(config_path)))
+    except SpecError as exc:
+        raise CheckpointError(f"{config_path}: its spec is invalid: {exc}") from None
+    return _Source(spec, lambda: [TensorMap(ours=name, theirs=(hf_remote.TENSOR_PREFIX + name,))
+                                  for name in own_tensors(skeleton(spec))],
+                   "archcomposer transformers checkpoint", f"{config_path}: spec.num_layers = {spec.num_layers}")
 
 
 class _ReadLog(dict):
@@ -275,42 +296,24 @@ def _with_config_keys(message: str, keys: dict[str, tuple[str, ...]]) -> str:
         path = match.group(2)
         return f"{match.group(1)}{path} (config.json {keys[path][0]}):" if path in keys else match.group(0)
 
-    return re.sub(r"(?m)^(\s+)([\w.]+):", name, message)
+    return re.sub(r"(?m)^(\s*)([\w.]+):", name, message)
 
 
-def _check_layer_count(num_layers: Any, files: TensorFiles, where: str, note: str = "") -> None:
-    """Refuse, before the spec is validated and built (a billion layers would take hours), more
-    layers than the checkpoint has tensors: each layer has several of its own."""
-    try:
-        count = TypeAdapter(int).validate_python(num_layers)  # as the spec's validation reads it ('32', 32.0)
-    except ValidationError:
-        return  # the spec's validation names it
-    if count > len(files.names):
-        raise CheckpointError(f"{where}: the checkpoint cannot hold {count} layers (it has {len(files.names)} "
-                              f"tensors, and each layer has several of its own){note}")
-
-
-def _built(where: Path, spec: ModelSpecBase, build: Callable, *args):
-    """``build(*args)``, which builds the model on the meta device: a size torch cannot represent
-    (a config's 10**30) is an error naming the checkpoint file the spec came from."""
-    try:
-        return build(*args)
-    except (RuntimeError, TypeError, ValueError, OverflowError) as exc:
-        if isinstance(exc, ComposerError):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # torch appends a C++ trace
-        huge = [f"{path} = {value}" for path in _SIZE_FIELDS
-                if isinstance(value := _at(spec.model_dump(), path), int) and value >= 2**31]
-        raise CheckpointError(f"{where}: spec {spec.name!r} read from it cannot be built ({reason})"
-                              + (f"; sizes too large for torch: {', '.join(huge)}" if huge else "")) from None
+def _check_layer_count(source: _Source, files: TensorFiles) -> None:
+    """Refuse more layers than the checkpoint has tensors (each layer has several of its own)
+    before the model is built: building thousands of layers takes minutes."""
+    if source.spec.num_layers > len(files.names):
+        raise CheckpointError(f"{source.where}: the checkpoint cannot hold {source.spec.num_layers} layers (it has "
+                              f"{len(files.names)} tensors, and each layer has several of its own){source.note}")
 
 
 def _load(source: _Source, files: TensorFiles, *, dtype, device, progress) -> ComposedModel:
     spec = source.spec
+    _check_layer_count(source, files)
     model = skeleton(spec)
     expected = own_tensors(model)
     aliases = tied_parameters(model)
-    maps = _without_absent_prefixes(source.maps, files)
+    maps = _without_absent_prefixes(source.maps(), files)
     _check(spec, maps, expected, files, source.describe, source.ignored, source.note)
     dtype = dtype or _one_float_dtype(files, maps)
     total = sum(files.nbytes(name) for m in maps for name in m.theirs)
@@ -433,39 +436,58 @@ def own_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: str = "archcomposer",
-                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, head: str | None = None) -> Path:
+                    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE, head: str | None = None,
+                    progress: bool | None = None) -> Path:
     """Write ``model`` to the directory ``path`` and return it.
 
     ``format="archcomposer"`` (ours): ``spec.yaml`` and safetensors under our names.
     ``format="hf"``: ``config.json`` and safetensors that transformers' ``AutoModel*`` classes
     load; the spec's family plugin (or, for a spec without a family, the first family that can
-    express it) translates. A Hugging Face model has one head: with several, name it (``head=``).
+    express it) translates. A spec without a family that no family expresses is written for
+    transformers' ``trust_remote_code`` (``archcomposer.hf_remote``): ``model_type: "archcomposer"``
+    and two small modules that import ``archcomposer.hf``. A Hugging Face model has one head: with
+    several, name it (``head=``).
 
     Weights above ``max_shard_size`` (bytes, or ``"500MB"``, ``"5GB"``) are split into shards with
-    an index. The directory is written next to the target and renamed into place: an interrupted
-    save leaves the previous checkpoint there intact. Other files in an existing target directory
-    (a tokenizer) are kept."""
+    an index. ``model.tokenizer``, if set, is written too (in the same format), replacing any
+    tokenizer there. The directory is written next to the target and swapped into place
+    (``archcomposer.storage.write_atomically``): a killed save leaves a complete checkpoint there,
+    the previous one or the new one; through a symlink, the link's target is written. Other files
+    in an existing target directory (a tokenizer, when the model has none) are kept. ``progress`` shows a
+    progress line on stderr (default: for saves of 1 GiB or more)."""
     if not isinstance(path, (str, os.PathLike)):
         raise CheckpointError(f"path={path!r}: expected the checkpoint directory to write (a str or os.PathLike)")
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)
     own = {name: t.detach() for name, t in own_tensors(model).items()}
+    tokenizer = model.tokenizer.writer(format) if model.tokenizer is not None else None
     if format == "archcomposer":
         if head is not None:
             raise CheckpointError("head= selects the head of a Hugging Face export; our format keeps every head")
-        spec_text = yaml.safe_dump(model.spec.to_dict(), sort_keys=False)
-
-        def write(directory: Path) -> None:
-            (directory / SPEC_FILE).write_text(spec_text)
-            write_tensors(directory, own, limit, {"format": "pt", "archcomposer": "archcomposer"})
+        tensors, metadata = own, {"format": "pt", "archcomposer": "archcomposer"}
+        config_file, config_text = SPEC_FILE, yaml.safe_dump(model.spec.to_dict(), sort_keys=False)
     else:
         config, tensors = _to_hf(model.spec, own, head)
+        metadata = {"format": "pt"}
+        config_file, config_text = HF_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n"
+    remote_code = format == "hf" and config["model_type"] == hf_remote.MODEL_TYPE
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    bar = Progress(f"saving {Path(path).name}", total,
+                   enabled=progress if progress is not None else total >= PROGRESS_MIN_BYTES)
 
-        def write(directory: Path) -> None:
-            (directory / HF_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            write_tensors(directory, tensors, limit, {"format": "pt"})
-    return write_atomically(Path(path), write)
+    def write(directory: Path) -> None:
+        (directory / config_file).write_text(config_text)
+        write_tensors(directory, tensors, limit, metadata, bar)
+        if tokenizer is not None:
+            tokenizer(directory)
+        if remote_code:
+            hf_remote.write_sources(directory)
+
+    try:
+        return write_atomically(Path(path), write)
+    finally:
+        bar.close()
 
 
 def _to_hf(spec: ModelSpecBase, own: dict[str, torch.Tensor], head: str | None):
@@ -477,12 +499,24 @@ def _to_hf(spec: ModelSpecBase, own: dict[str, torch.Tensor], head: str | None):
     head = head if head is not None else (kinds[0] if kinds else None)
     if len(kinds) > 1:
         spec = spec.model_copy(update={"heads": [h for h in spec.heads if h.kind == head]})
-    family, architecture, config = _hf_family_for(spec, head)
+    floats = [t.dtype for t in own.values() if t.is_floating_point()]
+    dtype = str(floats[0]).removeprefix("torch.") if floats else None
+    try:
+        family, architecture, config = _hf_family_for(spec, head)
+    except _NoFamily as exc:
+        if spec.family is not None:
+            raise CheckpointError(f"{exc} (left without a family, a spec that no family expresses exports for "
+                                  f"transformers' trust_remote_code, model_type {hf_remote.MODEL_TYPE!r})") from None
+        if head not in hf_remote.ARCHITECTURES:
+            raise
+        # No family expresses it: our own tensors, for the transformers classes of archcomposer.hf.
+        kept = {n: t for n, t in own.items() if not (n.startswith("heads.") and n.split(".")[1] != head)}
+        return (hf_remote.hf_config(spec, head, dtype),
+                {hf_remote.TENSOR_PREFIX + n: t for n, t in kept.items()})
     config = {**config, "architectures": [architecture]}
     config.setdefault("model_type", family.hf_model_types[0])
-    floats = [t.dtype for t in own.values() if t.is_floating_point()]
-    if floats:
-        config.setdefault("dtype", str(floats[0]).removeprefix("torch."))
+    if dtype is not None:
+        config.setdefault("dtype", dtype)
     tensors: dict[str, torch.Tensor] = {}
     mapped = set()
     for m in family.hf_tensors(spec, architecture):
@@ -518,6 +552,9 @@ def _hf_family_for(spec: ModelSpecBase, head: str | None) -> tuple[Family, str, 
             reasons.append(f"{family.name}: {exc}")
     if len(reasons) == 1:
         family, _, reason = reasons[0].partition(": ")
-        raise CheckpointError(f"spec {spec.name!r} (family {family}) cannot be exported to Hugging Face: {reason}")
-    raise CheckpointError(f"spec {spec.name!r} has no Hugging Face equivalent in any family:\n  "
-                          + "\n  ".join(reasons))
+        raise _NoFamily(f"spec {spec.name!r} (family {family}) cannot be exported to Hugging Face: {reason}")
+    raise _NoFamily(f"spec {spec.name!r} has no Hugging Face equivalent in any family:\n  " + "\n  ".join(reasons))
+
+
+class _NoFamily(CheckpointError):
+    """No family expresses the spec: the message gives each family's reason."""

@@ -242,7 +242,9 @@ def parse_size(size: int | str) -> int:
 
 
 def write_tensors(directory: Path, tensors: dict[str, torch.Tensor], max_shard_size: int,
-                  metadata: dict[str, str]) -> None:
+                  metadata: dict[str, str], progress: Progress | None = None) -> None:
+    """Write ``tensors`` as one safetensors file, or as shards of at most ``max_shard_size`` bytes
+    with an index; ``progress`` advances as each file is written (safetensors writes a file at once)."""
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in tensors.items():
@@ -254,15 +256,22 @@ def write_tensors(directory: Path, tensors: dict[str, torch.Tensor], max_shard_s
         size += nbytes
     if len(shards) == 1:
         save_file(shards[0], str(directory / WEIGHTS_FILE), metadata=metadata)
+        _advance(progress, shards[0])
         return
     weight_map = {}
     for i, shard in enumerate(shards, start=1):
         file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
         save_file(shard, str(directory / file), metadata=metadata)
         weight_map.update(dict.fromkeys(shard, file))
+        _advance(progress, shard)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _advance(progress: Progress | None, shard: dict[str, torch.Tensor]) -> None:
+    if progress is not None:
+        progress.advance(sum(t.numel() * t.element_size() for t in shard.values()))
 
 
 def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import yaml
 
 from archcomposer import spec as specs
 from archcomposer.build import build_model, init_weights
@@ -37,7 +36,7 @@ from archcomposer.errors import RegistryError
 from archcomposer.model import ComposedModel
 from archcomposer.outputs import BaseModelOutputWithPast, ModelOutput
 from archcomposer.registry import get_registry
-from archcomposer.specfile import SpecLike, load_spec, validate_spec
+from archcomposer.specfile import SpecLike, load_spec, read_spec_file, validate_spec
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -345,9 +344,8 @@ def _spec_data(base: SpecLike) -> dict:
     if not path.suffix and not path.exists():
         load_spec(base)  # the error for an unknown name
         path = get_registry().specs[str(base)][0]
-    data = yaml.safe_load(path.read_text())
     load_spec(path)  # the error, with file and line, for an invalid file
-    return data
+    return read_spec_file(path)[0]  # with the spec it extends merged in
 
 
 def _merge_section(name: str, old: dict, new: dict) -> dict:

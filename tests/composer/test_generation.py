@@ -167,12 +167,19 @@ def test_zero_new_tokens_returns_the_prompt():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_new_tokens": -1}, r"max_new_tokens must be >= 0, got -1"),
+    ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0, got -1 \(int\)"),
+    ({"max_new_tokens": 2.5}, r"max_new_tokens must be an integer >= 0, got 2.5 \(float\)"),
     ({"do_sample": True, "temperature": 0.0}, r"temperature must be > 0 when sampling, got 0.0"),
-    ({"do_sample": True, "top_k": 0}, r"top_k must be >= 1 \(or None for no top-k filtering\), got 0"),
-    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
-    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
-    ({"cache": "paged"}, r"cache must be 'dynamic' or 'static', got 'paged'"),
+    ({"temperature": float("nan")}, r"temperature must be a number in \[0, inf\), got nan"),
+    ({"do_sample": True, "top_k": 0}, r"top_k must be an integer >= 1, got 0 \(int\)"),
+    ({"top_p": 0.0}, r"top_p must be a number in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\], got 1.5"),
+    ({"cache": "paged"}, r"cache must be 'dynamic' or 'static', got 'paged' \(str\)"),
+    ({"cache": "static", "max_new_tokens": 10**12}, r"cache='static' preallocates a slot per token: 2 of the prompt "
+                                                    r"\+ max_new_tokens=1000000000000 = 1000000000002, more than the "
+                                                    r"256 positions this model supports \(max_positions\)"),
+    ({"pad_token_id": 256}, r"pad_token_id must be a token id in \[0, vocab_size=256\), got 256 \(int\)"),
+    ({"eos_token_id": [2, -1]}, r"eos_token_id must be a token id, or a list of them, in \[0, vocab_size=256\)"),
 ])
 def test_bad_arguments_raise_input_error(kwargs, message):
     model = build_model("tiny-glm-4", seed=0)
@@ -193,3 +200,56 @@ def test_out_of_vocabulary_prompt_raises_input_error():
     model = build_model("tiny-glm-4", seed=0)
     with pytest.raises(InputError, match="input_ids must lie in"):
         model.generate(torch.tensor([[5, 300]]))
+
+
+class Recorder:
+    """A streamer with transformers' protocol that keeps what it receives."""
+
+    def __init__(self):
+        self.calls = []
+
+    def put(self, value):
+        self.calls.append(("put", value.clone()))
+
+    def end(self):
+        self.calls.append(("end", None))
+
+
+def test_a_streamer_receives_the_prompt_then_each_steps_tokens_then_end():
+    model = build_model("tiny-seed-oss", seed=0)
+    ids = torch.tensor([[5, 17, 42, 8], [9, 10, 11, 12]])
+    free = model.generate(ids, max_new_tokens=6, eos_token_id=[])
+    eos = int(free[0, 6])  # row 0 stops after 3 tokens; row 1 goes on and is padded from then on
+    recorder = Recorder()
+    out = model.generate(ids, max_new_tokens=6, eos_token_id=eos, pad_token_id=255, streamer=recorder)
+    assert [kind for kind, _ in recorder.calls] == ["put"] * (1 + out.shape[1] - 4) + ["end"]
+    assert torch.equal(recorder.calls[0][1], ids)
+    steps = torch.stack([value for _, value in recorder.calls[1:-1]], dim=1)  # [B, new]
+    assert torch.equal(steps, out[:, 4:]) and steps[0, -1] == 255
+
+
+def test_a_callable_streamer_gets_each_steps_tokens():
+    model = build_model("tiny-glm-4", seed=0)
+    ids = torch.tensor([[5, 17, 42, 8]])
+    steps = []
+    out = model.generate(ids, max_new_tokens=5, eos_token_id=[], streamer=steps.append)
+    assert [s.shape for s in steps] == [torch.Size([1])] * 5
+    assert torch.equal(torch.stack(steps, dim=1), out[:, 4:])
+    with pytest.raises(InputError, match="streamer must have put\\(\\) and end\\(\\) or be callable, got int"):
+        model.generate(ids, streamer=3)
+
+
+def test_transformers_text_streamer_and_ours_print_the_decoded_continuation(text_checkpoints, capsys):
+    from transformers import TextStreamer as TheirStreamer
+
+    from archcomposer import TextStreamer, from_pretrained
+
+    model = from_pretrained(text_checkpoints["tokenizers"])
+    tokenizer = model.tokenizer
+    ids = torch.tensor([tokenizer.encode("the cat sat")])
+    out = model.generate(ids, max_new_tokens=12, eos_token_id=[])
+    expected = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True) + "\n"
+    for streamer in (TextStreamer(tokenizer, skip_prompt=True),
+                     TheirStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)):
+        assert torch.equal(model.generate(ids, max_new_tokens=12, eos_token_id=[], streamer=streamer), out)
+        assert capsys.readouterr().out == expected

@@ -204,7 +204,7 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(mlp={"activation": "swish"}), r"mlp\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
                                              r"'relu' \(got 'swish'\)"),
     (changed(heads=[{"kind": "causal_lm"}, {"kind": "causal_lm"}]), r"heads lists a kind more than once"),
-    (changed(pad_token_id=32), r"pad_token_id \(32\) must be in \[0, vocab_size=32\)"),
+    (changed(pad_token_id=32), r"pad_token_id: token id 32 is not in the vocabulary: ids are 0 to vocab_size - 1 = 31"),
     (changed(hidden_size=0), r"hidden_size: Input should be greater than 0 \(got 0\)"),
     (changed(family="no-such-family"), r"family: unknown family 'no-such-family'; registered families: .*glm-4"),
     ({k: v for k, v in BASE.items() if k != "norm"}, r"\n  norm: Field required"),
@@ -237,6 +237,40 @@ def test_invalid_spec_names_the_field(spec, message):
         load_spec(spec)
     with pytest.raises(SpecError, match=message):
         build_model(spec, device="meta")
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (changed(attention={"num_head": 4}),
+     r"\n  attention\.num_head: Extra inputs are not permitted \(got 4\); did you mean 'num_heads'\?$"),
+    (changed(vocab_sise=64), r"\n  vocab_sise: Extra inputs are not permitted \(got 64\); did you mean 'vocab_size'\?"),
+    (changed(mlp={"intermediat_size": 8}), r"mlp\.intermediat_size: .*; did you mean 'intermediate_size'\?"),
+    (changed(heads=[{"kind": "causal_lm", "bais": True}]), r"heads\[0\]\.bais: .*; did you mean 'bias'\?"),
+    (changed(embedding={"kind": "tokens", "learned_positions": {"ofset": 2}}),
+     r"embedding\.learned_positions\.ofset: .*; did you mean 'offset'\?"),
+    (changed(position={"scaling": {"type": "yarn", "factor": 2.0, "betta_fast": 8}}),
+     r"position\.scaling\.betta_fast: .*; did you mean 'beta_fast'\?"),
+    (changed(position={"kind": "rpoe"}), r"\(got 'rpoe'\); did you mean 'rope'\?"),
+    (changed(heads=[{"kind": "causal_lmm"}]), r"\(got 'causal_lmm'\); did you mean 'causal_lm'\?"),
+    (changed(position={"scaling": {"type": "yran", "factor": 2.0}}), r"\(got 'yran'\); did you mean 'yarn'\?"),
+])
+def test_a_misspelled_key_or_kind_suggests_the_closest(spec, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(spec)
+
+
+def test_no_suggestion_when_nothing_is_close():
+    with pytest.raises(SpecError) as info:
+        load_spec(changed(zzz=1, position={"kind": "qqq"}))
+    assert str(info.value).endswith("(got 'qqq')\n  zzz: Extra inputs are not permitted (got 1)")
+    assert "did you mean" not in str(info.value)
+
+
+def test_a_misspelled_key_in_a_file_gets_its_line_and_a_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(YAML_WITH_ERRORS)
+    with pytest.raises(SpecError, match=rf"{path}:9: attention\.heads_dim: Extra inputs are not permitted "
+                                        rf"\(got 4\); did you mean 'head_dim'\?"):
+        load_spec(path)
 
 
 def test_unknown_names_are_registry_errors():
