@@ -15,8 +15,10 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Callable
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -24,14 +26,15 @@ from torch import nn
 
 from archcomposer import hf_remote
 from archcomposer.build import retie, skeleton, tied_parameters
-from archcomposer.errors import CheckpointError, SpecError
+from archcomposer.errors import CheckpointError, ComposerError, SpecError
 from archcomposer.family import Family, TensorMap
 from archcomposer.model import ComposedModel
 from archcomposer.registry import get_registry
-from archcomposer.spec import ModelSpecBase
+from archcomposer.spec import MAX_LAYERS, ModelSpecBase
 from archcomposer.specfile import load_spec
-from archcomposer.storage import (HF_CONFIG_FILE, INDEX_FILE, PROGRESS_MIN_BYTES, SPEC_FILE, WEIGHTS_FILE, Progress,
-                                  TensorFiles, parse_size, refuse_pickle, write_atomically, write_tensors)
+from archcomposer.storage import (FLOAT_DTYPES, HF_CONFIG_FILE, INDEX_FILE, PROGRESS_MIN_BYTES, SPEC_FILE,
+                                  WEIGHTS_FILE, Progress, TensorFiles, json_type, parse_size, read_json, recover,
+                                  refuse_pickle, write_atomically, write_tensors)
 from archcomposer.tokenizer import find_tokenizer
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -42,44 +45,102 @@ FORMATS = ("archcomposer", "hf")
 # loading
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+def from_pretrained(path: str | os.PathLike, *, dtype: torch.dtype | str | None = None,
                     device: str | torch.device | None = None, progress: bool | None = None) -> ComposedModel:
     """Load a checkpoint directory: ours (``spec.yaml``) or Hugging Face's (``config.json``).
 
-    ``dtype`` casts floating-point weights as they are read (default: as stored); ``device`` is
-    where they go (default: CPU). ``progress`` shows a progress line on stderr (default: for
-    loads of 1 GiB or more). Raises ``CheckpointError`` for a pickle checkpoint, an unknown
-    ``model_type`` or architecture, and (in one message) every missing, unexpected or mis-shaped
-    tensor. The model is returned in eval mode and carries its spec as ``model.spec`` and the
-    directory's tokenizer, ours or transformers', as ``model.tokenizer`` (None if it has none)."""
-    directory = Path(path)
-    spec, maps, describe, ignored = _read_checkpoint(directory)
+    ``dtype`` casts floating-point weights as they are read (default: as stored; a checkpoint that
+    stores them in several dtypes loads in the one most of its weights use): a torch dtype or its
+    name (``"bfloat16"``, ``"torch.float16"``). ``device`` is where they go (default: CPU).
+    ``progress`` shows a progress line on stderr (default: for loads of 1 GiB or more). Raises
+    ``CheckpointError`` for a pickle checkpoint, an unreadable or malformed file, an unknown
+    ``model_type`` or architecture, and (in one message) every missing, unexpected, mis-shaped or
+    wrongly typed tensor. The model is returned in eval mode and carries its spec as ``model.spec``
+    and the directory's tokenizer, ours or transformers', as ``model.tokenizer`` (None if it has
+    none)."""
+    dtype, device = _dtype_argument(dtype), _device_argument(device)
+    if progress is not None and not isinstance(progress, bool):
+        raise CheckpointError(f"progress={progress!r}: expected True, False or None (shown for loads of 1 GiB or more)")
+    directory = _checkpoint_directory(path)
+    source = _read_checkpoint(directory)
     tokenizer = find_tokenizer(directory)
     with TensorFiles(directory) as files:
-        model = _load(spec, maps, files, describe=describe, ignored=ignored, dtype=dtype,
-                      device=torch.device(device) if device is not None else None, progress=progress)
+        model = _load(source, files, dtype=dtype, device=device, progress=progress)
     model.tokenizer = tokenizer
     return model
 
 
 def checkpoint_spec(path: str | os.PathLike) -> ModelSpecBase:
-    """The spec of a checkpoint directory (ours or Hugging Face's), without reading its tensors:
-    what lets every command that takes a spec take a checkpoint too."""
-    return _read_checkpoint(Path(path))[0]
+    """The spec of a checkpoint directory (ours or Hugging Face's), without reading its tensors'
+    data: what lets every command that takes a spec take a checkpoint too."""
+    return _read_checkpoint(_checkpoint_directory(path)).spec
 
 
 def check_checkpoint(path: str | os.PathLike) -> ModelSpecBase:
     """The spec of a checkpoint directory, once its tensors are checked against the spec's model
-    (every missing, unexpected and mis-shaped one, in one ``CheckpointError``) from the
-    safetensors headers alone: no tensor data is read. What ``archcomposer validate`` runs."""
-    directory = Path(path)
-    spec, maps, describe, ignored = _read_checkpoint(directory)
+    (every missing, unexpected, mis-shaped and wrongly typed one, in one ``CheckpointError``) from
+    the safetensors headers alone: no tensor data is read. What ``archcomposer validate`` runs."""
+    directory = _checkpoint_directory(path)
+    source = _read_checkpoint(directory)
     with TensorFiles(directory) as files:
-        _check(spec, _without_absent_prefixes(maps, files), own_tensors(skeleton(spec)), files, describe, ignored)
-    return spec
+        _check_layer_count(source, files)
+        _check(source.spec, _without_absent_prefixes(source.maps(), files), own_tensors(skeleton(source.spec)), files,
+               source.describe, source.ignored, source.note)
+    return source.spec
 
 
-def _read_checkpoint(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str, tuple[str, ...]]:
+#: ``dtype=`` of a load: the floating-point dtypes weights may be cast to, by torch's names for them.
+LOAD_DTYPES = {"float16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+               "float32": torch.float32, "float": torch.float32, "float64": torch.float64, "double": torch.float64}
+
+
+def _dtype_argument(dtype: Any) -> torch.dtype | None:
+    """A torch dtype or its name, as transformers' ``dtype=`` takes them."""
+    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in LOAD_DTYPES.values()):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in LOAD_DTYPES:
+        return LOAD_DTYPES[dtype.removeprefix("torch.")]
+    raise CheckpointError(f"dtype={dtype!r}: expected the floating-point dtype to cast weights to, torch.float16, "
+                          f"torch.bfloat16, torch.float32 or torch.float64 (or its name, e.g. 'bfloat16'), or None "
+                          f"to keep the stored dtypes")
+
+
+def _device_argument(device: Any) -> torch.device | None:
+    """A device this process can put tensors on, checked before anything is read."""
+    if device is None:
+        return None
+    expected = "expected a torch device such as 'cpu', 'cuda' or 'cuda:1'"
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise CheckpointError(f"device={device!r}: {expected}")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"device={device!r}: not a torch device ({exc}); {expected}") from None
+    if resolved.type == "meta":
+        raise CheckpointError(f"device={device!r} holds no data, so nothing would be loaded; "
+                              f"build_model(spec, device='meta') builds a model without weights")
+    try:
+        torch.empty(0, device=resolved)
+    except (RuntimeError, AssertionError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(f"device={device!r}: this process cannot put tensors there ({exc}); "
+                              f"device='cpu' always can") from None
+    return resolved
+
+
+def _checkpoint_directory(path: Any) -> Path:
+    """``path`` as a checkpoint directory: it exists (put back by ``recover`` if a killed save left
+    it between two renames), is not a pickle checkpoint, has a spec or config and weights."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path={path!r}: expected a checkpoint directory (a str or os.PathLike)")
+    try:
+        directory = Path(path)
+    except TypeError:  # an os.PathLike of bytes
+        raise CheckpointError(f"path={path!r}: expected a checkpoint directory (a str or os.PathLike)") from None
+    if not directory.exists():
+        try:
+            recover(directory)
+        except OSError:
+            pass  # nothing to put back, or no write access here: the checks below say what is missing
     if directory.is_file():
         refuse_pickle(directory)
         raise CheckpointError(f"{directory}: from_pretrained takes a checkpoint directory (with {SPEC_FILE} "
@@ -91,14 +152,34 @@ def _read_checkpoint(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], s
         refuse_pickle(directory)
         raise CheckpointError(f"{directory}: not a checkpoint directory: it has neither {SPEC_FILE} (ours) nor "
                               f"{HF_CONFIG_FILE} (Hugging Face)")
-    if not ((directory / WEIGHTS_FILE).is_file() or (directory / INDEX_FILE).is_file()):
+    if not (os.path.lexists(directory / WEIGHTS_FILE) or os.path.lexists(directory / INDEX_FILE)):
         refuse_pickle(directory)
         raise CheckpointError(f"{directory}: no {WEIGHTS_FILE} or {INDEX_FILE}")
-    if not ours:
+    return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What a checkpoint holds, read from its spec or config (no tensor file is opened): the spec,
+    where each tensor of ours is stored (``maps()`` builds the model on the meta device, so it
+    waits for ``_check_layer_count``), and what to say about it in errors."""
+
+    spec: ModelSpecBase
+    maps: Callable[[], list[TensorMap]]
+    describe: str
+    #: The file the spec came from, and the field its layer count was read from.
+    where: str
+    ignored: tuple[str, ...] = ()
+    #: Said after a mismatch: config.json keys the family filled with transformers' defaults.
+    note: str = ""
+
+
+def _read_checkpoint(directory: Path) -> _Source:
+    if not (directory / SPEC_FILE).is_file():
         return _read_hf_config(directory)
     spec = load_spec(directory / SPEC_FILE)
-    maps = [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))]
-    return spec, maps, "archcomposer checkpoint", ()
+    return _Source(spec, lambda: [TensorMap(ours=name, theirs=(name,)) for name in own_tensors(skeleton(spec))],
+                   "archcomposer checkpoint", f"{directory / SPEC_FILE}: num_layers = {spec.num_layers}")
 
 
 def family_for_model_type(model_type: str) -> Family:
@@ -112,50 +193,129 @@ def family_for_model_type(model_type: str) -> Family:
                           f"known model types: {', '.join(known) or 'none'}")
 
 
-def _read_hf_config(directory: Path) -> tuple[ModelSpecBase, list[TensorMap], str, tuple[str, ...]]:
+#: Spec fields that set tensor shapes: where config.json lacks their key, a mismatch says so.
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "attention.num_heads", "attention.num_kv_heads",
+                "attention.head_dim", "mlp.intermediate_size")
+
+
+def _read_hf_config(directory: Path) -> _Source:
     config_path = directory / HF_CONFIG_FILE
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON: {exc}") from None
+    config = read_json(config_path, "a JSON object of Hugging Face model settings")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: a JSON {json_type(config)}; expected a JSON object of "
+                              f"Hugging Face model settings (model_type, architectures, hidden_size, ...)")
     if "model_type" not in config:
         raise CheckpointError(f"{config_path}: no model_type")
+    if not isinstance(config["model_type"], str):
+        raise CheckpointError(f"{config_path}: model_type = {config['model_type']!r}; expected a model type name "
+                              f"such as 'llama'")
     if config["model_type"] == hf_remote.MODEL_TYPE:  # a spec no family expresses, exported for transformers
         return _read_archcomposer_config(config, config_path)
     family = family_for_model_type(config["model_type"])
     architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointError(f"{config_path}: architectures = {architectures!r}; expected a list of architecture "
+                              f"names such as ['LlamaForCausalLM']")
     known = [a for a in architectures if a in family.hf_architectures]
     if not known:
         raise CheckpointError(f"{config_path}: architectures {architectures} names none that family "
                               f"{family.name!r} reads; it reads {sorted(family.hf_architectures)}")
     architecture = known[0]
-    data = dict(family.spec_from_hf_config(config, architecture))
+    for key in family.hf_config_keys.get("num_layers", ()):  # before a family's code makes a list per layer
+        value = config.get(key)
+        if isinstance(value, int) and value > MAX_LAYERS:
+            raise CheckpointError(f"{config_path}: {key} = {value}: more layers than a spec accepts ({MAX_LAYERS})")
+    reads = _ReadLog(config)
+    try:
+        data = dict(family.spec_from_hf_config(reads, architecture))
+    except ComposerError as exc:
+        raise CheckpointError(f"{directory}: {exc}") from None
+    except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:  # a family's own code
+        where = next((f" (reading {key} = {_short(config[key])})" for key in reversed(reads.keys_read)
+                      if key in config), "")
+        raise CheckpointError(f"{config_path}: family {family.name!r} cannot read it ({type(exc).__name__}: "
+                              f"{exc}){where}") from None
+    defaulted = [(path, keys[0]) for path, keys in family.hf_config_keys.items()
+                 if path in _SIZE_FIELDS and not any(k in config for k in keys)]
+    note = ("" if not defaulted else
+            f"\n  {config_path} has no {', '.join(k for _, k in defaulted)}: the family used transformers' default"
+            f"{'s' if len(defaulted) > 1 else ''} ({', '.join(f'{k} = {_at(data, p)!r}' for p, k in defaulted)})")
     data.setdefault("name", directory.resolve().name)
     data["family"] = family.name
     try:
         spec = load_spec(data)
     except SpecError as exc:
-        raise CheckpointError(f"{config_path}: family {family.name!r} translated it into an invalid spec: {exc}") \
-            from None
-    return (spec, family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint",
-            family.hf_ignored_tensors)
+        raise CheckpointError(f"{config_path}: family {family.name!r} translated it into an invalid spec: "
+                              f"{_with_config_keys(str(exc), family.hf_config_keys)}") from None
+    return _Source(spec, lambda: family.hf_tensors(spec, architecture), f"Hugging Face {architecture} checkpoint",
+                   f"{config_path}: as family {family.name!r} reads it", family.hf_ignored_tensors, note)
 
 
-def _read_archcomposer_config(config: dict, config_path: Path):
+def _read_archcomposer_config(config: dict, config_path: Path) -> _Source:
     try:
         spec = load_spec(hf_remote.spec_data(config, str(config_path)))
     except SpecError as exc:
         raise CheckpointError(f"{config_path}: its spec is invalid: {exc}") from None
-    maps = [TensorMap(ours=name, theirs=(hf_remote.TENSOR_PREFIX + name,)) for name in own_tensors(skeleton(spec))]
-    return spec, maps, "archcomposer transformers checkpoint", ()
+    return _Source(spec, lambda: [TensorMap(ours=name, theirs=(hf_remote.TENSOR_PREFIX + name,))
+                                  for name in own_tensors(skeleton(spec))],
+                   "archcomposer transformers checkpoint", f"{config_path}: spec.num_layers = {spec.num_layers}")
 
 
-def _load(spec, maps, files, *, describe, ignored, dtype, device, progress) -> ComposedModel:
+class _ReadLog(dict):
+    """A config that records the keys read from it, so that an error in a family's code can name
+    the key it was reading."""
+
+    def __init__(self, config: dict):
+        super().__init__(config)
+        self.keys_read: list[Any] = []
+
+    def __getitem__(self, key):
+        self.keys_read.append(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.keys_read.append(key)
+        return super().get(key, default)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _at(data: dict, path: str) -> Any:
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _with_config_keys(message: str, keys: dict[str, tuple[str, ...]]) -> str:
+    """A spec error's field lines (``  attention.num_heads: ...``) with the config.json key each
+    field was read from."""
+    def name(match: re.Match) -> str:
+        path = match.group(2)
+        return f"{match.group(1)}{path} (config.json {keys[path][0]}):" if path in keys else match.group(0)
+
+    return re.sub(r"(?m)^(\s*)([\w.]+):", name, message)
+
+
+def _check_layer_count(source: _Source, files: TensorFiles) -> None:
+    """Refuse more layers than the checkpoint has tensors (each layer has several of its own)
+    before the model is built: building thousands of layers takes minutes."""
+    if source.spec.num_layers > len(files.names):
+        raise CheckpointError(f"{source.where}: the checkpoint cannot hold {source.spec.num_layers} layers (it has "
+                              f"{len(files.names)} tensors, and each layer has several of its own){source.note}")
+
+
+def _load(source: _Source, files: TensorFiles, *, dtype, device, progress) -> ComposedModel:
+    spec = source.spec
+    _check_layer_count(source, files)
     model = skeleton(spec)
     expected = own_tensors(model)
     aliases = tied_parameters(model)
-    maps = _without_absent_prefixes(maps, files)
-    _check(spec, maps, expected, files, describe, ignored)
+    maps = _without_absent_prefixes(source.maps(), files)
+    _check(spec, maps, expected, files, source.describe, source.ignored, source.note)
+    dtype = dtype or _one_float_dtype(files, maps)
     total = sum(files.nbytes(name) for m in maps for name in m.theirs)
     bar = Progress(f"loading {files.directory.name}", total,
                    enabled=progress if progress is not None else total >= PROGRESS_MIN_BYTES)
@@ -181,6 +341,17 @@ def _load(spec, maps, files, *, describe, ignored, dtype, device, progress) -> C
     return model.eval()
 
 
+def _one_float_dtype(files: TensorFiles, maps: list[TensorMap]) -> torch.dtype | None:
+    """The dtype a load without ``dtype=`` casts floating-point weights to: None (as stored) where
+    they are all stored in one; else the one most of their elements are stored in, since a model
+    computes in one dtype (transformers casts to one too)."""
+    elements: dict[torch.dtype, int] = {}
+    for name in (n for m in maps for n in m.theirs):
+        if files.dtype(name) in FLOAT_DTYPES.values():
+            elements[files.dtype(name)] = elements.get(files.dtype(name), 0) + torch.Size(files.shape(name)).numel()
+    return max(elements, key=elements.get) if len(elements) > 1 else None
+
+
 def _without_absent_prefixes(maps: list[TensorMap], files) -> list[TensorMap]:
     """Many published checkpoints were saved from the bare model, so a head architecture's names
     lack the base-model prefix (``h.0...`` for ``transformer.h.0...``). Where every absent name
@@ -198,10 +369,11 @@ def _without_absent_prefixes(maps: list[TensorMap], files) -> list[TensorMap]:
 
 
 def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files, describe: str,
-           ignored: tuple[str, ...] = ()) -> None:
-    """Collect every missing, unexpected and mis-shaped tensor into one CheckpointError, before
-    any tensor data is read (shapes come from the file headers; transforms run on meta tensors)."""
-    missing, misshaped, used = [], [], set()
+           ignored: tuple[str, ...] = (), note: str = "") -> None:
+    """Collect every missing, unexpected, mis-shaped and wrongly typed tensor into one
+    CheckpointError, before any tensor data is read (shapes and dtypes come from the file headers;
+    transforms run on meta tensors). ``note`` ends the message (what the config left out)."""
+    missing, misshaped, mistyped, used = [], [], [], set()
     for m in maps:
         if m.ours not in expected:
             raise CheckpointError(f"the tensor map names {m.ours!r}, which a model of spec {spec.name!r} does not "
@@ -211,6 +383,14 @@ def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files
         if absent:
             missing.append(", ".join(absent) + ("" if m.theirs == (m.ours,) else f" (for {m.ours})"))
             continue
+        into = "" if m.theirs == (m.ours,) else f" -> {m.ours}"
+        wrong = [n for n in m.theirs if not _dtype_fits(files.dtype(n), expected[m.ours])]
+        if wrong:
+            want = ("a floating-point tensor (F16, BF16, F32 or F64)" if expected[m.ours].is_floating_point()
+                    else str(expected[m.ours].dtype))
+            stored = ", ".join(f"{n} {files.dtype_name(n)}" for n in wrong)
+            mistyped.append(f"{stored}{into}: the model expects {want}")
+            continue
         metas = [torch.empty(files.shape(n), dtype=files.dtype(n), device="meta") for n in m.theirs]
         source = ", ".join(f"{n} {list(files.shape(n))}" for n in m.theirs)
         want = list(expected[m.ours].shape)
@@ -219,18 +399,26 @@ def _check(spec, maps: list[TensorMap], expected: dict[str, torch.Tensor], files
         except (RuntimeError, ValueError, IndexError):
             got = None
         if got != want:
-            into = "" if m.theirs == (m.ours,) else f" -> {m.ours}"
             misshaped.append(f"{source}{into}: the model expects {want}")
     mapped = {m.ours for m in maps}
     missing += [f"{name} (no checkpoint tensor maps to it)" for name in expected if name not in mapped]
     unexpected = sorted(n for n in set(files.names) - used if not any(re.search(p, n) for p in ignored))
-    if missing or unexpected or misshaped:
+    if missing or unexpected or misshaped or mistyped:
         lines = [f"{files.directory}: the {describe} does not match spec {spec.name!r}:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped),
+                             ("wrong dtype", mistyped)):
             if items:
                 lines.append(f"  {title} ({len(items)}):")
                 lines += [f"    {item}" for item in items]
-        raise CheckpointError("\n".join(lines))
+        raise CheckpointError("\n".join(lines) + note)
+
+
+def _dtype_fits(stored: torch.dtype | None, expected: torch.Tensor) -> bool:
+    """A floating-point weight may be stored in any of ``FLOAT_DTYPES`` (it is cast, or kept, as
+    transformers does); anything else must be stored as the model holds it."""
+    if expected.is_floating_point():
+        return stored in FLOAT_DTYPES.values()
+    return stored == expected.dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,10 +450,13 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
 
     Weights above ``max_shard_size`` (bytes, or ``"500MB"``, ``"5GB"``) are split into shards with
     an index. ``model.tokenizer``, if set, is written too (in the same format), replacing any
-    tokenizer there. The directory is written next to the target and renamed into place: an
-    interrupted save leaves the previous checkpoint there intact. Other files in an existing
-    target directory (a tokenizer, when the model has none) are kept. ``progress`` shows a
+    tokenizer there. The directory is written next to the target and swapped into place
+    (``archcomposer.storage.write_atomically``): a killed save leaves a complete checkpoint there,
+    the previous one or the new one; through a symlink, the link's target is written. Other files
+    in an existing target directory (a tokenizer, when the model has none) are kept. ``progress`` shows a
     progress line on stderr (default: for saves of 1 GiB or more)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path={path!r}: expected the checkpoint directory to write (a str or os.PathLike)")
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)

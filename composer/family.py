@@ -78,7 +78,11 @@ class Family:
     hf_ignored_tensors: regular expressions (``re.search``) of checkpoint tensors that are not
         weights and are skipped on load: buffers older transformers saved (GPT-2's causal-mask
         ``attn.bias``, RoPE's ``rotary_emb.inv_freq``), as transformers'
-        ``_keys_to_ignore_on_load_unexpected``."""
+        ``_keys_to_ignore_on_load_unexpected``.
+    hf_config_keys: spec field path (``attention.num_heads``) -> the ``config.json`` keys it is read
+        from (the first is the one written), where one key holds one field. Optional; the loader
+        uses it to check the layer count before translating, to name the config key of an invalid
+        field, and to say which size keys a config lacked (tables fill it from their ``Key`` rows)."""
 
     name: str
     description: str = ""
@@ -88,6 +92,7 @@ class Family:
     hf_config_from_spec: HFConfigFromSpec | None = None
     hf_tensors: HFTensors | None = None
     hf_ignored_tensors: tuple[str, ...] = ()
+    hf_config_keys: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self):
         hooks = {"spec_from_hf_config": self.spec_from_hf_config, "hf_config_from_spec": self.hf_config_from_spec,

@@ -317,6 +317,14 @@ class HFTable:
                     return f" ({row.names[0]} is both {path} and {', '.join(others)})"
         return ""
 
+    def config_keys(self) -> dict[str, tuple[str, ...]]:
+        """Spec field -> the config keys it is read from, for the ``Key`` rows (``Family.hf_config_keys``)."""
+        keys: dict[str, tuple[str, ...]] = {}
+        for row in self.config:
+            if isinstance(row, Key):
+                keys.setdefault(row.ours, row.names)
+        return keys
+
     # -- tensors -----------------------------------------------------------------------------
 
     def base_of(self, architecture: str) -> str:
@@ -447,7 +455,7 @@ def hf_family(*, name: str, description: str, table: HFTable) -> Family:
     return Family(name=name, description=description, hf_model_types=table.model_types,
                   hf_architectures=table.architectures, spec_from_hf_config=table.spec_from_hf_config,
                   hf_config_from_spec=table.hf_config_from_spec, hf_tensors=table.hf_tensors,
-                  hf_ignored_tensors=BUFFERS + tuple(table.ignored))
+                  hf_ignored_tensors=BUFFERS + tuple(table.ignored), hf_config_keys=table.config_keys())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,14 +2,18 @@
 that lists every missing/unexpected/mis-shaped tensor, and export errors. Parity with
 transformers per family lives in tests/plugins/."""
 
+import errno
+import fcntl
 import json
-import re
 import os
 import pickle
+import re
+import shutil
 from itertools import chain
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import archcomposer.storage as storage
@@ -83,13 +87,14 @@ def test_sharded_hf_export_loads_in_transformers(tmp_path):
 # atomic saves
 
 
-def failing_save_file(after: int):
+def failing_save_file(after: int, error=None):
+    """``save_file`` that fails as a full disk does from its ``after + 1``-th call on."""
     calls = {"n": 0}
 
     def save(tensors, filename, metadata=None):
         calls["n"] += 1
         if calls["n"] > after:
-            raise OSError("disk full (simulated)")
+            raise error or OSError(errno.ENOSPC, "No space left on device", filename)
         save_file(tensors, filename, metadata=metadata)
 
     return save
@@ -98,19 +103,26 @@ def failing_save_file(after: int):
 def test_interrupted_save_leaves_no_directory(tmp_path, monkeypatch):
     model = build_model("tiny-glm-4", seed=0)
     monkeypatch.setattr(storage, "save_file", failing_save_file(after=1))
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match=r"saving .*ckpt failed \(\[Errno 28\] No space left on device: "
+                                              r"'.*\.ckpt\.saving-[0-9a-f]{8}/model-00002-of-\d+\.safetensors'\); "
+                                              r"nothing was written there"):
         model.save_pretrained(tmp_path / "ckpt", max_shard_size="40KB")
     assert os.listdir(tmp_path) == []
 
 
-def test_interrupted_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch):
+# safetensors reports a failed write as its own error type, not as an OSError
+SAFETENSORS_FULL = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+@pytest.mark.parametrize("error", [None, SAFETENSORS_FULL], ids=["oserror", "safetensors-error"])
+def test_interrupted_save_keeps_the_existing_checkpoint(tmp_path, monkeypatch, error):
     old = build_model("tiny-glm-4", seed=0)
     target = old.save_pretrained(tmp_path / "ckpt")
     (target / "README.md").write_text("a model card")
     before = {p.name: p.read_bytes() for p in target.iterdir()}
     new = build_model("tiny-glm-4", seed=1)
-    monkeypatch.setattr(storage, "save_file", failing_save_file(after=2))
-    with pytest.raises(OSError, match="simulated"):
+    monkeypatch.setattr(storage, "save_file", failing_save_file(after=2, error=error))
+    with pytest.raises(CheckpointError, match=r"No space left on device.*; the checkpoint there is unchanged"):
         new.save_pretrained(target, max_shard_size="40KB")
     assert os.listdir(tmp_path) == ["ckpt"]  # no temporary directory left beside it
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
@@ -345,3 +357,266 @@ def test_a_checkpoint_directory_stands_for_its_spec(tmp_path):
     assert build_model(str(ours), device="meta").num_parameters() == model.num_parameters()
     with pytest.raises(CheckpointError, match="no such checkpoint directory|not a checkpoint directory"):
         load_spec(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# malformed checkpoints: one clear error per kind of input (tests/composer/test_checkpoint_fuzz.py
+# throws thousands of corruptions at the same doors)
+
+
+def test_tensors_of_a_wrong_dtype_are_listed_with_the_rest(tmp_path):
+    out = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+    tensors = load_file(out / "model.safetensors")
+    tensors["final_norm.weight"] = tensors["final_norm.weight"].to(torch.int32)
+    tensors["layers.0.attn_norm.weight"] = tensors["layers.0.attn_norm.weight"].bool()
+    tensors["layers.1.attn_norm.weight"] = tensors["layers.1.attn_norm.weight"].to(torch.float8_e4m3fn)
+    del tensors["layers.1.mlp_norm.weight"]
+    save_file(tensors, out / "model.safetensors")
+    with pytest.raises(CheckpointError) as info:
+        from_pretrained(out)
+    assert str(info.value).endswith(
+        "  missing (1):\n    layers.1.mlp_norm.weight\n"
+        "  wrong dtype (3):\n"
+        "    layers.0.attn_norm.weight BOOL: the model expects a floating-point tensor (F16, BF16, F32 or F64)\n"
+        "    layers.1.attn_norm.weight F8_E4M3: the model expects a floating-point tensor (F16, BF16, F32 or F64)\n"
+        "    final_norm.weight I32: the model expects a floating-point tensor (F16, BF16, F32 or F64)")
+
+
+def test_weights_stored_in_several_float_dtypes_load_in_the_one_most_use(tmp_path):
+    """A model computes in one dtype: as transformers casts to one, so does a load without dtype=."""
+    model = build_model("tiny-glm-4", seed=0)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    tensors = load_file(out / "model.safetensors")
+    tensors["final_norm.weight"] = tensors["final_norm.weight"].double()
+    save_file(tensors, out / "model.safetensors")
+    loaded = from_pretrained(out)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert torch.equal(logits(loaded), logits(model))
+
+
+@pytest.mark.parametrize(("index", "message"), [
+    ({"weight_map": ["a", "b"]}, r"weight_map is a JSON array; expected an object mapping tensor names to shard file "
+                                 r"names"),
+    ({"weight_map": {"final_norm.weight": 3}}, r"weight_map maps 1 tensor\(s\) to something other than a shard file "
+                                               r"name \(a string\): 'final_norm.weight': 3"),
+    ({"metadata": {}}, r"no weight_map; expected a safetensors index: a JSON object whose weight_map maps tensor "
+                       r"names to shard file names"),
+    (None, r"a JSON null; expected a safetensors index"),
+    ({"weight_map": {"final_norm.weight": "../other/model-00001-of-00002.safetensors"}},
+     r"weight_map names shard\(s\) '../other/model-00001-of-00002.safetensors', which are not files of the "
+     r"checkpoint directory; a shard is named by its file name alone"),
+    ({"weight_map": {"final_norm.weight": "/etc/passwd"}}, r"weight_map names shard\(s\) '/etc/passwd', which are "
+                                                            r"not files of the checkpoint directory"),
+    ({"weight_map": {"final_norm.weight": "sub/x.safetensors"}}, r"weight_map names shard\(s\) 'sub/x.safetensors', "
+                                                                  r"which are not files"),
+], ids=["list", "not-a-string", "no-weight-map", "null", "parent", "absolute", "subdirectory"])
+def test_malformed_shard_index(tmp_path, index, message):
+    out = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt", max_shard_size="200KB")
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors.index.json: {message}"):
+        from_pretrained(out)
+
+
+def test_a_shard_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path):
+    out = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt", max_shard_size="200KB")
+    shard = out / "model-00001-of-00003.safetensors"
+    shard.unlink()
+    os.mkfifo(shard)  # reading it would block forever
+    with pytest.raises(CheckpointError, match="names shard 'model-00001-of-00003.safetensors', which is not a regular "
+                                              "file"):
+        from_pretrained(out)
+
+
+def llama_checkpoint(directory, **overrides):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(directory)
+    data = json.loads((directory / "config.json").read_text())
+    for key, value in overrides.items():
+        if value is DELETE:
+            del data[key]
+        else:
+            data[key] = value
+    (directory / "config.json").write_text(json.dumps(data))
+    return directory
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"null", r"config.json: a JSON null; expected a JSON object of Hugging Face model settings"),
+    (b"[1, 2]", r"config.json: a JSON array; expected a JSON object"),
+    (b'{"model_type": "llama\xff"}', r"config.json: not UTF-8 text \(byte 21 is b'\\xff'\); expected a JSON object"),
+    (b'{"model_type": "llama",', r"config.json: not valid JSON \(Expecting property name enclosed in double quotes: "
+                                 r"line 1 column 24 \(char 23\)\)"),
+], ids=["null", "list", "not-utf-8", "truncated"])
+def test_config_json_that_is_not_a_json_object(tmp_path, content, message):
+    directory = llama_checkpoint(tmp_path)
+    (directory / "config.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        from_pretrained(directory)
+
+
+def test_size_keys_a_config_lacks_are_named_together(tmp_path):
+    """transformers fills a missing key with its default, so does the family; when the tensors then
+    do not match, the error says which keys were missing and the values used."""
+    directory = llama_checkpoint(tmp_path, hidden_size=DELETE, intermediate_size=DELETE)
+    with pytest.raises(CheckpointError, match=r"(?s)mis-shaped \(21\):.*\n  .*config.json has no hidden_size, "
+                                              r"intermediate_size: the family used transformers' defaults "
+                                              r"\(hidden_size = 4096, intermediate_size = 11008\)$"):
+        from_pretrained(directory)
+
+
+def test_a_layer_count_the_checkpoint_cannot_hold_is_refused_before_anything_is_built(tmp_path):
+    """A family's code makes lists per layer before the spec is validated (10**12 layers hung), and
+    building 4,000 layers on the meta device takes minutes: both are refused first."""
+    directory = llama_checkpoint(tmp_path / "huge", num_hidden_layers=10**12)
+    with pytest.raises(CheckpointError, match=r"config.json: num_hidden_layers = 1000000000000: more layers than a "
+                                              r"spec accepts \(4096\)"):
+        from_pretrained(directory)
+    directory = llama_checkpoint(tmp_path / "deep", num_hidden_layers=4000)
+    with pytest.raises(CheckpointError, match=r"config.json: as family 'llama' reads it: the checkpoint cannot hold "
+                                              r"4000 layers \(it has 21 tensors, and each layer has several of its "
+                                              r"own\)"):
+        from_pretrained(directory)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"num_attention_heads": "four"}, r"invalid spec: invalid spec \(1 error\(s\)\):\n  attention.num_heads "
+                                      r"\(config.json num_attention_heads\): Input should be a valid integer"),
+    ({"rope_parameters": [1]}, r"config.json: family 'llama' cannot read it \(TypeError: .*\) \(reading "
+                               r"rope_parameters = \[1\]\)"),
+    ({"hidden_size": 10**30}, r"invalid spec: hidden_size \(config.json hidden_size\): 1,000,000,000,000,000,000,000,"
+                              r"000,000,000 does not fit in 64 bits"),
+    ({"model_type": ["llama"]}, r"config.json: model_type = \['llama'\]; expected a model type name such as 'llama'"),
+    ({"architectures": "LlamaForCausalLM"}, r"architectures = 'LlamaForCausalLM'; expected a list of architecture "
+                                            r"names such as \['LlamaForCausalLM'\]"),
+], ids=["string-heads", "rope-list", "huge-width", "model-type-list", "architectures-string"])
+def test_config_values_of_a_wrong_type_name_their_key(tmp_path, overrides, message):
+    with pytest.raises(CheckpointError, match=message):
+        from_pretrained(llama_checkpoint(tmp_path, **overrides))
+
+
+def test_dtype_and_device_arguments(tmp_path):
+    model = build_model("tiny-glm-4", seed=0)
+    out = model.save_pretrained(tmp_path / "ckpt")
+    for name in ("float16", "torch.float16"):  # as transformers takes them
+        assert {p.dtype for p in from_pretrained(out, dtype=name).parameters()} == {torch.float16}
+    with pytest.raises(CheckpointError, match=r"dtype=torch.int8: expected the floating-point dtype to cast weights "
+                                              r"to, torch.float16, torch.bfloat16, torch.float32 or torch.float64 "
+                                              r"\(or its name, e.g. 'bfloat16'\), or None to keep the stored dtypes"):
+        from_pretrained(out, dtype=torch.int8)
+    with pytest.raises(CheckpointError, match=r"dtype='fp16': expected the floating-point dtype"):
+        from_pretrained(out, dtype="fp16")
+    with pytest.raises(CheckpointError, match=r"device='bogus': not a torch device \(.*\); expected a torch device "
+                                              r"such as 'cpu', 'cuda' or 'cuda:1'"):
+        from_pretrained(out, device="bogus")
+    unavailable = "cuda:99" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(CheckpointError, match=rf"device='{unavailable}': this process cannot put tensors there "
+                                              rf"\(.+\); device='cpu' always can"):
+        from_pretrained(out, device=unavailable)
+    with pytest.raises(CheckpointError, match=r"device='meta' holds no data, so nothing would be loaded"):
+        from_pretrained(out, device="meta")
+    with pytest.raises(CheckpointError, match=r"path=None: expected a checkpoint directory \(a str or os.PathLike\)"):
+        from_pretrained(None)
+
+
+# ---------------------------------------------------------------------------------------------
+# safe saves (tests/composer/test_checkpoint_fuzz.py kills saves at every step)
+
+
+def test_saving_through_a_symlink_replaces_its_target(tmp_path):
+    real = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "real")
+    (real / "README.md").write_text("a model card")
+    (tmp_path / "link").symlink_to("real")
+    new = build_model("tiny-glm-4", seed=1)
+    assert new.save_pretrained(tmp_path / "link") == tmp_path / "link"
+    assert (tmp_path / "link").is_symlink() and os.readlink(tmp_path / "link") == "real"
+    assert sorted(os.listdir(tmp_path)) == ["link", "real"]
+    assert (real / "README.md").read_text() == "a model card"
+    assert torch.equal(logits(from_pretrained(real)), logits(new))
+
+
+def test_saving_to_the_working_directory(tmp_path, monkeypatch):
+    target = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+    monkeypatch.chdir(target)
+    new = build_model("tiny-glm-4", seed=1)
+    new.save_pretrained(".")
+    assert os.getcwd() == str(target)  # the process is in the new directory, not the deleted old one
+    assert sorted(os.listdir(".")) == ["model.safetensors", "spec.yaml"]
+    assert os.listdir(tmp_path) == ["ckpt"]
+    assert torch.equal(logits(from_pretrained(".")), logits(new))
+
+
+def test_saving_keeps_the_directory_permissions(tmp_path):
+    target = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+    target.chmod(0o750)
+    build_model("tiny-glm-4", seed=1).save_pretrained(target)
+    assert target.stat().st_mode & 0o777 == 0o750
+
+
+def test_bad_save_targets_and_sizes(tmp_path):
+    model = build_model("tiny-glm-4", seed=0)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match=rf"cannot save to {tmp_path}/file/sub/ckpt: {tmp_path}/file is a file, "
+                                              rf"not a directory"):
+        model.save_pretrained(tmp_path / "file" / "sub" / "ckpt")
+    (tmp_path / "link").symlink_to("file")
+    with pytest.raises(CheckpointError, match=rf"{tmp_path}/file exists and is not a directory \(the symlink "
+                                              rf"{tmp_path}/link points to it\)"):
+        model.save_pretrained(tmp_path / "link")
+    with pytest.raises(CheckpointError, match="cannot save to /: a checkpoint is a directory that can be replaced, "
+                                              "not the filesystem root"):
+        model.save_pretrained("/")
+    for size in (None, 1e9, True, [5]):
+        with pytest.raises(CheckpointError, match=rf"max_shard_size={re.escape(repr(size))} \(a \w+\): expected a "
+                                                  rf"number of bytes \(an int\) or a size such as '500MB' or '5GB'"):
+            model.save_pretrained(tmp_path / "x", max_shard_size=size)
+    with pytest.raises(CheckpointError, match=r"path=5: expected the checkpoint directory to write"):
+        model.save_pretrained(5)
+    assert sorted(os.listdir(tmp_path)) == ["file", "link"]
+
+
+def test_a_save_cleans_what_killed_saves_left_but_not_a_running_save(tmp_path):
+    target = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+    killed = [tmp_path / ".ckpt.saving-0123abcd", tmp_path / ".ckpt.old-0123abcd", tmp_path / ".ckpt.saving-99999999"]
+    for directory in killed:
+        shutil.copytree(target, directory)
+    running = tmp_path / ".ckpt.saving-feedf00d"
+    running.mkdir()
+    others = [tmp_path / ".other.saving-0123abcd", tmp_path / ".ckpt.saving-notours"]
+    for directory in others:
+        directory.mkdir()
+    held = os.open(running, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running save holds its directory
+        build_model("tiny-glm-4", seed=1).save_pretrained(target)
+    finally:
+        os.close(held)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt", running.name, *(p.name for p in others)])
+
+
+def test_a_load_after_a_kill_between_the_two_renames_puts_the_new_checkpoint_back(tmp_path):
+    """Where the filesystem cannot exchange two directories, a save renames the old checkpoint
+    aside, then the new one into place; killed in between, the next load finishes the swap."""
+    old, new = build_model("tiny-glm-4", seed=0), build_model("tiny-glm-4", seed=1)
+    target = old.save_pretrained(tmp_path / "ckpt")
+    new.save_pretrained(tmp_path / "staging")
+    os.rename(target, tmp_path / ".ckpt.old-0123abcd")  # the state the kill leaves
+    os.rename(tmp_path / "staging", tmp_path / ".ckpt.saving-0123abcd")
+    assert torch.equal(logits(from_pretrained(target)), logits(new))
+    assert sorted(os.listdir(tmp_path)) == [".ckpt.old-0123abcd", "ckpt"]  # a load deletes nothing
+    new.save_pretrained(target)
+    assert os.listdir(tmp_path) == ["ckpt"]
+
+
+def test_saves_without_the_atomic_exchange(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "_renameat2", None)  # a filesystem or C library without renameat2
+    target = build_model("tiny-glm-4", seed=0).save_pretrained(tmp_path / "ckpt")
+    new = build_model("tiny-glm-4", seed=1)
+    new.save_pretrained(target)
+    assert os.listdir(tmp_path) == ["ckpt"]
+    assert torch.equal(logits(from_pretrained(target)), logits(new))

@@ -280,7 +280,8 @@ def test_a_file_system_error_is_reported_without_a_traceback(capsys, tmp_path):
     (tmp_path / "file").write_text("")
     assert main(["convert", str(ours), str(tmp_path / "file" / "out"), "--to", "hf"]) == 1
     err = capsys.readouterr().err
-    assert err == f"archcomposer: error: [Errno 17] File exists: '{tmp_path / 'file'}'\n"  # mkdir of out's parent
+    assert err == (f"archcomposer: error: cannot save to {tmp_path / 'file' / 'out'}: {tmp_path / 'file'} is a file, "
+                   f"not a directory\n")  # the save names what stops the mkdir of out's parent
 
 
 # ---------------------------------------------------------------------------------------------

@@ -361,7 +361,7 @@ def test_a_save_replaces_the_previous_tokenizer_and_never_writes_through_it(text
         raise OSError("disk full")
 
     monkeypatch.setattr(archcomposer.tokenizer, "_dump_yaml", fail)  # after tokenizer.json is written
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(archcomposer.CheckpointError, match=r"failed \(disk full\); the checkpoint there is unchanged"):
         other.save_pretrained(target)
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
