@@ -393,11 +393,11 @@ def _differences(spec: ModelSpecBase, back: ModelSpecBase):
     yield from _dict_differences(spec.model_dump(mode="json", exclude=exclude),
                                  back.model_dump(mode="json", exclude=exclude), "")
     found: dict[tuple, list[int]] = {}
-    for ours, theirs in zip(spec.layer_specs, back.layer_specs):
+    for i, (ours, theirs) in enumerate(zip(spec.layer_specs, back.layer_specs)):  # equal layers share a LayerSpec
         for name in LAYER_SECTIONS:
             a, b = getattr(ours, name).model_dump(mode="json"), getattr(theirs, name).model_dump(mode="json")
             for diff in _dict_differences(a, b, name):
-                found.setdefault(_hashable(diff), []).append(ours.index)
+                found.setdefault(_hashable(diff), []).append(i)
     for (path, ours, theirs), layers in found.items():
         where = "" if len(layers) == spec.num_layers else f" (layers {', '.join(map(str, layers))})"
         yield path + where, ours, theirs

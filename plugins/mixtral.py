@@ -27,7 +27,7 @@ TABLE = HFTable(
                  "attention.qkv_bias", "attention.out_bias", "mlp.bias", "mlp.kind"),
         Fixed("attention.qkv_bias", False), Fixed("attention.out_bias", False),
         Fixed("mlp.kind", "moe"), Fixed("mlp.router", {"kind": "softmax", "normalize": True}),
-        Key("num_local_experts", "mlp.num_experts", 8),
+        Key(("num_local_experts", "num_experts"), "mlp.num_experts", 8),
         Key("num_experts_per_tok", "mlp.top_k", 2),
         Key("router_aux_loss_coef", "mlp.aux_loss_coef", 0.001),
         Expect("router_jitter_noise", 0.0, "it multiplies the router's input by random noise in training"),

@@ -23,7 +23,7 @@ TABLE = HFTable(
         *without(llama_config(vocab_size=50304, max_positions=4096, eps=1e-5, heads=16, hidden_size=2048, layers=16,
                               intermediate_size=2048), "mlp.bias", "mlp.kind"),
         Fixed("mlp.kind", "moe"),
-        Key("num_experts", "mlp.num_experts", 64),
+        Key(("num_experts", "num_local_experts"), "mlp.num_experts", 64),
         Key("num_experts_per_tok", "mlp.top_k", 8),
         Key("norm_topk_prob", "mlp.router.normalize", False),
         Fixed("mlp.router.kind", "softmax"),

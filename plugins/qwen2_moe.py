@@ -23,14 +23,18 @@ class SparseLayers:
     ``mlp_only_layers``) <-> the spec's ``mlp`` (the experts) and a ``layers`` entry with the dense
     MLP (``intermediate_size`` wide) of the other layers. Runs after ``num_hidden_layers``."""
 
-    def __init__(self, *, experts: int, top_k: int, width: int, dense_width: int, shared: int | None = None):
+    def __init__(self, *, experts: int, top_k: int, width: int, dense_width: int, shared: int | None = None,
+                 experts_keys: tuple[str, ...] = ("num_experts", "num_local_experts")):
         self.experts, self.top_k, self.width, self.dense_width, self.shared = experts, top_k, width, dense_width, shared
+        #: The expert count's config keys, the one transformers writes first (the other is its alias).
+        self.experts_keys = experts_keys
 
     def to_spec(self, config: dict, data: dict) -> None:
         activation = _activation(config.get("hidden_act", "silu"))
         dense = {"kind": "gated", "intermediate_size": config.get("intermediate_size", self.dense_width),
                  "activation": activation, "bias": False}
-        experts, step = config.get("num_experts", self.experts), config.get("decoder_sparse_step", 1) or 1
+        experts = next((config[k] for k in self.experts_keys if k in config), self.experts)
+        step = config.get("decoder_sparse_step", 1) or 1
         only_dense = set(config.get("mlp_only_layers") or [])
         dense_layers = [i for i in range(data["num_layers"])
                         if i in only_dense or experts == 0 or (i + 1) % step != 0]
@@ -57,10 +61,10 @@ class SparseLayers:
         config["hidden_act"] = ACTIVATIONS_TO_HF.get((moe or dense).activation)
         if dense is not None:
             config["intermediate_size"] = dense.intermediate_size
+        config[self.experts_keys[0]] = moe.num_experts if moe is not None else 0
         if moe is None:
-            config["num_experts"] = 0
             return
-        config.update(num_experts=moe.num_experts, num_experts_per_tok=moe.top_k,
+        config.update(num_experts_per_tok=moe.top_k,
                       moe_intermediate_size=moe.intermediate_size,
                       norm_topk_prob=getattr(moe.router, "normalize", None), router_aux_loss_coef=moe.aux_loss_coef)
         if self.shared is not None and moe.shared_expert is not None:
@@ -94,7 +98,6 @@ TABLE = HFTable(
         "Qwen2MoeForQuestionAnswering": "question_answering",
         "Qwen2MoeModel": None,
     },
-    bases={"Qwen2MoeForQuestionAnswering": "transformer."},
     config=[
         *without(llama_config(vocab_size=151936, max_positions=32768, heads=16, kv_heads=16, hidden_size=2048,
                               layers=24),
