@@ -30,6 +30,34 @@ class _Cache(ABC):
         """The slots (token indices, from 0) of the keys ``update`` returns to a layer with this
         ``window`` at a step that brings the cache to ``total`` tokens, ``new`` of them this step's."""
 
+    def check_fits(self, *, batch: int, num_layers: int, device: torch.device) -> None:
+        """Refuse a step of ``batch`` rows on ``device`` by a model of ``num_layers`` layers that
+        this cache was not filled for. Reads shapes only (no host sync); ``update`` checks each
+        layer's heads, head size and dtype."""
+        if self.keys and len(self.keys) != num_layers:
+            raise CacheError(f"past_key_values holds {len(self.keys)} layers but this model has {num_layers}: "
+                             f"a cache belongs to the model that filled it; pass a new DynamicCache()")
+        filled = self.keys[0] if self.keys else next(iter(self.tokens.values()), None)
+        if filled is not None and filled.shape[0] != batch:
+            raise CacheError(f"past_key_values holds {filled.shape[0]} batch rows but the input has {batch}")
+        if filled is not None and filled.device != device:
+            raise CacheError(f"past_key_values is on {filled.device} but the input is on {device}")
+
+    def _check_layer(self, layer_idx: int, k: torch.Tensor) -> None:
+        """Refuse keys ``k`` [B, Hkv, s, Dh] unlike those this cache holds for the layer."""
+        held = self.keys[layer_idx]  # [B, Hkv, S, Dh]
+        if (held.shape[:2], held.shape[-1], held.dtype, held.device) != (k.shape[:2], k.shape[-1], k.dtype, k.device):
+            raise CacheError(f"past_key_values holds keys of batch {held.shape[0]}, {held.shape[1]} heads of size "
+                             f"{held.shape[-1]}, {held.dtype} on {held.device} at layer {layer_idx}, but this model "
+                             f"gives batch {k.shape[0]}, {k.shape[1]} heads of size {k.shape[-1]}, {k.dtype} on "
+                             f"{k.device}: a cache belongs to the model (and dtype) that filled it")
+
+    def _check_new_record(self, name: str, start: int) -> None:
+        """Refuse to start a record of ``name`` after ``start`` tokens were seen without it."""
+        if start:
+            raise CacheError(f"past_key_values holds {start} tokens but no {name} for them: it was filled by a model "
+                             f"whose position scheme does not use {name}s; a cache belongs to the model that filled it")
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""
         self.keys = [k.index_select(0, index) for k in self.keys]
@@ -65,6 +93,7 @@ class DynamicCache(_Cache):
             self.keys.append(k)
             self.values.append(v)
         else:
+            self._check_layer(layer_idx, k)
             keys = torch.cat([self.keys[layer_idx], k], dim=-2)  # [B, Hkv, K, Dh]
             values = torch.cat([self.values[layer_idx], v], dim=-2)
         if layer_idx == 0:
@@ -81,6 +110,8 @@ class DynamicCache(_Cache):
     def update_tokens(self, name: str, values: torch.Tensor, start: int) -> torch.Tensor:
         """Record ``values`` [B, s] for the tokens at ``start...``; returns the record of every token seen."""
         past = self.tokens.get(name)
+        if past is None:
+            self._check_new_record(name, start)
         self.tokens[name] = values if past is None else torch.cat([past[:, :start], values], dim=1)  # [B, S+s]
         return self.tokens[name]
 
@@ -115,8 +146,10 @@ class StaticCache(_Cache):
         ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
         if layer_idx == len(self.keys):
             shape = (*k.shape[:2], self.max_length, k.shape[-1])
-            self.keys.append(k.new_zeros(shape))
-            self.values.append(v.new_zeros(shape))
+            self.keys.append(self._zeros(k, shape, f"layer {layer_idx}'s keys"))
+            self.values.append(self._zeros(v, shape, f"layer {layer_idx}'s values"))
+        else:
+            self._check_layer(layer_idx, k)
         end = start + k.shape[-2]
         self.keys[layer_idx][:, :, start:end] = k
         self.values[layer_idx][:, :, start:end] = v
@@ -128,9 +161,18 @@ class StaticCache(_Cache):
         """Record ``values`` [B, s] for the tokens at ``start...``; returns all ``max_length`` slots
         (zeros where nothing was written)."""
         if name not in self.tokens:
-            self.tokens[name] = values.new_zeros(values.shape[0], self.max_length)  # [B, max_length]
+            self._check_new_record(name, start)
+            self.tokens[name] = self._zeros(values, (values.shape[0], self.max_length), f"its {name} record")  # [B, L]
         self.tokens[name][:, start:start + values.shape[1]] = values
         return self.tokens[name]
+
+    def _zeros(self, like: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+        try:
+            return like.new_zeros(shape)
+        except RuntimeError as exc:  # torch's out-of-memory errors, on every device
+            gib = like.element_size() * torch.Size(shape).numel() / 2**30
+            raise CacheError(f"StaticCache(max_length={self.max_length}) cannot allocate {what}, {list(shape)} "
+                             f"{like.dtype} ({gib:.3g} GiB); create it with a smaller max_length") from exc
 
     def __repr__(self) -> str:
         return f"StaticCache(layers={len(self)}, seq_length={self.length}, max_length={self.max_length})"

@@ -52,26 +52,34 @@ def _gib(n: int) -> str:
 
 
 def cmd_summary(args) -> int:
-    from archcomposer import build_model, get_registry
+    from archcomposer import get_registry, load_spec
+    from archcomposer.summary import format_summary, summarize
 
     dtype = getattr(torch, args.dtype)
-    width = torch.finfo(dtype).bits // 8
-    names = args.specs or sorted(get_registry().specs)
-    rows = [("spec", "family", "blocks (position | attention | norm | mlp | heads)", "parameters",
-             f"weights ({args.dtype})", f"KV cache/token ({args.dtype})")]
-    for name in names:
-        model = build_model(name, device="meta")
-        spec = model.spec
-        params = model.num_parameters()
-        kv = spec.num_layers * spec.attention.kv_bytes_per_token(width)
-        rows.append((spec.name, spec.family or "-", _blocks(spec), f"{params:,}", _gib(params * width),
-                     f"{kv / 1024:.1f} KiB"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    return 0
+    detailed = bool(args.specs)
+    if not detailed and (args.batch is not None or args.length is not None):
+        args.parser.error("--batch and --length size the detailed breakdown of the specs you name; name one "
+                          "(e.g. archcomposer summary glm-4-9b --batch 1 --length 4096)")
+    specs = [load_spec(name) for name in args.specs or sorted(get_registry().specs)]
+    summaries = [summarize(spec, batch=1 if args.batch is None else args.batch, length=args.length, dtype=dtype,
+                           activations=detailed)
+                 for spec in specs]
+    if args.json:
+        print(json.dumps([s.to_dict() for s in summaries], indent=2))
+    elif detailed:
+        print("\n\n".join(format_summary(s, _blocks(spec)) for spec, s in zip(specs, summaries)))
+    else:  # one line per shipped spec
+        rows = [("spec", "family", "blocks (position | attention | norm | mlp | heads)", "parameters",
+                 f"weights ({args.dtype})", f"KV cache/token ({args.dtype})")]
+        for spec, s in zip(specs, summaries):
+            rows.append((s.name, s.family or "-", _blocks(spec), f"{s.parameters:,}", _gib(s.weight_bytes),
+                         f"{s.kv_bytes_per_token / 1024:.1f} KiB"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for i, row in enumerate(rows):
+            print("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+    return EXIT_OK
 
 
 def cmd_generate(args) -> int:
@@ -407,16 +415,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 help="what to do (e.g. archcomposer validate --help)")
 
-    p = _subcommand(sub, "summary", help="build specs on the meta device and tabulate their size",
-                    description="Build specs on the meta device (no memory, no weights) and tabulate their blocks, "
-                                "parameter count, weight size and KV cache size per token.",
-                    examples="  archcomposer summary\n"
-                             "  archcomposer summary tiny-bloom ./my-checkpoint --dtype float32")
-    p.add_argument("specs", nargs="*", help="spec names, YAML paths or checkpoint directories (default: every "
-                                            "shipped spec; e.g. tiny-bloom specs/my.yaml ./checkpoint)")
+    p = sub.add_parser(  # as _subcommand, with the alias
+        "summary", aliases=["explain"], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="size specs without allocating: parameters per block, FLOPs per token, memory",
+        description=textwrap.fill(
+            "Size specs without allocating anything. With no spec, one line per shipped spec: its blocks, "
+            "parameters, weight size and KV cache per token. With specs, each broken down: parameters per block "
+            "kind and active per token, forward and training FLOPs per token, and the memory of weights, KV cache "
+            "and activations at --batch sequences of --length tokens.", 100),
+        epilog="examples:\n  archcomposer summary\n  archcomposer summary glm-4-9b --batch 1 --length 4096\n"
+               "  archcomposer explain ./my-checkpoint --dtype float32 --json")
+    p.add_argument("specs", nargs="*",
+                   help="spec names, YAML paths or checkpoint directories, each broken down in detail (default: "
+                        "one line per shipped spec; e.g. glm-4-9b specs/my.yaml ./checkpoint)")
+    p.add_argument("--batch", type=positive_int,
+                   help="sequences per forward for FLOPs and memory (default: 1; e.g. --batch 8)")
+    p.add_argument("--length", type=positive_int,
+                   help="tokens per sequence for FLOPs and memory (default: the spec's max_positions; "
+                        "e.g. --length 4096)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
-                   help="the dtype the sizes are for (default: bfloat16; e.g. --dtype float32)")
-    p.set_defaults(func=cmd_summary)
+                   help="element type of weights, KV cache and activations (default: bfloat16; e.g. --dtype float32)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list, one object per spec, for scripts (e.g. --json | jq '.[0].parameters')")
+    p.set_defaults(func=cmd_summary, parser=p)
 
     p = _subcommand(sub, "generate", help="generate text from a checkpoint, or tokens from a spec with random weights",
                     description="Generate text from a checkpoint directory with a tokenizer, streamed to stdout as "

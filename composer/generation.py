@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
+from archcomposer import inputs
 from archcomposer.cache import DynamicCache, StaticCache
 from archcomposer.errors import InputError
+from archcomposer.model import check_input_ids
 
 
 @torch.no_grad()
@@ -31,21 +35,35 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     spec = model.spec
     if "causal_lm" not in model.heads:
         raise InputError(f"generate needs a causal_lm head; spec {spec.name!r} has {list(model.heads) or 'none'}")
-    if max_new_tokens < 0:
-        raise InputError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
+    # The prompt's values are checked once, here: each step feeds back a token sampled from the
+    # vocabulary (or the checked pad id), so forward does not read them again (no host sync per step).
+    check_input_ids(input_ids, spec.vocab_size)
+    B, S = input_ids.shape
+    if not B or not S:
+        raise InputError(f"generate continues prompts of at least one token; input_ids has shape {(B, S)}")
+    if attention_mask is not None:
+        inputs.mask_tensor("attention_mask", attention_mask, (B, S), ", like input_ids (1: a token, 0: left padding)")
+    max_new_tokens = inputs.count("max_new_tokens", max_new_tokens, 0)
+    if not isinstance(do_sample, bool):
+        raise InputError(f"do_sample must be True or False, got {inputs.describe(do_sample)}")
+    temperature = inputs.number("temperature", temperature, low=0, low_inclusive=True)
+    if do_sample and temperature == 0:
         raise InputError(f"temperature must be > 0 when sampling, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise InputError(f"top_k must be >= 1 (or None for no top-k filtering), got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise InputError(f"top_p must be in (0, 1], got {top_p}")
-    eos = spec.eos_token_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) \
-        else list(eos_token_id)
+    top_k = None if top_k is None else inputs.count("top_k", top_k, 1)
+    if top_p is not None:
+        top_p = inputs.number("top_p", top_p, low=0, low_inclusive=False, high=1, high_inclusive=True)
+    seed = None if seed is None else inputs.count("seed", seed, 0)
+    if eos_token_id is None:
+        eos = _token_ids("the spec's eos_token_id", spec.eos_token_ids, spec.vocab_size)
+    else:
+        eos = _token_ids("eos_token_id", eos_token_id, spec.vocab_size)
+    if pad_token_id is not None:  # rows that stopped are fed it as input
+        [pad_token_id] = _token_ids("pad_token_id", pad_token_id, spec.vocab_size, one=True)
     pad = pad_token_id if pad_token_id is not None else spec.pad_token_id if spec.pad_token_id is not None \
         else eos[0] if eos else 0
-    B, S = input_ids.shape
     device = input_ids.device
-    mask = torch.ones(B, S, dtype=torch.long, device=device) if attention_mask is None else attention_mask.long()
+    mask = torch.ones(B, S, dtype=torch.bool, device=device) if attention_mask is None \
+        else attention_mask.to(device).bool()  # [B, S], nonzero: a token (as forward reads it)
     protocol = hasattr(streamer, "put") and hasattr(streamer, "end")
     if streamer is not None and not protocol and not callable(streamer):
         raise InputError(f"streamer must have put() and end() or be callable, got {type(streamer).__name__}")
@@ -53,9 +71,15 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if cache == "dynamic":
         kv = DynamicCache()
     elif cache == "static":
-        kv = StaticCache(max_length=model.num_prepended + S + max_new_tokens)
+        slots = model.num_prepended + S + max_new_tokens
+        if slots > spec.max_positions:  # also keeps a huge max_new_tokens from allocating anything
+            raise InputError(f"cache='static' preallocates a slot per token: {slots - max_new_tokens} of the prompt "
+                             f"+ max_new_tokens={max_new_tokens} = {slots}, more than the {spec.max_positions} "
+                             f"positions this model supports (max_positions); lower max_new_tokens or use "
+                             f"cache='dynamic'")
+        kv = StaticCache(max_length=slots)
     else:
-        raise InputError(f"cache must be 'dynamic' or 'static', got {cache!r}")
+        raise InputError(f"cache must be 'dynamic' or 'static', got {inputs.describe(cache)}")
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     eos_tensor = torch.tensor(eos, device=device, dtype=torch.long)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -65,7 +89,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         streamer.put(input_ids.cpu())
     for _ in range(max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, past_key_values=kv, use_cache=True,
-                       logits_to_keep=1, head="causal_lm").logits[:, -1].float()  # [B, V]
+                       logits_to_keep=1, head="causal_lm", _ids_in_range=True).logits[:, -1].float()  # [B, V]
         token = _sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)  # [B]
         token = torch.where(finished, pad, token)
         new_tokens.append(token)
@@ -81,6 +105,18 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if not new_tokens:
         return input_ids
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+
+def _token_ids(name: str, given, vocab_size: int, one: bool = False) -> list[int]:
+    """``given`` (a token id, or unless ``one`` a list or tuple of them) as a list of ints, each
+    in [0, vocab_size)."""
+    ids = [given] if isinstance(given, numbers.Integral) else given if isinstance(given, (list, tuple)) and not one \
+        else None
+    if ids is None or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < vocab_size
+                              for i in ids):
+        expected = "a token id" if one else "a token id, or a list of them,"
+        raise InputError(f"{name} must be {expected} in [0, vocab_size={vocab_size}), got {inputs.describe(given)}")
+    return [int(i) for i in ids]
 
 
 def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:

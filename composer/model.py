@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
-from archcomposer import outputs
-from archcomposer.cache import DynamicCache
-from archcomposer.errors import InputError
+from archcomposer import inputs, outputs
+from archcomposer.cache import DynamicCache, _Cache
+from archcomposer.errors import CacheError, InputError
 from archcomposer.spec import BuildContext, ModelSpecBase
 
 
@@ -66,21 +68,32 @@ class ComposedModel(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=False,
                 output_hidden_states=False, return_dict=True, logits_to_keep=0, *, start_positions=None,
-                end_positions=None, prefix_mask=None, head: str | None = None, output_router_logits=False):
+                end_positions=None, prefix_mask=None, head: str | None = None, output_router_logits=False,
+                _ids_in_range: bool = False):
+        # Arguments are checked by shape and dtype (free); values only where a caller brings them:
+        # ``generate`` checks its prompt once and passes ``_ids_in_range`` for each decoding step.
         head_spec = self._head_spec(head)
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
-            self._check_ids(input_ids)
-        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.spec.hidden_size:
-            raise InputError(f"inputs_embeds must be [batch, seq, hidden_size={self.spec.hidden_size}], "
-                             f"got shape {tuple(inputs_embeds.shape)}")
+            check_input_ids(input_ids, self.spec.vocab_size, values=not _ids_in_range)
+        else:
+            self._check_inputs_embeds(inputs_embeds)
         B, S = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if prefix_mask is not None and tuple(prefix_mask.shape) != (B, S):
-            raise InputError(f"prefix_mask has shape {tuple(prefix_mask.shape)}; expected ({B}, {S}), like the input")
-        if labels is not None and not (isinstance(logits_to_keep, int) and logits_to_keep == 0):
-            raise InputError("labels need the logits of every position: leave logits_to_keep at 0")
+        if prefix_mask is not None:
+            inputs.mask_tensor("prefix_mask", prefix_mask, (B, S), ", like the input")
+        if position_ids is not None:
+            _check_position_ids(position_ids, B, S)
+        targets = self._targets(head_spec, B, S, labels=labels, start_positions=start_positions,
+                                end_positions=end_positions)
+        logits_to_keep = _checked_logits_to_keep(logits_to_keep, head_spec, S, has_labels="labels" in targets)
+        if past_key_values is not None:
+            if not isinstance(past_key_values, _Cache):
+                raise CacheError(f"past_key_values must be an archcomposer cache, DynamicCache() or "
+                                 f"StaticCache(max_length=...), got {inputs.describe(past_key_values)}; "
+                                 f"transformers' caches and legacy tuples of (key, value) per layer are not read")
+            past_key_values.check_fits(batch=B, num_layers=self.spec.num_layers, device=device)
         if use_cache is None:
             use_cache = not self.training and (head_spec is None or head_spec.returns_cache)
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)
@@ -91,7 +104,7 @@ class ComposedModel(nn.Module):
         slots = {w: cache.key_slots(T, P + S, w) if cache is not None else range(T) for w in windows}  # key slots
         K = max(r.stop for r in slots.values())  # key slots any layer sees (past T: unwritten static slots)
 
-        key_mask = self._key_mask(attention_mask, B, T, device)  # [B, T]
+        key_mask = self._key_mask(attention_mask, B, S, T, device)  # [B, T]
         query_mask = key_mask[:, past:]  # [B, P+S]
         query_pos = self._positions(key_mask, position_ids, past, B, S, device)  # [B, P+S]
         embedded = self.embedding(input_ids=input_ids, inputs_embeds=inputs_embeds, positions=query_pos,
@@ -128,8 +141,7 @@ class ComposedModel(nn.Module):
             fields = {"last_hidden_state": x, "past_key_values": cache if use_cache else None}
             output_class = outputs.BaseModelOutputWithPast
         else:
-            fields = self.heads[head_spec.kind](x, input_ids=input_ids, labels=labels, logits_to_keep=logits_to_keep,
-                                                start_positions=start_positions, end_positions=end_positions)
+            fields = self.heads[head_spec.kind](x, input_ids=input_ids, logits_to_keep=logits_to_keep, **targets)
             if head_spec.returns_cache:
                 fields["past_key_values"] = cache if use_cache else None
             output_class = head_spec.output_class
@@ -164,34 +176,47 @@ class ComposedModel(nn.Module):
     def _head_spec(self, head):
         if head is None:
             return next(iter(self.head_specs.values()), None)
-        if head not in self.head_specs:
+        if not isinstance(head, str) or head not in self.head_specs:
             raise InputError(f"head={head!r}: this model's heads are {list(self.head_specs) or 'none'}")
         return self.head_specs[head]
 
-    def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if input_ids.dim() != 2:
-            raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-        if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= self.spec.vocab_size):
-            raise InputError(f"input_ids must lie in [0, vocab_size={self.spec.vocab_size}), got values in "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]")
+    def _check_inputs_embeds(self, inputs_embeds) -> None:
+        D = self.spec.hidden_size
+        inputs.tensor("inputs_embeds", inputs_embeds, f"[batch, seq, hidden_size={D}]")
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != D:
+            raise InputError(f"inputs_embeds must be [batch, seq, hidden_size={D}], "
+                             f"got shape {tuple(inputs_embeds.shape)}")
+        dtype = self.embedding.tokens.weight.dtype
+        if inputs_embeds.dtype != dtype and not torch.is_autocast_enabled(inputs_embeds.device.type):
+            raise InputError(f"inputs_embeds has dtype {inputs_embeds.dtype}; expected {dtype}, the model's "
+                             f"(convert with inputs_embeds.to({dtype}))")
 
-    def _key_mask(self, attention_mask, B, T, device) -> torch.Tensor:
+    def _targets(self, head_spec, B, S, **given) -> dict[str, torch.Tensor]:
+        """The label arguments given (``labels``, ``start_positions``...), as the head takes them."""
+        given = {name: value for name, value in given.items() if value is not None}
+        if not given:
+            return given
+        if head_spec is None:
+            raise InputError(f"{' and '.join(given)} score a head's output; this model has no head")
+        return head_spec.check_labels(self.spec, given, batch=B, seq=S)
+
+    def _key_mask(self, attention_mask, B, S, T, device) -> torch.Tensor:
         """[B, T] bool: which tokens seen so far are real (not padding); prepended tokens are."""
         if attention_mask is None:
             return torch.ones(B, T, dtype=torch.bool, device=device)
+        columns = T - self.num_prepended  # the input tokens of this step and the earlier ones
+        inputs.mask_tensor("attention_mask", attention_mask, (B, columns),
+                           f": one entry per token, the {columns - S} in past_key_values and the {S} of this "
+                           f"step (1: a token, 0: padding)")
         prepended = torch.ones(B, self.num_prepended, dtype=torch.bool, device=device)
-        key_mask = torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T]
-        if key_mask.shape != (B, T):
-            raise InputError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected "
-                             f"({B}, {T - self.num_prepended}): one entry per past and current token")
-        return key_mask
+        return torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T]
 
     def _positions(self, key_mask, position_ids, past, B, S, device) -> torch.Tensor:
         """[B, P+S]: this step's positions. They count real tokens, so padding does not shift
         them; ``position_ids`` (for the input tokens, after any prepended ones) overrides that."""
         positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # [B, P+S]
         if position_ids is not None:
-            given = position_ids.to(device).expand(B, S) + self.num_prepended  # [B, S]
+            given = position_ids.to(device).long().expand(B, S) + self.num_prepended  # [B, S]
             positions = torch.cat([positions[:, : positions.shape[1] - S], given], dim=1)
         return positions
 
@@ -251,6 +276,49 @@ def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], *, num_experts:
         probability = probability + (probs.float() * mask[:, None]).sum(dim=0)
     rows = mask.sum() * len(router_logits)
     return num_experts * torch.sum((assigned / rows) * (probability / rows))
+
+def check_input_ids(input_ids, vocab_size: int, *, values: bool = True) -> None:
+    """Refuse ``input_ids`` that are not [batch, seq] token ids; with ``values``, also ids outside
+    the vocabulary (a host sync)."""
+    inputs.index_tensor("input_ids", input_ids, "token ids [batch, seq]")
+    if input_ids.dim() != 2:
+        raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+    if values and input_ids.numel():
+        inputs.in_range("input_ids", input_ids, vocab_size, "vocab_size")
+
+
+def _check_position_ids(position_ids, B: int, S: int) -> None:
+    """Refuse ``position_ids`` other than integer positions of the S input tokens of each row:
+    [B, S], or [1, S] or [S] for every row."""
+    inputs.index_tensor("position_ids", position_ids, f"positions [{B}, {S}]")
+    if tuple(position_ids.shape) not in ((B, S), (1, S), (S,)):
+        shared = f" (or (1, {S}): the same for every row)" if B > 1 else ""
+        raise InputError(f"position_ids has shape {tuple(position_ids.shape)}; expected ({B}, {S}): one position "
+                         f"per input token{shared}")
+
+
+def _checked_logits_to_keep(logits_to_keep, head_spec, S: int, has_labels: bool) -> int | torch.Tensor:
+    """``logits_to_keep``: an int N >= 0 (the last N positions; 0 or N >= S: all) or a 1-D tensor of
+    positions in [-S, S), for a head with per-position logits. Reads a tensor's values (a host sync)."""
+    if isinstance(logits_to_keep, torch.Tensor):
+        inputs.index_tensor("logits_to_keep", logits_to_keep, "a 1-D tensor of positions")
+        if logits_to_keep.dim() != 1:
+            raise InputError(f"logits_to_keep as a tensor must be 1-D positions, got shape "
+                             f"{tuple(logits_to_keep.shape)}")
+        if logits_to_keep.numel():
+            inputs.in_range("logits_to_keep", logits_to_keep, S, "the input's length", low=-S)
+    elif isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, numbers.Integral) or logits_to_keep < 0:
+        raise InputError(f"logits_to_keep must be an int >= 0 (keep the last N positions; 0: all) or a 1-D "
+                         f"tensor of positions, got {inputs.describe(logits_to_keep)}")
+    else:
+        logits_to_keep = int(logits_to_keep)
+    if isinstance(logits_to_keep, torch.Tensor) or logits_to_keep:
+        if head_spec is None or not head_spec.keeps_positions:
+            which = f"head {head_spec.kind!r} does not select them" if head_spec else "this model has no head"
+            raise InputError(f"logits_to_keep selects the positions a head scores; {which}: leave logits_to_keep at 0")
+        if has_labels:
+            raise InputError("labels need the logits of every position: leave logits_to_keep at 0")
+    return logits_to_keep
 
 
 def _columns(bias: torch.Tensor | None, slots: range) -> torch.Tensor | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import re
+import reprlib
 import threading
 import warnings
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from pydantic import BaseModel, Field, create_model, model_validator
 from archcomposer import hookspecs
 from archcomposer.errors import RegistryError
 from archcomposer.family import Family
-from archcomposer.spec import BUILTIN_KINDS, SECTION_BASES, SECTION_DEFAULTS, BuildContext, ModelSpecBase
+from archcomposer.spec import BUILTIN_KINDS, SECTION_BASES, SECTION_DEFAULTS, BuildContext, ModelSpecBase, Strict
 
 ENTRY_POINT_GROUP = "archcomposer.plugins"
 DISABLE_AUTOLOAD_ENV = "ARCHCOMPOSER_DISABLE_PLUGIN_AUTOLOAD"
@@ -126,9 +127,9 @@ class Registry:
         if name in ModelSpecBase.model_fields:
             raise RegistryError(f"{source} registers section {name!r}, which is already a field of every spec; "
                                 f"choose another name")
-        if not (isinstance(base, type) and issubclass(base, BaseModel) and "kind" in base.model_fields):
-            raise RegistryError(f"{source} registers section {name!r} with base {base!r}; the base must be a "
-                                f"pydantic model (subclass archcomposer.spec.Strict) with a `kind: str` field")
+        if not (isinstance(base, type) and issubclass(base, Strict) and "kind" in base.model_fields):
+            raise RegistryError(f"{source} registers section {name!r} with base {base!r}; the base must subclass "
+                                f"archcomposer.spec.Strict (strict, finite fields) and have a `kind: str` field")
         self.sections[name] = Section(name, base, source, field=name)
         self.kinds[name] = {}
         self._spec_class = None
@@ -146,6 +147,11 @@ class Registry:
         if kind is None:
             raise RegistryError(f"{source} registers {cls.__qualname__} for section {section!r} without a "
                                 f"`kind: Literal[\"name\"]` field")
+        missing = sorted(getattr(cls, "__abstractmethods__", ()))
+        if missing:  # the model would fail at build time, far from here
+            raise RegistryError(f"{source} registers {cls.__qualname__} for section {section!r} without "
+                                f"{', '.join(m + '()' for m in missing)}, which every {base.__qualname__} kind "
+                                f"implements (see {base.__qualname__}.{missing[0]})")
         if kind in self.kinds[section]:
             other = self.kinds[section][kind][1]
             raise RegistryConflict(f"{section} kind {kind!r} is registered twice: by {other} and by {source}")
@@ -254,13 +260,21 @@ class Registry:
 
     def _register_object(self, plugin: object, name: str) -> None:
         """Hand ``plugin`` to pluggy, which checks its hook signatures; ``check_pending`` then
-        rejects a hook name no spec declares (a misspelling such as ``register_familes``)."""
+        rejects a hook name no spec declares (a misspelling such as ``register_familes``). A plugin
+        that implements no hook (None, a string, the wrong object) is refused too."""
+        nothing = f"{reprlib.repr(plugin)} implements none of the hooks ({', '.join(HOOKS)}); a plugin is a " \
+                  f"module, class or object with functions marked @archcomposer.hookimpl"
+        if plugin is None:  # pluggy takes a None plugin as a blocked name
+            raise RegistryError(nothing)
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             raise RegistryError(f"{exc} (the hooks are {', '.join(HOOKS)}; is one misspelled?)") from None
+        if not self.pm.get_hookcallers(plugin):
+            self.pm.unregister(name=name)
+            raise RegistryError(nothing)
 
     def _call_hooks(self, names: set[str], strict: bool) -> None:
         """Call each hook of the plugins ``names``, hook by hook (all sections before any block). A

@@ -16,24 +16,99 @@ changes them for some layers); ``norm`` also builds the final norm and any embed
 
 from __future__ import annotations
 
+import types
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
+import annotated_types
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      PrivateAttr, SerializeAsAny, TypeAdapter, ValidationError, field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PrivateAttr, SerializeAsAny,
+                      TypeAdapter, ValidationError, field_validator, model_validator)
 from torch import nn
 
-from archcomposer import outputs
+from archcomposer import inputs, outputs
+from archcomposer.errors import InputError
 from archcomposer.blocks import attention, embedding, heads, layer, mlp, norm, position, projection
 
+# The largest values a spec accepts, so that a model that cannot exist is refused here rather
+# than inside torch (or after hours of building). Widths, counts and indices: a weight is at most
+# a product of three of them (a fused projection's [3 x heads x head_dim, hidden]), which then
+# stays inside what torch can address (a storage's size in bytes is an int64).
+MAX_WIDTH = 2**19
+#: Vocabulary sizes, sequence lengths and windows: a weight multiplies one by a width at most.
+MAX_LENGTH = 2**30
+#: Layers are built, and resolved at validation, one by one.
+MAX_LAYERS = 2**12
+
+
+def _bounded(high: int, what: str, *, positive: bool = True):
+    """An int > 0 (or >= 0) and <= ``high``; beyond ``high`` the message says why there is a bound."""
+    def refuse_beyond(value):
+        if type(value) is int and value > high:
+            raise ValueError(f"{value:,} is more than {high:,}, {what}")
+        return value
+
+    return Annotated[int, annotated_types.Gt(0) if positive else annotated_types.Ge(0), annotated_types.Le(high),
+                     BeforeValidator(refuse_beyond)]
+
+
+_WIDTH_WHY = ("the largest width, count or index a spec accepts (2**19; published models stay below 2**17, and "
+              "larger widths give weights beyond what torch can address)")
+#: Every width, count and index of the built-in kinds (pydantic's PositiveInt and NonNegativeInt, bounded).
+PositiveInt = _bounded(MAX_WIDTH, _WIDTH_WHY)
+NonNegativeInt = _bounded(MAX_WIDTH, _WIDTH_WHY, positive=False)
+#: A vocabulary size, a sequence length or a window.
+Length = _bounded(MAX_LENGTH, "the largest vocabulary, length or window a spec accepts (2**30; published "
+                              "models stay below 2**24)")
+LayerCount = _bounded(MAX_LAYERS, "the most layers a spec accepts (2**12; the deepest published models have "
+                                  "about 200)")
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every spec model, plugins' included. ``strict``: an int field takes an int only (not
+    ``true``, ``64.0`` or ``"64"``), a bool field a bool only (not ``1`` or ``"yes"``), a str field
+    a str; a float field takes an int too. ``allow_inf_nan``: every float is finite (an infinite
+    eps, theta or std builds a model that silently computes nothing useful)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_as_tuples(cls, data):
+        # YAML and JSON have lists only, which strict mode would refuse for a tuple field.
+        if isinstance(data, dict):
+            tuples = {name for name, field in cls.model_fields.items() if _is_tuple(field.annotation)}
+            if tuples & data.keys():
+                data = {k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()}
+        return data
 
     def check(self, ctx: BuildContext) -> None:
         """Rules that need the whole spec (``ctx.spec``) or the layer (``ctx.layer_spec``);
         raise ``ValueError`` naming the fields involved."""
+
+    # What a block kind says about its own size (``archcomposer.summary``). ``module`` is the block
+    # this spec built (on the meta device); a kind overrides these where the defaults do not hold.
+
+    def active_parameters(self, module: nn.Module) -> int:
+        """Parameters of ``module`` one token computes with: all of them, unless the kind routes
+        each token through a part of itself (a mixture of experts counts its chosen experts)."""
+        return sum(p.numel() for p in module.parameters())
+
+    def flops_per_token(self, module: nn.Module, *, keys: int) -> int:
+        """Forward FLOPs ``module`` spends on one token that attends to ``keys`` key slots: by
+        default its linear layers, 2 per weight (a multiply and an add). Only matrix products are
+        counted, as torch's ``FlopCounterMode`` counts them; elementwise work (norms, activations,
+        rotations, softmax) is O(width) per token and left out."""
+        return linear_flops(module)
+
+
+def _is_tuple(annotation) -> bool:
+    """Whether a field's type is a tuple (or a union holding one: ``tuple[int, int] | None``)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _is_tuple(get_args(annotation)[0])
+    return origin is tuple or origin in (Union, types.UnionType) and any(_is_tuple(a) for a in get_args(annotation))
 
 
 class SpecRuleError(ValueError):
@@ -82,6 +157,11 @@ class BuildContext:
 
 def _linear(fan_in: int, fan_out: int, bias: bool) -> nn.Linear:
     return nn.Linear(fan_in, fan_out, bias=bias)
+
+
+def linear_flops(module: nn.Module) -> int:
+    """Forward FLOPs per token of every ``nn.Linear`` in ``module``: 2 per weight."""
+    return sum(2 * m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +234,7 @@ class DynamicScalingSpec(RopeScalingSpec):
 
     type: Literal["dynamic"]
     factor: PositiveFloat
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
 
     def check(self, ctx, *, rotary_dim):
         if rotary_dim < 4:
@@ -172,7 +252,7 @@ class YarnScalingSpec(RopeScalingSpec):
 
     type: Literal["yarn"]
     factor: PositiveFloat
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
     beta_fast: PositiveFloat = 32.0
     beta_slow: PositiveFloat = 1.0
     mscale: float | None = None
@@ -199,7 +279,7 @@ class LongRopeScalingSpec(RopeScalingSpec):
     short_factor: tuple[PositiveFloat, ...]
     long_factor: tuple[PositiveFloat, ...]
     factor: PositiveFloat | None = None
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
     attention_factor: PositiveFloat | None = None
 
     def check(self, ctx, *, rotary_dim):
@@ -225,7 +305,7 @@ class Llama3ScalingSpec(RopeScalingSpec):
     factor: PositiveFloat
     low_freq_factor: PositiveFloat = 1.0
     high_freq_factor: PositiveFloat = 4.0
-    original_max_positions: PositiveInt | None = None
+    original_max_positions: Length | None = None
 
     @model_validator(mode="after")
     def _factors_ordered(self):
@@ -326,7 +406,7 @@ class BucketBiasSpec(PositionSpec):
 
     kind: Literal["bucket_bias"]
     num_buckets: PositiveInt = 32
-    max_distance: PositiveInt = 128
+    max_distance: Length = 128
     bidirectional: bool = True
     segments: bool = False
 
@@ -454,6 +534,17 @@ class AttentionSpec(Strict):
         """The per-head width a rotary position scheme rotates (None: this kind has none)."""
         return getattr(self, "head_dim", None)
 
+    def flops_per_token(self, module, *, keys):
+        """The projections (the linear layers) plus each head's scores against ``keys`` keys and
+        its mix of their values, 2 * head_dim FLOPs per key for each: 4 * num_heads * head_dim *
+        keys. Every key slot the mask covers is counted (the kernels compute masked scores too).
+        A kind whose query-key and value widths differ, or that has no ``head_dim``, overrides this."""
+        head_dim = getattr(self, "head_dim", None)
+        if head_dim is None:
+            raise TypeError(f"attention kind {self.kind!r} has no head_dim to count its score FLOPs with: give "
+                            f"{type(self).__name__} a flops_per_token(module, *, keys) method")
+        return linear_flops(module) + 4 * self.num_heads * head_dim * keys
+
     @property
     def score_scale(self) -> float | None:
         """The factor on the query-key scores (None: this kind has no single one); a scaled
@@ -517,7 +608,7 @@ class GQASpec(AttentionSpec):
     #: Each token sees itself and the ``sliding_window - 1`` tokens before it, counted in cache
     #: slots (padding included), as transformers' ``sliding_window`` (Mistral; Gemma 2's local
     #: layers through ``layers``). None: every token before it.
-    sliding_window: PositiveInt | None = None
+    sliding_window: Length | None = None
     scale: PositiveFloat | None = None
     softcap: PositiveFloat | None = None
     clip_qkv: PositiveFloat | None = None
@@ -671,7 +762,7 @@ class MoESpec(MLPSpec):
     activation: Activation = "silu"
     router: RouterSpec = SoftmaxRouterSpec(kind="softmax")
     shared_expert: SharedExpertSpec | None = None
-    aux_loss_coef: NonNegativeFloat = 0.0
+    aux_loss_coef: float = Field(0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _routable(self):
@@ -690,6 +781,15 @@ class MoESpec(MLPSpec):
                                  f"({r.top_groups}) groups of {self.num_experts // r.num_groups}")
         return self
 
+    def active_parameters(self, module):
+        """All but the experts a token does not go to: the router, ``top_k`` experts, the shared expert."""
+        idle = (self.num_experts - self.top_k) * _expert_parameters(module.experts)
+        return sum(p.numel() for p in module.parameters()) - idle
+
+    def flops_per_token(self, module, *, keys):
+        """The router and shared expert (linear layers) plus ``top_k`` experts' three products."""
+        return linear_flops(module) + 2 * self.top_k * _expert_parameters(module.experts)
+
     def build(self, ctx):
         D, I, E = ctx.spec.hidden_size, self.intermediate_size, self.num_experts
         r = self.router
@@ -706,6 +806,11 @@ class MoESpec(MLPSpec):
             shared = mlp.GatedMLP(activation=self.activation, gate_up=gate_up, down=_linear(S, D, False))
             shared_gate = _linear(D, 1, False) if self.shared_expert.gated else None
         return mlp.MoE(router=router, experts=experts, shared=shared, shared_gate=shared_gate)
+
+
+def _expert_parameters(experts: mlp.Experts) -> int:
+    """Weights of one routed expert (its gate, up and down projections)."""
+    return experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -955,6 +1060,14 @@ class HeadSpec(Strict):
         """The largest batch this head can score (None: any)."""
         return None
 
+    def check_labels(self, spec: ModelSpecBase, labels: dict[str, torch.Tensor], *, batch: int,
+                     seq: int) -> dict[str, torch.Tensor]:
+        """The label arguments given to ``forward`` (``labels``, ``start_positions``...; only those
+        not None), checked for a [batch, seq] input and returned as this head's module takes them;
+        an ``InputError`` naming the argument otherwise. Class ids are checked to be in range (a
+        host sync, on calls with labels only). The default leaves them to the head's module."""
+        return labels
+
     @classmethod
     def from_hf_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """This head's spec fields from a transformers ``config.json``, read as its task head reads it."""
@@ -992,8 +1105,30 @@ class CausalLMHeadSpec(HeadSpec):
     def example_labels(self, spec, ids, generator):
         return {"labels": ids.clone()}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        return {"labels": _class_ids("labels", labels["labels"], (batch, seq), spec.vocab_size, "vocab_size")}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, seq, spec.vocab_size)}
+
+
+def _only(kind: str, labels: dict[str, torch.Tensor], *names: str) -> None:
+    """Refuse label arguments other than ``names``."""
+    others = [name for name in labels if name not in names]
+    if others:
+        verb = "do" if len(others) > 1 else "does"
+        raise InputError(f"{' and '.join(others)} {verb} not apply to head {kind!r}, which takes {' and '.join(names)}")
+
+
+def _class_ids(name: str, value, shape: tuple[int, ...], num_classes: int, bound: str) -> torch.Tensor:
+    """Class-id labels of ``shape``, each in [0, num_classes) or the ignore index, as int64
+    (cross-entropy's targets)."""
+    inputs.index_tensor(name, value, f"class ids {shape}")
+    if tuple(value.shape) != shape:
+        raise InputError(f"{name} has shape {tuple(value.shape)}; expected {shape}")
+    inputs.in_range(name, value, num_classes, bound, ignore=heads.IGNORE_INDEX)
+    return value.long()
 
 
 def _hf_num_labels(config: dict[str, Any]) -> int:
@@ -1030,6 +1165,21 @@ class SequenceClassificationHeadSpec(HeadSpec):
             return {"labels": labels.squeeze(-1) if n == 1 else labels}
         return {"labels": torch.randint(0, n, (B,), generator=generator)}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        value, n = inputs.tensor("labels", labels["labels"], "one label per row"), self.num_labels
+        # The problem the head's loss infers when problem_type is not set (as transformers does).
+        problem = self.problem_type or ("regression" if n == 1 else "single_label_classification"
+                                        if value.dtype in inputs.INDEX_DTYPES else "multi_label_classification")
+        if problem == "single_label_classification":
+            return {"labels": _class_ids("labels", value, (batch,), n, "num_labels")}
+        shape = (batch,) if problem == "regression" and n == 1 else (batch, n)
+        if not value.is_floating_point():
+            raise InputError(f"labels for {problem} (num_labels={n}) must be floats, got {value.dtype}")
+        if tuple(value.shape) != shape:
+            raise InputError(f"labels for {problem} (num_labels={n}) has shape {tuple(value.shape)}; expected {shape}")
+        return {"labels": value}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, self.num_labels)}
 
@@ -1059,6 +1209,10 @@ class TokenClassificationHeadSpec(HeadSpec):
     def example_labels(self, spec, ids, generator):
         return {"labels": torch.randint(0, self.num_labels, ids.shape, generator=generator)}
 
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "labels")
+        return {"labels": _class_ids("labels", labels["labels"], (batch, seq), self.num_labels, "num_labels")}
+
     def output_shapes(self, spec, batch, seq):
         return {"logits": (batch, seq, self.num_labels)}
 
@@ -1087,6 +1241,16 @@ class QuestionAnsweringHeadSpec(HeadSpec):
         B, S = ids.shape
         start = torch.randint(0, S, (B,), generator=generator)
         return {"start_positions": start, "end_positions": torch.minimum(start + 1, torch.tensor(S - 1))}
+
+    def check_labels(self, spec, labels, *, batch, seq):
+        _only(self.kind, labels, "start_positions", "end_positions")
+        # One of the two alone gives no loss, and positions outside the sequence are ignored by the
+        # loss: both as transformers, so neither is refused.
+        for name, value in labels.items():
+            inputs.index_tensor(name, value, f"a token position per row, [{batch}]")
+            if tuple(value.shape) != (batch,):
+                raise InputError(f"{name} has shape {tuple(value.shape)}; expected ({batch},), a position per row")
+        return {name: value.long() for name, value in labels.items()}
 
     def output_shapes(self, spec, batch, seq):
         return {"start_logits": (batch, seq), "end_logits": (batch, seq)}
@@ -1185,10 +1349,10 @@ class ModelSpecBase(Strict):
 
     name: str
     family: str | None = None
-    vocab_size: PositiveInt
+    vocab_size: Length
     hidden_size: PositiveInt
-    num_layers: PositiveInt
-    max_positions: PositiveInt
+    num_layers: LayerCount
+    max_positions: Length
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
@@ -1230,9 +1394,14 @@ class ModelSpecBase(Strict):
             raise ValueError(f"heads lists a kind more than once: {kinds}")
         for head in self.heads:
             head.check(ctx)
-        for bound, value in (("pad_token_id", self.pad_token_id), ("bos_token_id", self.bos_token_id)):
+        ids = [(("pad_token_id",), self.pad_token_id), (("bos_token_id",), self.bos_token_id)]
+        eos = self.eos_token_id
+        ids += [(("eos_token_id",), eos)] if not isinstance(eos, list) else \
+            [(("eos_token_id", i), value) for i, value in enumerate(eos)]
+        for loc, value in ids:
             if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(f"{bound} ({value}) must be in [0, vocab_size={self.vocab_size})")
+                raise SpecRuleError(loc, f"token id {value} is not in the vocabulary: ids are 0 to vocab_size - 1 "
+                                         f"= {self.vocab_size - 1}")
         return self
 
     def _resolve_layers(self, given: dict[str, dict]) -> tuple[LayerSpec, ...]:

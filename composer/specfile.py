@@ -8,9 +8,11 @@ came from, in the extending file or in the one it extends."""
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +27,16 @@ from archcomposer.registry import get_registry
 from archcomposer.spec import ModelSpecBase, SpecRuleError
 
 SpecLike = ModelSpecBase | dict | str | os.PathLike
+
+#: Nesting deeper than this is refused (a spec nests about 7 deep; Python's own recursion would
+#: fail somewhere past a few hundred).
+MAX_DEPTH = 32
+#: More values than this, counted as the models see them (a YAML alias counted each time it is
+#: used), are refused: a spec holds a few hundred, and a few aliases nested can stand for billions.
+MAX_VALUES = 100_000
+#: Integers torch holds: anything beyond cannot be a size, an index or an id.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 #: The key of a spec file that names the spec it starts from.
 EXTENDS = "extends"
@@ -109,19 +121,6 @@ def _spec_data(source: SpecLike) -> tuple[dict, Source, Path | None]:
     return data, origin, path
 
 
-def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
-    """The data of a YAML file and its node tree (which knows the lines)."""
-    text = path.read_text()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SpecError(f"{where}: not valid YAML: {exc}") from None
-    return data, node
-
-
 def read_spec_file(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, Source]:
     """A spec file's data with the spec it ``extends`` merged under it, and where each value was
     written. ``chain``: the files that extend this one, to catch a cycle."""
@@ -187,6 +186,7 @@ def validate_spec(data: dict[str, Any], *, path: Path | None = None,
     was written, for errors that name a file and line."""
     if isinstance(node, yaml.Node):
         node = Source.of_node(node, path) if path is not None else None
+    _check_values(data, path, node)
     try:
         spec = get_registry().spec_class().model_validate(data)
     except ValidationError as exc:
@@ -299,6 +299,169 @@ def _dotted(loc) -> str:
     return out
 
 
+_reprs = reprlib.Repr()  # abbreviates as it goes: a huge value is never written out whole
+_reprs.maxlevel, _reprs.maxstring, _reprs.maxlong, _reprs.maxother = 3, 80, 80, 80
+_reprs.maxlist = _reprs.maxtuple = _reprs.maxdict = _reprs.maxset = 8
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = _reprs.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# reading a YAML file
+
+
+def read_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The data of a YAML file and its node tree (for line numbers; None for an empty file), or a
+    ``SpecError`` naming the file and the line: for bytes that are not UTF-8 (UTF-16 and UTF-32
+    are read when a byte-order mark says so, as YAML allows), YAML syntax, a key given twice in one
+    mapping, nesting beyond MAX_DEPTH, and aliases that expand the document beyond MAX_VALUES
+    values or into itself. Plain YAML 1.1 otherwise (the safe loader), except that ``1e-5`` is a
+    float, as in YAML 1.2 and JSON, rather than a string."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    text = _decode(raw, path)
+    try:
+        loader = _SpecLoader(text, path)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (a control character)
+        line = text.count("\n", 0, exc.position) + 1
+        raise SpecError(f"{path}:{line}: not valid YAML: character U+{exc.character:04X} is not allowed in YAML "
+                        f"text") from None
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node, path)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SpecError(f"{where}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return data, node
+
+
+_BOMS = [(codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")]  # UTF-32 LE's starts as UTF-16 LE's
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    bom, encoding = next(((bom, name) for bom, name in _BOMS if raw.startswith(bom)), (b"", "utf-8"))
+    try:
+        text = raw[len(bom):].decode(encoding)
+    except UnicodeDecodeError as exc:
+        at = len(bom) + exc.start
+        line = raw[len(bom):at].decode(encoding, errors="replace").count("\n") + 1
+        raise SpecError(f"{path}:{line}: byte {at} (0x{raw[at]:02x}) is not {encoding.upper()} text ({exc.reason}); "
+                        f"save the spec as UTF-8") from None
+    if "\0" in text:  # valid UTF-8, but in no text: UTF-16 written without a byte-order mark
+        at = text.index("\0")
+        raise SpecError(f"{path}:{text.count(chr(10), 0, at) + 1}: byte {len(bom) + len(text[:at].encode(encoding))} "
+                        f"is a NUL character; is the file UTF-16 without a byte-order mark? Save the spec as UTF-8")
+    return text
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader, refusing duplicate keys and nesting beyond MAX_DEPTH while it reads."""
+
+    def __init__(self, text: str, path: Path):
+        super().__init__(text)
+        self.name = str(path)  # YAML's own messages name the file
+        self.path = path
+        self.depth = 0
+
+    def compose_node(self, parent, index):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:  # PyYAML composes recursively: refuse before Python's stack runs out
+                raise SpecError(f"{self.path}:{self.peek_event().start_mark.line + 1}: nested more than {MAX_DEPTH} "
+                                f"deep; a spec nests a few levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the safe loader refuses it next
+                continue
+            if seen is not key_node:
+                raise SpecError(f"{self.path}:{key_node.start_mark.line + 1}: key {_short(key)} is given twice in "
+                                f"one mapping (first at line {seen.start_mark.line + 1}); give each key once")
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's floats with an exponent and no dot (``1e-5``), which YAML 1.1 reads as strings.
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Refuse a document that its aliases (``*name``, repeating what ``&name`` anchors) expand
+    beyond MAX_VALUES values or MAX_DEPTH levels, or into itself; measured on the node graph, in
+    which an alias is the anchored node itself, so without expanding anything."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, levels) of its expansion
+    open_nodes: set[int] = set()
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        line = node.start_mark.line + 1
+        if id(node) in open_nodes:
+            raise SpecError(f"{path}:{line}: an alias refers to a value that contains it; a spec is a tree")
+        if id(node) not in measured:
+            if depth > MAX_DEPTH:
+                raise SpecError(f"{path}:{line}: nested more than {MAX_DEPTH} deep once its aliases are expanded")
+            open_nodes.add(id(node))
+            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+                node.value if isinstance(node, yaml.SequenceNode) else []
+            values, levels = 1, 1
+            for child in children:
+                child_values, child_levels = measure(child, depth + 1)
+                values, levels = values + child_values, max(levels, child_levels + 1)
+                if values > MAX_VALUES:
+                    raise SpecError(f"{path}:{line}: this value holds more than {MAX_VALUES:,} values once its "
+                                    f"aliases are expanded; a spec holds a few hundred")
+            open_nodes.discard(id(node))
+            measured[id(node)] = values, levels
+        values, levels = measured[id(node)]
+        if depth + levels - 1 > MAX_DEPTH:
+            raise SpecError(f"{path}:{line}: nested more than {MAX_DEPTH} deep once its aliases are expanded")
+        return values, levels
+
+    measure(root, 1)
+
+
+def _check_values(data: Any, path: Path | None, node: Source | None) -> None:
+    """Refuse, before the models see it, what they cannot be trusted with: nesting beyond
+    MAX_DEPTH, more than MAX_VALUES values (a shared object counted each time it is reached),
+    and integers beyond int64, which no field can use."""
+    def where(loc: tuple) -> str:
+        written = node.at(loc).where if node is not None else None
+        line = f"{written}: " if written else f"{path}: " if path is not None else ""
+        field = _dotted(loc) if len(loc) <= 8 else _dotted(loc[:6]) + "..."
+        return f"{line}{field + ': ' if loc else ''}"
+
+    stack, count = [(data, ())], 0
+    while stack:
+        value, loc = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(f"{where(())}the spec holds more than {MAX_VALUES:,} values; a spec holds a few hundred")
+        if len(loc) >= MAX_DEPTH:  # the spec's own mapping is the first level, as in read_yaml
+            raise SpecError(f"{where(loc[:MAX_DEPTH])}nested more than {MAX_DEPTH} deep; a spec nests a few levels")
+        if isinstance(value, dict):
+            stack.extend((v, (*loc, k)) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(value))
+        elif type(value) is int and not INT64_MIN <= value <= INT64_MAX:
+            raise SpecError(f"{where(loc)}{value:,} does not fit in 64 bits (torch's integers, at most "
+                            f"{INT64_MAX:,}); no size, index or id can be that large")

@@ -20,7 +20,7 @@ import transformers
 from hypothesis import given
 from hypothesis import strategies as st
 
-from archcomposer import CacheError, DynamicCache, StaticCache, build_model, load_spec
+from archcomposer import CacheError, DynamicCache, InputError, StaticCache, build_model, load_spec
 from archcomposer.plugins.mistral import TABLE as MISTRAL
 from tests.plugins.parity import Inputs, build_reference
 from tests.strategies import POSITIONS, spec_dicts
@@ -184,6 +184,29 @@ def test_static_cache_counts_the_prompt_tokens():
     model = build_model("tiny-cpm-ant", seed=0)  # 3 prompt tokens
     with pytest.raises(CacheError, match=r"holds 4 tokens but this step needs 5"):
         model(torch.tensor([[5, 6]]), past_key_values=StaticCache(max_length=4))
+
+
+def test_a_cache_belongs_to_the_model_that_filled_it():
+    glm, bloom = build_model("tiny-glm-4", seed=0), build_model("tiny-bloom", seed=0)
+    spec = load_spec("tiny-glm-4").to_dict()
+    deeper = build_model({**spec, "num_layers": 3}, seed=0)
+    ids = torch.tensor([[5, 6, 7]])
+    with pytest.raises(CacheError, match=r"past_key_values holds 3 layers but this model has 2"):
+        glm(ids, past_key_values=deeper(ids).past_key_values)
+    with pytest.raises(CacheError, match=r"past_key_values holds keys of batch 1, 5 heads of size 8, torch.float32 "
+                                         r"on cpu at layer 0, but this model gives batch 1, 2 heads of size 16"):
+        glm(ids, past_key_values=bloom(ids).past_key_values)
+    with pytest.raises(CacheError, match=r"past_key_values holds 1 batch rows but the input has 2"):
+        glm(ids.repeat(2, 1), past_key_values=glm(ids).past_key_values)
+    with pytest.raises(CacheError, match=r"past_key_values holds 3 tokens but no segment for them"):
+        build_model("tiny-cpm-ant", seed=0)(ids, past_key_values=glm(ids).past_key_values)
+    legacy = tuple((torch.zeros(1, 2, 3, 16), torch.zeros(1, 2, 3, 16)) for _ in range(2))
+    with pytest.raises(CacheError, match=r"past_key_values must be an archcomposer cache, DynamicCache\(\) or "
+                                         r"StaticCache\(max_length=...\), got tuple; transformers' caches and legacy"):
+        glm(ids, past_key_values=legacy)
+    with pytest.raises(InputError, match=r"attention_mask has shape \(1, 2\); expected \(1, 4\): one entry per "
+                                         r"token, the 3 in past_key_values and the 1 of this step"):
+        glm(torch.tensor([[8]]), attention_mask=torch.ones(1, 2), past_key_values=glm(ids).past_key_values)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def test_summary_of_named_specs_in_float32(capsys):
     assert main(["summary", "tiny-bloom", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
     count = build_model("tiny-bloom", device="meta").num_parameters()
-    assert "weights (float32)" in out and f"{count:,}" in out and "bloom-560m" not in out
+    assert "float32" in out.splitlines()[1] and f"{count:,}" in out and "bloom-560m" not in out
 
 
 def test_generate_prints_the_tokens_generate_returns(capsys):
@@ -565,3 +565,74 @@ def test_generate_prompt_without_a_tokenizer_names_what_is_missing(text_checkpoi
         main(["generate", "tiny-glm-4", "--chat"])
     assert info.value.code == 2
     assert "--chat applies the chat template to --prompt text" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# summary SPEC: the detailed breakdown (the numbers themselves: tests/composer/test_summary.py)
+
+
+def test_summary_breaks_a_spec_down_by_block_with_flops_and_memory(capsys):
+    import torch
+
+    from archcomposer.summary import format_summary, summarize
+
+    assert main(["summary", "tiny-glm-4", "--batch", "2", "--length", "12", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out
+    s = summarize("tiny-glm-4", batch=2, length=12, dtype=torch.float32)
+    lines = out.splitlines()
+    assert lines[0] == "tiny-glm-4 (family glm-4): partial_rope | gqa 4/2h | rmsnorm | gated | causal_lm"
+    assert lines[1] == "at batch 2, length 12, float32"
+    table = {line.split()[0]: line.split() for line in lines[3:11]}
+    assert list(table) == ["block", "embedding", "position", "attention", "mlp", "norm", "head", "---------"]
+    attention = next(b for b in s.blocks if b.section == "attention")
+    assert table["attention"][:3] == ["attention", "gqa", f"{attention.parameters:,}"]
+    total = next(line for line in lines if line.startswith("total"))
+    assert f"{s.parameters:,}" in total and f"{s.forward_flops_per_token / 1e3:.2f} KFLOP" in total
+    assert f"training {s.training_flops_per_token / 1e3:.2f} KFLOP (3 x forward)" in out
+    assert next(line for line in lines if line.startswith("activations")).split()[1:3] == \
+        f"{s.activation_bytes / 1024:.2f} KiB".split()
+    assert out == format_summary(s, "partial_rope | gqa 4/2h | rmsnorm | gated | causal_lm") + "\n"
+
+
+def test_explain_is_summary(capsys):
+    assert main(["explain", "tiny-phi3", "--length", "8"]) == 0
+    explained = capsys.readouterr().out
+    assert main(["summary", "tiny-phi3", "--length", "8"]) == 0
+    assert capsys.readouterr().out == explained
+    assert explained.splitlines()[1] == "at batch 1, length 8, bfloat16"
+
+
+def test_summary_json_has_every_number_for_scripts(capsys):
+    import torch
+
+    from archcomposer.summary import summarize
+
+    assert main(["summary", "tiny-gemma-2", "tiny-opt", "--json", "--batch", "3", "--length", "16"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [d["name"] for d in data] == ["tiny-gemma-2", "tiny-opt"]
+    expected = summarize("tiny-gemma-2", batch=3, length=16, dtype=torch.bfloat16).to_dict()
+    assert data[0] == json.loads(json.dumps(expected))
+    assert {b["section"] for b in data[0]["blocks"]} == {"embedding", "position", "attention", "mlp", "norm", "head"}
+    assert data[0]["kv_cache_bytes"] < data[0]["static_kv_cache_bytes"]  # Gemma 2's sliding layers keep 7 tokens
+    assert data[1]["training_flops_per_token"] == 3 * data[1]["forward_flops_per_token"]
+
+
+def test_summary_of_a_checkpoint_directory(capsys, tmp_path):
+    path = tmp_path / "tiny-starcoder2"  # a Hugging Face checkpoint's spec is named after its directory
+    build_model("tiny-starcoder2", seed=0).save_pretrained(path, format="hf")
+    assert main(["summary", str(path), "--length", "8"]) == 0
+    by_path = capsys.readouterr().out
+    assert main(["summary", "tiny-starcoder2", "--length", "8"]) == 0
+    assert by_path == capsys.readouterr().out
+
+
+def test_summary_refuses_sizes_it_cannot_describe(capsys):
+    for argv, message in [(["summary", "--length", "64"], "--batch and --length size the detailed breakdown of "
+                                                          "the specs you name"),
+                          (["summary", "tiny-glm-4", "--batch", "0"], "argument --batch: 0 is out of range")]:
+        with pytest.raises(SystemExit) as info:  # misuse
+            main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err
+    assert main(["summary", "tiny-glm-4", "--length", "300"]) == 1  # a length this spec does not have
+    assert capsys.readouterr().err == ("archcomposer: error: length must be a whole number from 1 to the spec's "
+                                       "max_positions (256), got 300\n")

@@ -167,12 +167,19 @@ def test_zero_new_tokens_returns_the_prompt():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"max_new_tokens": -1}, r"max_new_tokens must be >= 0, got -1"),
+    ({"max_new_tokens": -1}, r"max_new_tokens must be an integer >= 0, got -1 \(int\)"),
+    ({"max_new_tokens": 2.5}, r"max_new_tokens must be an integer >= 0, got 2.5 \(float\)"),
     ({"do_sample": True, "temperature": 0.0}, r"temperature must be > 0 when sampling, got 0.0"),
-    ({"do_sample": True, "top_k": 0}, r"top_k must be >= 1 \(or None for no top-k filtering\), got 0"),
-    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
-    ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
-    ({"cache": "paged"}, r"cache must be 'dynamic' or 'static', got 'paged'"),
+    ({"temperature": float("nan")}, r"temperature must be a number in \[0, inf\), got nan"),
+    ({"do_sample": True, "top_k": 0}, r"top_k must be an integer >= 1, got 0 \(int\)"),
+    ({"top_p": 0.0}, r"top_p must be a number in \(0, 1\], got 0.0"),
+    ({"top_p": 1.5}, r"top_p must be a number in \(0, 1\], got 1.5"),
+    ({"cache": "paged"}, r"cache must be 'dynamic' or 'static', got 'paged' \(str\)"),
+    ({"cache": "static", "max_new_tokens": 10**12}, r"cache='static' preallocates a slot per token: 2 of the prompt "
+                                                    r"\+ max_new_tokens=1000000000000 = 1000000000002, more than the "
+                                                    r"256 positions this model supports \(max_positions\)"),
+    ({"pad_token_id": 256}, r"pad_token_id must be a token id in \[0, vocab_size=256\), got 256 \(int\)"),
+    ({"eos_token_id": [2, -1]}, r"eos_token_id must be a token id, or a list of them, in \[0, vocab_size=256\)"),
 ])
 def test_bad_arguments_raise_input_error(kwargs, message):
     model = build_model("tiny-glm-4", seed=0)

@@ -419,6 +419,22 @@ def glm():
     ({"inputs_embeds": torch.zeros(1, 2, 63)}, r"inputs_embeds must be \[batch, seq, hidden_size=64\], got shape \(1, 2, 63\)"),
     ({"input_ids": torch.tensor([[1, 2]]), "labels": torch.tensor([[1, 2]]), "logits_to_keep": 1},
      "labels need the logits of every position"),
+    ({"input_ids": torch.tensor([[1, 2]], dtype=torch.uint8)},
+     r"input_ids must hold integers of dtype torch.int64 \(or torch.int32\), got torch.uint8; convert with "
+     r"input_ids.long\(\)"),
+    ({"input_ids": [[1, 2]]},
+     r"input_ids must be a torch.Tensor \(token ids \[batch, seq\]\), got \[\[1, 2\]\] \(list\)"),
+    ({"input_ids": torch.tensor([[1, 2]]), "position_ids": torch.tensor([[0, 1, 2]])},
+     r"position_ids has shape \(1, 3\); expected \(1, 2\): one position per input token"),
+    ({"input_ids": torch.tensor([[1, 2]]), "labels": torch.tensor([[-100, 300]])},
+     r"labels must lie in \[0, vocab_size=256\) or be the ignore index -100, got values in \[300, 300\]"),
+    ({"input_ids": torch.tensor([[1, 2]]), "logits_to_keep": -1},
+     r"logits_to_keep must be an int >= 0 \(keep the last N positions; 0: all\) or a 1-D tensor of positions, "
+     r"got -1 \(int\)"),
+    ({"input_ids": torch.tensor([[1, 2]]), "logits_to_keep": torch.tensor([2])},
+     r"logits_to_keep must lie in \[-2, the input's length=2\), got values in \[2, 2\]"),
+    ({"inputs_embeds": torch.zeros(1, 2, 64, dtype=torch.float64)},
+     r"inputs_embeds has dtype torch.float64; expected torch.float32, the model's"),
 ])
 def test_bad_arguments_raise_input_error(glm, kwargs, message):
     with pytest.raises(InputError, match=message):

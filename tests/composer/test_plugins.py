@@ -556,15 +556,15 @@ def test_blocks_command_lists_every_kind_with_parameters_and_source(capsys):
         {"name": "scaling", "type": "{type: 'linear' | 'dynamic' | 'yarn' | 'longrope' | 'llama3'} | None",
          "required": False, "default": None}]
     gqa = {p["name"]: p for p in by_kind["attention", "gqa"]["parameters"]}
-    assert gqa["num_heads"] == {"name": "num_heads", "type": "int (> 0)", "required": True, "default": None}
+    assert gqa["num_heads"] == {"name": "num_heads", "type": "int (> 0, <= 524288)", "required": True, "default": None}
     wiring = {p["name"]: p for p in by_kind["wiring", "pre_norm"]["parameters"]}
     assert wiring["residual_from_norm"] == {"name": "residual_from_norm", "type": "bool", "required": False,
                                             "default": False}
-    assert gqa["num_kv_heads"]["type"] == "int (> 0) | None"
+    assert gqa["num_kv_heads"]["type"] == "int (> 0, <= 524288) | None"
     assert by_kind["scale", "constant"]["source"] == "plugin 'scaling' (registered in-process)"
     assert "scale (spec field `scale`)" in text and "head (spec field `heads`)" in text
     assert re.search(r"^      theta +float \(> 0\) += 10000.0$", text, re.M)
-    assert re.search(r"^      num_heads +int \(> 0\) +required$", text, re.M)  # columns as wide as the longest field
+    assert re.search(r"^      num_heads +int \(> 0, <= 524288\) +required$", text, re.M)  # columns as wide as the longest field
     assert main(["blocks", "mlp"]) == 0
     assert "gated" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:  # a usage error, as an argparse choice would be

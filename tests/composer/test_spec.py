@@ -204,7 +204,7 @@ def test_a_yaml_file_round_trips(tmp_path):
     (changed(mlp={"activation": "swish"}), r"mlp\.activation: Input should be 'silu', 'gelu', 'gelu_tanh' or "
                                              r"'relu' \(got 'swish'\)"),
     (changed(heads=[{"kind": "causal_lm"}, {"kind": "causal_lm"}]), r"heads lists a kind more than once"),
-    (changed(pad_token_id=32), r"pad_token_id \(32\) must be in \[0, vocab_size=32\)"),
+    (changed(pad_token_id=32), r"pad_token_id: token id 32 is not in the vocabulary: ids are 0 to vocab_size - 1 = 31"),
     (changed(hidden_size=0), r"hidden_size: Input should be greater than 0 \(got 0\)"),
     (changed(family="no-such-family"), r"family: unknown family 'no-such-family'; registered families: .*glm-4"),
     ({k: v for k, v in BASE.items() if k != "norm"}, r"\n  norm: Field required"),
