@@ -9,8 +9,8 @@ is faster.
     python benchmarks/bench_moe.py [--hidden 1024] [--intermediate 3584] [--layers 2] [--batch 8] [--seq 512]
                                    [--device cuda] [--dtype bfloat16]
 
-Needs the test extra (transformers); nothing is downloaded. Timings are medians of --repeats runs
-after one warm-up (synchronised on CUDA)."""
+Needs the test extra (transformers); nothing is downloaded. Timings are medians of --repeats runs,
+ours and theirs alternately, after one warm-up each (synchronised on CUDA)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ import time
 import torch
 
 
-def median_seconds(fn, repeats: int, device: torch.device) -> float:
-    def timed():
+def median_seconds(ours, theirs, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of each, timed alternately (so a machine that slows down mid-run slows both)."""
+    def timed(fn):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -32,8 +33,9 @@ def median_seconds(fn, repeats: int, device: torch.device) -> float:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    timed()  # warm-up
-    return statistics.median(timed() for _ in range(repeats))
+    timed(ours), timed(theirs)  # warm-up
+    pairs = [(timed(ours), timed(theirs)) for _ in range(repeats)]
+    return statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs)
 
 
 def mixtral_config(args):
@@ -69,8 +71,8 @@ def bench_block(args, device, dtype) -> tuple[float, float, float]:
     x = torch.randn(args.batch, args.seq, args.hidden, device=device, dtype=dtype)
     diff = (ours(x).float() - theirs(x).float()).abs().max().item()
     tokens = args.batch * args.seq
-    return (tokens / median_seconds(lambda: ours(x), args.repeats, device),
-            tokens / median_seconds(lambda: theirs(x), args.repeats, device), diff)
+    mine, reference = median_seconds(lambda: ours(x), lambda: theirs(x), args.repeats, device)
+    return tokens / mine, tokens / reference, diff
 
 
 @torch.no_grad()
@@ -88,8 +90,9 @@ def bench_model(args, device, dtype) -> tuple[float, float]:
     reference = reference.to(device, dtype)
     ids = torch.randint(0, 4096, (args.batch, args.seq), device=device)
     tokens = args.batch * args.seq
-    return (tokens / median_seconds(lambda: ours(ids, use_cache=False), args.repeats, device),
-            tokens / median_seconds(lambda: reference(ids, use_cache=False), args.repeats, device))
+    mine, theirs = median_seconds(lambda: ours(ids, use_cache=False), lambda: reference(ids, use_cache=False),
+                                  args.repeats, device)
+    return tokens / mine, tokens / theirs
 
 
 def main(argv=None):

@@ -112,7 +112,7 @@ class Experts(nn.Module):
         flat = experts.flatten()  # [N*k]
         order = flat.argsort(stable=True)  # [N*k]: assignments grouped by expert
         token = order // k  # [N*k]: the token of each sorted assignment
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()  # a host sync
         routed = x[token]  # [N*k, D]
         out = []
         for e, chunk in enumerate(routed.split(counts)):
