@@ -1,5 +1,5 @@
-"""Grouped-query self-attention: MHA (num_kv_heads == num_heads), GQA and MQA (num_kv_heads == 1)
-are all this one block."""
+"""Self-attention blocks. Grouped-query attention: MHA (num_kv_heads == num_heads), GQA and MQA
+(num_kv_heads == 1) are all one block; multi-head latent attention (DeepSeek-V2/V3) is the other."""
 
 from collections.abc import Callable
 
@@ -63,6 +63,64 @@ class Attention(nn.Module):
         return self.out(y), weights if need_weights else None
 
 
+class LowRank(nn.Module):
+    """``up(norm(down(x)))``: a projection through a normalised bottleneck (DeepSeek's q_lora_rank)."""
+
+    def __init__(self, *, down: nn.Linear, norm: nn.Module, up: nn.Linear):
+        super().__init__()
+        self.down, self.norm, self.up = down, norm, up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.norm(self.down(x)))
+
+
+class LatentAttention(nn.Module):
+    """Multi-head latent attention (DeepSeek-V2, DeepSeek-V3): keys and values are expanded from a
+    per-token latent, and the cache holds that latent instead of per-head keys and values.
+
+    ``q`` maps [B, S, D] to queries [B, S, H*(Dn+Dr)] (a plain linear, or ``LowRank``). ``kv_down``
+    maps [B, S, D] to the latent [R] and one rotary key [Dr] shared by all heads; ``kv_norm``
+    normalises the latent; ``kv_up`` expands it to each head's unrotated key [Dn] and value [Dv].
+    Only the last Dr channels of queries and keys are rotated (``rotate`` from the position scheme,
+    built for Dr channels). The cache stores the normalised latent [B, 1, S, R] as keys and the
+    rotated shared key [B, 1, S, Dr] as values, as transformers' DeepseekV3Attention does."""
+
+    def __init__(self, *, num_heads: int, qk_nope_head_dim: int, qk_rope_head_dim: int, v_head_dim: int,
+                 kv_lora_rank: int, q: nn.Module, kv_down: nn.Linear, kv_norm: nn.Module, kv_up: nn.Linear,
+                 out: nn.Linear, scale: float, dropout: float = 0.0, layer_idx: int = 0):
+        super().__init__()
+        self.num_heads, self.kv_lora_rank = num_heads, kv_lora_rank
+        self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
+        self.q, self.kv_down, self.kv_norm, self.kv_up, self.out = q, kv_down, kv_norm, kv_up, out
+        self.scale, self.dropout, self.layer_idx = scale, dropout, layer_idx
+
+    def forward(self, x: torch.Tensor, *, rotate: Callable[[torch.Tensor], torch.Tensor],
+                scores_bias: torch.Tensor, cache=None, start: int = 0,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As ``Attention.forward``."""
+        H, Dn, Dr, Dv = self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim
+        q = rearrange(self.q(x), "b s (h d) -> b h s d", h=H)  # [B, H, S, Dn+Dr]
+        q_pass, q_rot = q.split([Dn, Dr], dim=-1)  # [B, H, S, Dn], [B, H, S, Dr]
+        q = torch.cat((q_pass, rotate(q_rot)), dim=-1)  # [B, H, S, Dn+Dr]
+        latent, k_rot = self.kv_down(x).split([self.kv_lora_rank, Dr], dim=-1)  # [B, S, R], [B, S, Dr]
+        latent = self.kv_norm(latent)[:, None]  # [B, 1, S, R]
+        k_rot = rotate(k_rot[:, None])  # [B, 1, S, Dr]
+        if cache is not None:
+            latent, k_rot = cache.update(self.layer_idx, latent, k_rot, start)  # [B, 1, K, R], [B, 1, K, Dr]
+        kv = rearrange(self.kv_up(latent[:, 0]), "b k (h d) -> b h k d", h=H)  # [B, H, K, Dn+Dv]
+        k_pass, v = kv.split([Dn, Dv], dim=-1)  # [B, H, K, Dn], [B, H, K, Dv]
+        k = torch.cat((k_pass, k_rot.expand(-1, H, -1, -1)), dim=-1)  # [B, H, K, Dn+Dr]
+        dropout = self.dropout if self.training else 0.0
+        if need_weights:
+            y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, _uncapped)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
+                                               scale=self.scale)  # [B, H, S, Dv]
+            weights = None
+        y = rearrange(y, "b h s d -> b s (h d)")  # [B, S, H*Dv]
+        return self.out(y), weights
+
+
 class SoftCap(nn.Module):
     """``tanh(x / cap) * cap``: Gemma 2's soft-capping of attention scores and of the final logits."""
 
@@ -77,6 +135,10 @@ class SoftCap(nn.Module):
         return f"cap={self.cap}"
 
 
+def _uncapped(scores: torch.Tensor) -> torch.Tensor:
+    return scores
+
+
 def _attention_with_weights(q, k, v, scores_bias, scale, dropout, cap):
     """The explicit computation, for callers that asked to see the attention probabilities and for
     capped scores. ``cap`` maps the scaled scores before the bias is added."""
@@ -84,5 +146,5 @@ def _attention_with_weights(q, k, v, scores_bias, scale, dropout, cap):
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # [B, H, K, Dh]
     scores = cap(torch.matmul(q, k.transpose(-1, -2)) * scale) + scores_bias  # [B, H, S, K]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, S, K]
-    y = torch.matmul(F.dropout(weights, p=dropout), v)  # [B, H, S, Dh]
+    y = torch.matmul(F.dropout(weights, p=dropout), v)  # [B, H, S, Dv]
     return y, weights

@@ -1,6 +1,7 @@
 """Key/value caches. A cache is handed to every attention layer, which calls
 ``update(layer_idx, k, v, start, window=...)`` with this step's keys and values and gets back the
-keys it attends to: those the cache kept, then this step's. ``key_slots`` says which cache slots
+keys it attends to: those the cache kept, then this step's. (Multi-head latent attention stores its
+latent [B, 1, S, R] as keys and its shared rotary key [B, 1, S, Dr] as values, as transformers does.) ``key_slots`` says which cache slots
 those are, so the model builds the mask (and slices position records) to match. A layer with a
 sliding ``window`` only ever needs the ``window - 1`` tokens before each query; the dynamic cache
 keeps only those for it.
@@ -145,9 +146,9 @@ class StaticCache(_Cache):
         """Write this step's ``k``, ``v`` [B, Hkv, s, Dh] at slots ``start...``; returns all
         ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
         if layer_idx == len(self.keys):
-            shape = (*k.shape[:2], self.max_length, k.shape[-1])
-            self.keys.append(self._zeros(k, shape, f"layer {layer_idx}'s keys"))
-            self.values.append(self._zeros(v, shape, f"layer {layer_idx}'s values"))
+            self.keys.append(self._zeros(k, (*k.shape[:2], self.max_length, k.shape[-1]), f"layer {layer_idx}'s keys"))
+            self.values.append(self._zeros(v, (*v.shape[:2], self.max_length, v.shape[-1]),  # widths may differ (MLA)
+                                           f"layer {layer_idx}'s values"))
         else:
             self._check_layer(layer_idx, k)
         end = start + k.shape[-2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numbers
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from archcomposer.errors import InputError
 
@@ -55,7 +56,9 @@ def mask_tensor(name: str, value, shape: tuple[int, ...], expected: str) -> torc
 def in_range(name: str, value: torch.Tensor, high: int, bound: str, *, low: int = 0,
              ignore: int | None = None) -> None:
     """Refuse values of ``value`` outside [low, high) (other than ``ignore``). Reads the values:
-    a host sync."""
+    a host sync. Tensors without values (meta, or fake while tracing shapes) pass."""
+    if value.is_meta or is_fake(value):
+        return
     outside = (value < low) | (value >= high)  # [...]
     if ignore is not None:
         outside &= value != ignore

@@ -16,6 +16,7 @@ changes them for some layers); ``norm`` also builds the final norm and any embed
 
 from __future__ import annotations
 
+import math
 import types
 from abc import abstractmethod
 from dataclasses import dataclass
@@ -672,6 +673,83 @@ class GQASpec(AttentionSpec):
         return 2 * self.num_kv_heads * self.head_dim * dtype_bytes
 
 
+def deepseek_yarn_mscale(scaling: RopeScalingSpec | None) -> float:
+    """DeepSeek's YaRN ``mscale``, which multiplies the score scale twice: ``0.1 * mscale_all_dim *
+    ln(factor) + 1`` for a ``yarn`` scaling with ``mscale_all_dim`` and ``factor`` > 1, else 1
+    (transformers' ``yarn_apply_mscale`` in modeling_deepseek_v3)."""
+    if not isinstance(scaling, YarnScalingSpec) or not scaling.mscale_all_dim or scaling.factor <= 1:
+        return 1.0
+    return 0.1 * scaling.mscale_all_dim * math.log(scaling.factor) + 1.0
+
+
+class MLASpec(AttentionSpec):
+    """Multi-head latent attention (DeepSeek-V2, DeepSeek-V3). Each head's query and key are
+    ``qk_nope_head_dim`` unrotated channels followed by ``qk_rope_head_dim`` rotated ones (the
+    position scheme rotates those: its head_dim is ``qk_rope_head_dim``); values have ``v_head_dim``.
+    Keys and values are expanded from a ``kv_lora_rank`` latent normalised by an RMSNorm (eps
+    ``latent_norm_eps``); the rotated key part is one per token, shared by the heads. The cache holds
+    the latent and that key: ``kv_lora_rank + qk_rope_head_dim`` values per token and layer.
+
+    ``q_lora_rank``: queries through a normalised bottleneck of this width (DeepSeek-V2/V3); None: one
+    linear projection (DeepSeek-V2-Lite). ``bias``: biases on the bottleneck projections and the
+    output (transformers' ``attention_bias``). ``scale``: the factor on the scores; left out,
+    ``(qk_nope_head_dim + qk_rope_head_dim)**-0.5``, multiplied twice by DeepSeek's YaRN mscale when
+    the layer's position has a ``yarn`` scaling with ``mscale_all_dim`` (see ``deepseek_yarn_mscale``)."""
+
+    kind: Literal["mla"]
+    q_lora_rank: PositiveInt | None = None
+    kv_lora_rank: PositiveInt
+    qk_nope_head_dim: PositiveInt
+    qk_rope_head_dim: PositiveInt
+    v_head_dim: PositiveInt
+    bias: bool = False
+    latent_norm_eps: PositiveFloat = 1e-6
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scale: PositiveFloat | None = None
+
+    @property
+    def position_head_dim(self) -> int:
+        return self.qk_rope_head_dim
+
+    @property
+    def score_scale(self) -> float:
+        """The scale before any YaRN correction (which comes with a rotary position, never with a
+        scaled position bias)."""
+        return self.scale if self.scale is not None else (self.qk_nope_head_dim + self.qk_rope_head_dim) ** -0.5
+
+    def layer_scale(self, ctx: BuildContext) -> float:
+        """The factor on the scores in this layer, the YaRN correction included."""
+        if self.scale is not None:
+            return self.scale
+        mscale = deepseek_yarn_mscale(getattr(ctx.layer_spec.position, "scaling", None))
+        return self.score_scale * mscale * mscale  # in transformers' order, to the bit
+
+    def build(self, ctx):
+        D, H, R = ctx.spec.hidden_size, self.num_heads, self.kv_lora_rank
+        Dn, Dr, Dv = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim
+        if self.q_lora_rank is None:
+            q = _linear(D, H * (Dn + Dr), False)
+        else:
+            q = attention.LowRank(down=_linear(D, self.q_lora_rank, self.bias),
+                                  norm=norm.RMSNorm(dim=self.q_lora_rank, eps=self.latent_norm_eps),
+                                  up=_linear(self.q_lora_rank, H * (Dn + Dr), False))
+        return attention.LatentAttention(
+            num_heads=H, qk_nope_head_dim=Dn, qk_rope_head_dim=Dr, v_head_dim=Dv, kv_lora_rank=R, q=q,
+            kv_down=_linear(D, R + Dr, self.bias), kv_norm=norm.RMSNorm(dim=R, eps=self.latent_norm_eps),
+            kv_up=_linear(R, H * (Dn + Dv), False), out=_linear(H * Dv, D, self.bias), scale=self.layer_scale(ctx),
+            dropout=self.dropout, layer_idx=ctx.layer)
+
+    def kv_bytes_per_token(self, dtype_bytes):
+        return (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes
+
+    def flops_per_token(self, module, *, keys):
+        """The projections, then each head's scores against ``keys`` keys (2 * (Dn + Dr) FLOPs per
+        key) and its mix of their values (2 * Dv per key). Each key is expanded from its latent once
+        per forward (``kv_up`` among the projections): a forward over the whole sequence."""
+        width = self.qk_nope_head_dim + self.qk_rope_head_dim + self.v_head_dim
+        return linear_flops(module) + 2 * self.num_heads * width * keys
+
+
 # ---------------------------------------------------------------------------------------------
 # mlp
 
@@ -1260,7 +1338,7 @@ BUILTIN_KINDS: dict[str, list[type[Strict]]] = {
     "embedding": [TokenEmbeddingSpec, PromptSegmentsSpec],
     "position": [NoPositionSpec, RopeSpec, PartialRopeSpec, AlibiSpec, BucketBiasSpec],
     "norm": [LayerNormSpec, RMSNormSpec],
-    "attention": [GQASpec],
+    "attention": [GQASpec, MLASpec],
     "mlp": [GatedMLPSpec, PlainMLPSpec, MoESpec],
     "wiring": [PreNormSpec, SandwichSpec, PostBranchNormSpec, ParallelSpec, PostNormSpec],
     "head": [CausalLMHeadSpec, SequenceClassificationHeadSpec, TokenClassificationHeadSpec,

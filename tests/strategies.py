@@ -2,7 +2,8 @@
 
 ``spec_dicts()`` draws a valid spec (a plain dict, as a YAML file would hold) over every built-in
 block kind. Valid shapes are constructed, never filtered: ``num_kv_heads`` is drawn first and
-``num_heads`` is a multiple of it; a rotary ``fraction`` is drawn among those that give an even
+``num_heads`` is a multiple of it (``mla`` draws its own widths, its rotated part being the drawn
+head_dim); a rotary ``fraction`` is drawn among those that give an even
 whole number of channels for the drawn ``head_dim``; bucket counts are built from the number of
 exact buckets wanted. Each section has its own strategy so a caller can combine or restrict them
 (``positions=("alibi",)``, ``heads=("question_answering",)``, ``embeddings=("prompt_segments",)``).
@@ -34,7 +35,7 @@ from hypothesis import strategies as st
 
 POSITIONS = ("none", "rope", "partial_rope", "alibi", "bucket_bias")
 NORMS = ("layernorm", "rmsnorm")
-ATTENTIONS = ("gqa",)
+ATTENTIONS = ("gqa", "mla")
 MLPS = ("gated", "plain", "moe")
 HEADS = ("causal_lm", "sequence_classification", "token_classification", "question_answering")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
@@ -165,10 +166,14 @@ def qk_norm_specs(draw, *, head_dim: int) -> dict | None:
 
 
 @st.composite
-def attention_specs(draw, *, head_dim: int, windows: bool = True) -> dict:
-    """A ``gqa`` section: MHA, GQA or MQA, with or without a sliding window (``windows``) and each
-    option. Returns the section; ``num_heads * head_dim`` is the model width when ``head_dim`` is
-    left out (the caller sets hidden_size accordingly)."""
+def attention_specs(draw, kinds: Sequence[str] = ATTENTIONS, *, head_dim: int, windows: bool = True) -> dict:
+    """An attention section of one of ``kinds``: ``gqa`` (MHA, GQA or MQA, with or without a
+    sliding window (``windows``) and each option) or ``mla`` (``mla_specs``). ``head_dim`` is the
+    width a rotary position rotates (gqa's head_dim, mla's qk_rope_head_dim). Returns the section;
+    for gqa, ``num_heads * head_dim`` is the model width when ``head_dim`` is left out (the caller
+    sets hidden_size accordingly)."""
+    if draw(st.sampled_from(kinds)) == "mla":
+        return draw(mla_specs(qk_rope_head_dim=head_dim))
     num_kv_heads = draw(st.integers(1, 3))
     num_heads = num_kv_heads * draw(st.integers(1, 3))
     spec = {"kind": "gqa", "num_heads": num_heads, "head_dim": head_dim, "qkv_bias": draw(st.booleans()),
@@ -188,6 +193,30 @@ def attention_specs(draw, *, head_dim: int, windows: bool = True) -> dict:
             if value is not None:
                 spec[name] = value
     return spec
+
+
+@st.composite
+def mla_specs(draw, *, qk_rope_head_dim: int) -> dict:
+    """An ``mla`` section: queries with or without the low-rank bottleneck, value heads narrower or
+    wider than query/key heads, and each option."""
+    spec = {"kind": "mla", "num_heads": draw(st.integers(1, 4)), "kv_lora_rank": draw(st.integers(2, 12)),
+            "qk_nope_head_dim": draw(st.integers(1, 8)), "qk_rope_head_dim": qk_rope_head_dim,
+            "v_head_dim": draw(st.integers(1, 8)), "bias": draw(st.booleans()),
+            "dropout": draw(st.sampled_from([0.0, 0.1]))}
+    if draw(st.booleans()):
+        spec["q_lora_rank"] = draw(st.integers(2, 12))
+    if draw(st.booleans()):
+        spec["latent_norm_eps"] = draw(st.sampled_from([1e-6, 1e-5]))
+    if draw(st.booleans()):
+        spec["scale"] = round(draw(st.sampled_from([0.5, 1.5])) * (spec["qk_nope_head_dim"] + qk_rope_head_dim)**-0.5, 6)
+    return spec
+
+
+def attention_width(attention: dict, head_dim: int) -> int:
+    """The width of the attention output before its projection back to the model width."""
+    if attention["kind"] == "mla":
+        return attention["num_heads"] * attention["v_head_dim"]
+    return attention["num_heads"] * head_dim
 
 
 def needs_norm_weights(attention: dict) -> bool:
@@ -301,10 +330,12 @@ def wiring_specs(draw, *, attention_width: int) -> dict:
 
 @st.composite
 def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num_heads: int, head_dim: int,
-                    segments: bool, length_dependent: bool = False, norm_weights: bool = False) -> dict:
+                    segments: bool, length_dependent: bool = False, norm_weights: bool = False,
+                    attention: dict | None = None) -> dict:
     """One ``layers`` entry: a selector that picks at least one layer, and one or two sections
     with fields or kinds that stay valid for the drawn widths (``norm_weights``: norms keep
-    learned weights, which the attention's q/k norm needs). A ``partial_rope`` entry always
+    learned weights, which the attention's q/k norm needs; ``attention``: the base section, whose
+    kind says which fields an entry may change). A ``partial_rope`` entry always
     gives its own scaling: merged over a base ``partial_rope`` of another fraction, the base's could
     not fit its width (LongRoPE's factor lists)."""
     selectors = [s for s in SELECTORS if s != "type" or layer_types]
@@ -328,6 +359,12 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
             entry["position"] = draw(position_specs(kind, head_dim=head_dim, segments=segments,
                                                     length_dependent=length_dependent,
                                                     scaled=True if kind == "partial_rope" else None))
+        elif section == "attention" and attention is not None and attention["kind"] == "mla":
+            entry["attention"] = {"q_lora_rank": draw(st.one_of(st.none(), st.integers(2, 12))),
+                                  "bias": draw(st.booleans())}
+            if draw(st.booleans()):
+                width = attention["qk_nope_head_dim"] + attention["qk_rope_head_dim"]
+                entry["attention"]["scale"] = round(draw(st.sampled_from([0.75, 1.25])) * width**-0.5, 6)
         elif section == "attention":
             divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0]
             entry["attention"] = {"num_kv_heads": draw(st.sampled_from(divisors)),
@@ -342,7 +379,8 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
             entry["mlp"] = draw(st.one_of(st.fixed_dictionaries({"intermediate_size": st.integers(4, 32)}),
                                           mlp_specs()))
         else:
-            entry["wiring"] = draw(wiring_specs(attention_width=num_heads * head_dim))
+            width = attention_width(attention, head_dim) if attention is not None else num_heads * head_dim
+            entry["wiring"] = draw(wiring_specs(attention_width=width))
     return entry
 
 
@@ -353,12 +391,12 @@ def layer_overrides(draw, *, num_layers: int, layer_types: list[str] | None, num
 @st.composite
 def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[str] = ("causal_lm",),
                embeddings: Sequence[str] = EMBEDDINGS, max_layers: int = 3, overrides: bool = True,
-               length_dependent: bool = False) -> dict:
+               length_dependent: bool = False, attentions: Sequence[str] = ATTENTIONS) -> dict:
     """A valid spec dict. ``positions`` and ``embeddings``: the kinds to draw from (the base
     position; ``layers`` entries may give some layers another). ``heads``: the heads the spec
     lists, in order (empty: the bare trunk). ``overrides``: draw per-layer ``layers`` entries.
     ``length_dependent``: also draw RoPE scalings whose frequencies follow the length a forward
-    reaches (see the module docstring)."""
+    reaches (see the module docstring). ``attentions``: the attention kinds to draw from."""
     position = draw(st.sampled_from(positions))
     embedding = draw(embedding_specs(draw(st.sampled_from(embeddings))))
     segments = embedding["kind"] == "prompt_segments"
@@ -366,10 +404,10 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
     # No sliding window with prompt_segments: a window counts cache slots, pads included (as
     # transformers), and the prompt sits before a padded row's pads, so it would leave the window
     # sooner than in the row alone (the padding properties would not hold; the cache still would).
-    attention = draw(attention_specs(head_dim=head_dim, windows=not segments))
+    attention = draw(attention_specs(attentions, head_dim=head_dim, windows=not segments))
     # Widths of 8 or more: a norm over fewer channels is so ill-conditioned that fp32 rounding
     # alone moves the logits by about 1e-5.
-    if attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # head_dim left to its default
+    if attention["kind"] == "gqa" and attention["num_heads"] * head_dim >= 8 and draw(st.booleans()):  # default head_dim
         hidden_size = attention["num_heads"] * attention.pop("head_dim")
     else:
         hidden_size = draw(st.integers(8, 24))
@@ -388,7 +426,7 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
         "attention": attention,
         "norm": draw(norm_specs(affine=True if needs_norm_weights(attention) else None)),
         "mlp": draw(mlp_specs()),
-        "wiring": draw(wiring_specs(attention_width=attention["num_heads"] * head_dim)),
+        "wiring": draw(wiring_specs(attention_width=attention_width(attention, head_dim))),
         "final_norm": draw(st.booleans()),
         "heads": [draw(head_specs(kind)) for kind in heads],
     }
@@ -401,6 +439,7 @@ def spec_dicts(draw, *, positions: Sequence[str] = POSITIONS, heads: Sequence[st
         spec["layers"] = draw(st.lists(layer_overrides(num_layers=num_layers, layer_types=layer_types,
                                                        num_heads=attention["num_heads"], head_dim=head_dim,
                                                        segments=segments, length_dependent=length_dependent,
-                                                       norm_weights=needs_norm_weights(attention)),
+                                                       norm_weights=needs_norm_weights(attention),
+                                                       attention=attention),
                                        min_size=1, max_size=2))
     return spec

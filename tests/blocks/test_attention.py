@@ -1,6 +1,6 @@
 """Grouped-query attention against GLM-4's GlmAttention (eager), with its partial rotary
-embedding, for MHA, GQA and MQA; the SDPA path against the path that returns probabilities; and
-decoding through a cache against one pass. Each option against the eager attention of a model that
+embedding, for MHA, GQA and MQA; multi-head latent attention against DeepSeek-V3's; the SDPA
+path against the path that returns probabilities; and decoding through a cache against one pass. Each option against the eager attention of a model that
 uses it: score scale and soft-capping (Gemma 2, Granite), q/k norms per head with a shared weight
 (Qwen3; Gemma 3 with 1 + w), with a weight per head (Cohere, StableLM) and over the projection
 (OLMo 2), and clipped q, k, v (OLMo)."""
@@ -23,9 +23,9 @@ from transformers.models.stablelm.modeling_stablelm import StableLmAttention
 
 from archcomposer.blocks.attention import Attention, SoftCap
 from archcomposer.blocks.norm import HeadLayerNorm, HeadNorm, OffsetRMSNorm, RMSNorm
-from archcomposer.blocks.position import Rotary
+from archcomposer.blocks.position import Rotary, YarnScaling, yarn_attention_factor
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
-from archcomposer.cache import DynamicCache
+from archcomposer.cache import DynamicCache, StaticCache
 
 D = 16
 
@@ -250,3 +250,101 @@ def test_softcap_chooses_the_explicit_path_and_caps_the_scores():
     logs = weights.log().masked_select(bias.expand_as(weights) == 0).view(-1)  # visible keys
     spread = (weights.amax(-1, keepdim=True).log() - weights.log()).masked_select(bias.expand_as(weights) == 0)
     assert torch.isfinite(logs).all() and spread.max() <= 2 * cap + 1e-5  # scores within (-cap, cap)
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-head latent attention (DeepSeek-V2/V3)
+
+
+def deepseek_attention(*, q_lora_rank, rope_parameters, interleave, H=3, seed=0):
+    """transformers' DeepseekV3Attention (eager) with random weights, and ours with the same."""
+    from transformers import DeepseekV3Config
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3Attention
+
+    from archcomposer.blocks.attention import LatentAttention, LowRank
+
+    torch.manual_seed(seed)
+    config = DeepseekV3Config(hidden_size=D, num_attention_heads=H, num_key_value_heads=H, q_lora_rank=q_lora_rank,
+                              kv_lora_rank=6, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=5,
+                              attention_bias=True, rope_interleave=interleave, rope_parameters=rope_parameters,
+                              max_position_embeddings=64)
+    config._attn_implementation = "eager"
+    reference = randomised(DeepseekV3Attention(config, layer_idx=0))
+    if q_lora_rank is None:
+        q = reference.q_proj
+    else:
+        q = LowRank(down=reference.q_a_proj, norm=RMSNorm(dim=q_lora_rank, eps=1e-6), up=reference.q_b_proj)
+        q.norm.weight = reference.q_a_layernorm.weight
+    kv_norm = RMSNorm(dim=6, eps=1e-6)
+    kv_norm.weight = reference.kv_a_layernorm.weight
+    ours = LatentAttention(num_heads=H, qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=5, kv_lora_rank=6, q=q,
+                           kv_down=reference.kv_a_proj_with_mqa, kv_norm=kv_norm, kv_up=reference.kv_b_proj,
+                           out=reference.o_proj, scale=reference.scaling)
+    return config, reference, ours
+
+
+YARN = {"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0, "original_max_position_embeddings": 8,
+        "mscale": 0.707, "mscale_all_dim": 0.707}
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 7])
+@pytest.mark.parametrize("rope_parameters", [{"rope_type": "default", "rope_theta": 100.0}, YARN],
+                         ids=["rope", "yarn"])
+@pytest.mark.parametrize("interleave", [True, False])
+@torch.no_grad()
+def test_latent_attention_equals_deepseek_v3(q_lora_rank, rope_parameters, interleave):
+    """Queries with and without the low-rank bottleneck, RoPE in pairs (``rope_interleave``) or
+    halves, and YaRN with DeepSeek's mscale on the score scale, through the spec's own build."""
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3RotaryEmbedding
+
+    from archcomposer.spec import YarnScalingSpec, deepseek_yarn_mscale
+
+    config, reference, ours = deepseek_attention(q_lora_rank=q_lora_rank, rope_parameters=rope_parameters,
+                                                 interleave=interleave)
+    yarn = rope_parameters["rope_type"] == "yarn"
+    scaling = YarnScalingSpec(type="yarn", factor=4.0, original_max_positions=8, mscale=0.707,
+                              mscale_all_dim=0.707) if yarn else None
+    mscale = deepseek_yarn_mscale(scaling)
+    assert ours.scale == reference.scaling == pytest.approx(8**-0.5 * (mscale if yarn else 1.0) ** 2)
+    assert (mscale > 1.0) == yarn
+    S = 12  # past the original 8 positions
+    x, pos = torch.randn(2, S, D), torch.arange(S)[None].expand(2, S)
+    bias = causal_bias(2, S)
+    expected, expected_weights = reference(x, DeepseekV3RotaryEmbedding(config)(x, pos), bias)
+    yarn_scaling = YarnScaling(factor=4.0, original_max_positions=8,
+                               attention_factor=yarn_attention_factor(4.0, 0.707, 0.707)) if yarn else None
+    rotate = Rotary(head_dim=4, rotary_dim=4, theta=100.0, interleaved=interleave, scaling=yarn_scaling)(pos, pos)
+    y, weights = ours(x, rotate=rotate.rotate, scores_bias=bias, need_weights=True)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights, expected_weights, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours(x, rotate=rotate.rotate, scores_bias=bias)[0], expected, rtol=1e-5, atol=1e-6)
+
+
+@given(q_lora_rank=st.sampled_from([None, 5]), length=st.integers(2, 7), first=st.integers(1, 6),
+       seed=st.integers(0, 100))
+@torch.no_grad()
+def test_latent_attention_caches_the_latent_and_decodes_as_one_pass(q_lora_rank, length, first, seed):
+    """The cache holds the normalised latent and the rotated shared key (what transformers caches),
+    kv_lora_rank + qk_rope_head_dim values per token; decoding through it equals one pass."""
+    first = min(first, length - 1)
+    _, reference, ours = deepseek_attention(q_lora_rank=q_lora_rank, rope_parameters=None, interleave=True,
+                                            seed=seed)
+    rotary = Rotary(head_dim=4, rotary_dim=4, theta=100.0, interleaved=True)
+    x = torch.randn(1, length, D)
+
+    def run(start, end, cache):
+        pos = torch.arange(start, end)[None]
+        keys = len(cache.key_slots(end, end - start)) if cache is not None else end  # static: every slot
+        return ours(x[:, start:end], rotate=rotary(pos, pos).rotate, cache=cache, start=start,
+                    scores_bias=causal_bias(1, end - start, keys, start))[0]
+
+    whole = run(0, length, None)
+    for cache in (DynamicCache(), StaticCache(max_length=length + 2)):
+        steps = torch.cat([run(0, first, cache)] + [run(t, t + 1, cache) for t in range(first, length)], dim=1)
+        torch.testing.assert_close(steps, whole, rtol=1e-5, atol=1e-6)
+    assert cache.keys[0].shape == (1, 1, length + 2, 6) and cache.values[0].shape == (1, 1, length + 2, 4)
+    cache = DynamicCache()
+    run(0, length, cache)
+    assert cache.keys[0].shape == (1, 1, length, 6) and cache.values[0].shape == (1, 1, length, 4)
+    latent = ours.kv_norm(ours.kv_down(x)[..., :6])  # [1, S, R]
+    torch.testing.assert_close(cache.keys[0][:, 0], latent)

@@ -520,3 +520,17 @@ def test_alternating_windowed_and_global_layers_match_qwen2():
     ours = with_weights_of(reference, spec)
     check_against(reference, ours)
     assert window_matters(ours, spec)
+
+
+@given(data=st.data())
+@torch.no_grad()
+def test_kv_bytes_per_token_is_what_a_latent_attention_cache_holds(data):
+    """Multi-head latent attention caches its latent and its shared rotary key: per token and
+    layer, exactly the bytes its spec reports (the summary's count)."""
+    spec = data.draw(spec_dicts(attentions=("mla",)), label="spec")
+    model = build_model(spec, seed=0)
+    length = data.draw(st.integers(1, 5), label="length")
+    cache = model(torch.ones(2, length, dtype=torch.long), use_cache=True).past_key_values
+    held = [(k.numel() + v.numel()) * k.element_size() for k, v in zip(cache.keys, cache.values)]
+    tokens = 2 * (model.num_prepended + length)
+    assert held == [layer.attention.kv_bytes_per_token(4) * tokens for layer in model.spec.layer_specs]

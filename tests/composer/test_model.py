@@ -332,12 +332,19 @@ def expected_parameters(spec) -> int:
     schemes = []
     for layer in spec.layer_specs:
         a, m = layer.attention, layer.mlp
-        H, Hkv, Dh, I = a.num_heads, a.num_kv_heads, a.head_dim, m.intermediate_size
-        qkv = (H + 2 * Hkv) * Dh
-        total += D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
-        if a.qk_norm is not None:  # a query and a key norm
-            widths = (Dh, Dh) if a.qk_norm.scope == "head" else (H * Dh, Hkv * Dh)
-            total += sum(norm(a.qk_norm.norm or layer.norm, width) for width in widths)
+        H, I = a.num_heads, m.intermediate_size
+        if a.kind == "mla":  # queries (maybe through a normed bottleneck), latent + shared rotary key, up, out
+            R, Dn, Dr, Dv, Q = a.kv_lora_rank, a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim, a.q_lora_rank
+            bias = int(a.bias)
+            total += D * H * (Dn + Dr) if Q is None else D * Q + bias * Q + Q + Q * H * (Dn + Dr)
+            total += D * (R + Dr) + bias * (R + Dr) + R + R * H * (Dn + Dv) + H * Dv * D + bias * D
+        else:
+            Hkv, Dh = a.num_kv_heads, a.head_dim
+            qkv = (H + 2 * Hkv) * Dh
+            total += D * qkv + (qkv if a.qkv_bias else 0) + H * Dh * D + (D if a.out_bias else 0)
+            if a.qk_norm is not None:  # a query and a key norm
+                widths = (Dh, Dh) if a.qk_norm.scope == "head" else (H * Dh, Hkv * Dh)
+                total += sum(norm(a.qk_norm.norm or layer.norm, width) for width in widths)
         if m.kind == "moe":  # router, experts, score bias of a grouped router, shared expert and its gate
             total += D * m.num_experts + m.num_experts * 3 * D * I
             total += m.num_experts if m.router.kind == "grouped_sigmoid" else 0

@@ -40,7 +40,8 @@ BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "c
                     "phi3": "phi3", "gpt2": "gpt2", "gpt_bigcode": "gpt-bigcode", "opt": "opt", "gptj": "gpt-j",
                     "granite": "granite", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                     "smollm3": "smollm3", "falcon": "falcon", "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2",
-                    "cohere": "cohere", "gemma": "gemma", "gemma2": "gemma-2", "gemma3": "gemma-3", "mixtral": "mixtral",
+                    "cohere": "cohere", "gemma": "gemma", "gemma2": "gemma-2", "gemma3": "gemma-3",
+                    "deepseek_v3": "deepseek-v3", "deepseek_v2": "deepseek-v2", "mixtral": "mixtral",
                     "qwen2_moe": "qwen2-moe", "qwen3_moe": "qwen3-moe", "olmoe": "olmoe"}
 
 
@@ -285,8 +286,8 @@ def test_register_families_makes_a_family_name_valid():
             register(Family(name="acme", description="Acme's models"))
 
     registry = get_registry()
-    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cohere, cpm-ant, "
-                                        "falcon, gemma, gemma-2, gemma-3, glm-4"):
+    with pytest.raises(SpecError, match="unknown family 'acme'; registered families: bloom, cohere, cpm-ant, deepseek-v2, "
+                                        "deepseek-v3, falcon, gemma, gemma-2, gemma-3, glm-4"):
         archcomposer.load_spec(glm_with(family="acme"))
     with archcomposer.testing.registered(Plugin(), "acme"):
         assert registry.families["acme"][1] == "plugin 'acme' (registered in-process)"

@@ -3,6 +3,7 @@ file, the line)."""
 
 import copy
 import json
+import math
 import typing
 from pathlib import Path
 
@@ -71,7 +72,16 @@ COVERAGE = {
     "MQA": lambda s: s["attention"].get("num_kv_heads") == 1 and s["attention"]["num_heads"] > 1,
     "GQA": lambda s: 1 < s["attention"].get("num_kv_heads", 1) < s["attention"]["num_heads"],
     "MHA by default": lambda s: "num_kv_heads" not in s["attention"] and s["attention"]["num_heads"] > 1,
-    "fused qkv with bias": lambda s: s["attention"]["fused_qkv"] and s["attention"]["qkv_bias"],
+    "fused qkv with bias": lambda s: s["attention"].get("fused_qkv") and s["attention"]["qkv_bias"],
+    "mla with a q bottleneck": lambda s: s["attention"].get("q_lora_rank") is not None,
+    "mla with a plain q projection, bias": lambda s: s["attention"]["kind"] == "mla"
+    and "q_lora_rank" not in s["attention"] and s["attention"]["bias"],
+    "mla with value heads wider than query heads": lambda s: s["attention"]["kind"] == "mla"
+    and s["attention"]["v_head_dim"] > s["attention"]["qk_nope_head_dim"] + s["attention"]["qk_rope_head_dim"],
+    "mla under yarn with mscale_all_dim": lambda s: s["attention"]["kind"] == "mla"
+    and s["position"].get("scaling", {}).get("mscale_all_dim") is not None and "scale" not in s["attention"],
+    "a layer with mla's q bottleneck changed": lambda s: s["attention"]["kind"] == "mla"
+    and any("q_lora_rank" in e.get("attention", {}) for e in s.get("layers", [])),
     "fused gated mlp": lambda s: s["mlp"].get("fused") is True,
     "tied": lambda s: s["embedding"].get("tied"),
     "embedding norm": lambda s: s["embedding"].get("norm"),
@@ -521,6 +531,28 @@ def test_the_readme_sliding_window_example_validates():
     example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
     spec = load_spec({**BASE, **example, "hidden_size": 32})
     assert [layer.attention.sliding_window for layer in spec.layer_specs] == [4096, None, 4096, None]
+
+
+def test_the_readme_latent_attention_example_validates_with_deepseek_v3s_scale_and_cache_bytes():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Multi-head latent attention", 1)[1]
+    example = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    spec = load_spec({**BASE, **example, "hidden_size": 7168, "max_positions": 163840})
+    assert spec.attention.kv_bytes_per_token(1) == 512 + 64
+    attention = build_model(spec, device="meta").layers[0].attention
+    mscale = 0.1 * math.log(40.0) + 1.0  # DeepSeek-V3's mscale_all_dim 1 at factor 40
+    assert attention.scale == pytest.approx(192**-0.5 * mscale**2) and attention.scale != 192**-0.5
+
+
+def test_mla_without_yarn_or_with_an_explicit_scale_keeps_it():
+    mla = {"kind": "mla", "num_heads": 2, "kv_lora_rank": 4, "qk_nope_head_dim": 4, "qk_rope_head_dim": 4,
+           "v_head_dim": 3}
+    yarn = {"kind": "rope", "scaling": {"type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 1.0}}
+    assert build_model({**BASE, "attention": mla}, device="meta").layers[0].attention.scale == 8**-0.5
+    scaled = build_model({**BASE, "position": yarn, "attention": {**mla, "scale": 0.5}}, device="meta")
+    assert scaled.layers[0].attention.scale == 0.5
+    with pytest.raises(SpecError, match="num_kv_heads"):
+        load_spec({**BASE, "attention": {**mla, "num_kv_heads": 2}})
 
 
 def test_the_readme_mixture_of_experts_examples_validate():
