@@ -401,11 +401,11 @@ def _differences(spec: ModelSpecBase, back: ModelSpecBase):
     yield from _dict_differences(spec.model_dump(mode="json", exclude=exclude),
                                  back.model_dump(mode="json", exclude=exclude), "")
     found: dict[tuple, list[int]] = {}
-    for ours, theirs in zip(spec.layer_specs, back.layer_specs):
+    for i, (ours, theirs) in enumerate(zip(spec.layer_specs, back.layer_specs)):  # equal layers share a LayerSpec
         for name in LAYER_SECTIONS:
             a, b = getattr(ours, name).model_dump(mode="json"), getattr(theirs, name).model_dump(mode="json")
             for diff in _dict_differences(a, b, name):
-                found.setdefault(_hashable(diff), []).append(ours.index)
+                found.setdefault(_hashable(diff), []).append(i)
     for (path, ours, theirs), layers in found.items():
         where = "" if len(layers) == spec.num_layers else f" (layers {', '.join(map(str, layers))})"
         yield path + where, ours, theirs
@@ -577,3 +577,42 @@ LLAMA_TENSORS = (
 #: Head kind -> module, as most transformers decoders name them.
 HEADS = {"causal_lm": "lm_head", "sequence_classification": "score", "token_classification": "score",
          "question_answering": "qa_outputs"}
+
+
+# ---------------------------------------------------------------------------------------------
+# mixture of experts
+
+
+def expert_tensors(*, experts: str, gate: str, up: str, down: str) -> Callable[[ModelSpecBase, str, str], list]:
+    """``extra_tensors`` for the routed experts of every MoE layer: our 3-D ``gate_up_proj``
+    [E, 2I, D] and ``down_proj`` [E, D, I] <-> the per-expert Linears transformers writes
+    (``{experts}.{e}.{gate|up|down}.weight``; ``experts`` with ``{i}`` and ``{base}``)."""
+
+    def maps(spec: ModelSpecBase, architecture: str, base: str) -> list[TensorMap]:
+        out = []
+        for i, layer in enumerate(spec.layer_specs):
+            if layer.mlp.kind != "moe":
+                continue
+            E = layer.mlp.num_experts
+            prefix = experts.format(i=i, base=base)
+            names = {part: tuple(f"{prefix}.{e}.{part}.weight" for e in range(E)) for part in (gate, up, down)}
+            out.append(TensorMap(f"layers.{i}.mlp.experts.gate_up_proj", names[gate] + names[up],
+                                 to_ours=partial(_stack_gate_up, experts=E), to_theirs=_unstack_gate_up))
+            out.append(TensorMap(f"layers.{i}.mlp.experts.down_proj", names[down],
+                                 to_ours=lambda *ts: torch.stack(ts), to_theirs=_unstack))
+        return out
+
+    return maps
+
+
+def _stack_gate_up(*ts: torch.Tensor, experts: int) -> torch.Tensor:
+    return torch.cat([torch.stack(ts[:experts]), torch.stack(ts[experts:])], dim=1)  # [E, 2I, D]
+
+
+def _unstack_gate_up(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    gate, up = t.chunk(2, dim=1)  # 2 x [E, I, D]
+    return _unstack(gate) + _unstack(up)
+
+
+def _unstack(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(x.clone() for x in t.unbind(0))  # each its own storage, as a checkpoint stores it

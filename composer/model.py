@@ -51,6 +51,8 @@ class ComposedModel(nn.Module):
         self.heads = nn.ModuleDict({h.kind: h.build(ctx) for h in spec.heads})
         self.head_specs = {h.kind: h for h in spec.heads}
         self.tokenizer = None  # an archcomposer.Tokenizer: from_pretrained sets the checkpoint's
+        # Mixture-of-experts layers: their router logits are returned and feed the load-balancing loss.
+        self.routed = [i for i, s in enumerate(spec.layer_specs) if s.mlp.kind == "moe"]
 
     @property
     def num_prepended(self) -> int:
@@ -66,7 +68,8 @@ class ComposedModel(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_attentions=False,
                 output_hidden_states=False, return_dict=True, logits_to_keep=0, *, start_positions=None,
-                end_positions=None, prefix_mask=None, head: str | None = None, _ids_in_range: bool = False):
+                end_positions=None, prefix_mask=None, head: str | None = None, output_router_logits=False,
+                _ids_in_range: bool = False):
         # Arguments are checked by shape and dtype (free); values only where a caller brings them:
         # ``generate`` checks its prompt once and passes ``_ids_in_range`` for each decoding step.
         head_spec = self._head_spec(head)
@@ -135,14 +138,38 @@ class ComposedModel(nn.Module):
         common = {"hidden_states": tuple(hidden_states) if output_hidden_states else None,
                   "attentions": tuple(attentions) if output_attentions else None}
         if head_spec is None:
-            out = outputs.BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache if use_cache else None,
-                                                  **common)
+            fields = {"last_hidden_state": x, "past_key_values": cache if use_cache else None}
+            output_class = outputs.BaseModelOutputWithPast
         else:
             fields = self.heads[head_spec.kind](x, input_ids=input_ids, logits_to_keep=logits_to_keep, **targets)
             if head_spec.returns_cache:
                 fields["past_key_values"] = cache if use_cache else None
-            out = head_spec.output_class(**fields, **common)
+            output_class = head_spec.output_class
+        if self.routed and output_class in outputs.MOE_OUTPUTS:
+            output_class = outputs.MOE_OUTPUTS[output_class]
+            if output_router_logits:
+                token_mask = query_mask[:, P:] if attention_mask is not None else None  # [B, S]
+                aux = output_class is outputs.MoeCausalLMOutputWithPast
+                fields.update(self._router_outputs(fields, token_mask, aux=aux, batch=B, prepended=P))
+        out = output_class(**fields, **common)
         return out if return_dict else out.to_tuple()
+
+    def _router_outputs(self, fields: dict, token_mask: torch.Tensor | None, *, aux: bool, batch: int,
+                        prepended: int) -> dict:
+        """``router_logits`` (one [B*S, E] per MoE layer, the input tokens' rows) and, for a causal
+        LM, the load-balancing ``aux_loss``, added to the loss times the spec's ``aux_loss_coef``
+        (transformers' MoE models)."""
+        router_logits = tuple(self.layers[i].mlp.router_logits.unflatten(0, (batch, -1))[:, prepended:].flatten(0, 1)
+                              for i in self.routed)  # each [B*S, E]
+        if not aux:
+            return {"router_logits": router_logits}
+        moe = self.spec.layer_specs[self.routed[0]].mlp
+        aux_loss = load_balancing_loss(router_logits, num_experts=moe.num_experts, top_k=moe.top_k,
+                                       token_mask=token_mask)
+        loss = fields.get("loss")
+        if loss is not None:
+            loss = loss + moe.aux_loss_coef * aux_loss.to(loss.device)
+        return {"router_logits": router_logits, "aux_loss": aux_loss, "loss": loss}
 
     # -- pieces of forward --------------------------------------------------------------------
 
@@ -231,6 +258,24 @@ class ComposedModel(nn.Module):
 
         return save_pretrained(self, path, format=format, **kwargs)
 
+
+def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], *, num_experts: int, top_k: int,
+                        token_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Switch Transformer's load-balancing loss over every MoE layer's router logits [N, E]
+    (transformers' ``load_balancing_loss_func``): num_experts x sum over experts of (share of
+    top-k assignments) x (mean router probability), padding (``token_mask`` [B, S] false) left out."""
+    device = router_logits[0].device
+    mask = torch.ones(router_logits[0].shape[0], device=device) if token_mask is None \
+        else token_mask.reshape(-1).to(device=device, dtype=torch.float32)  # [N]
+    assigned = torch.zeros(num_experts, dtype=torch.float32, device=device)  # [E]
+    probability = torch.zeros(num_experts, dtype=torch.float32, device=device)  # [E]
+    for logits in router_logits:
+        probs = torch.softmax(logits.to(device), dim=-1)  # [N, E]
+        chosen = torch.topk(probs, top_k, dim=-1).indices  # [N, k]
+        assigned = assigned.scatter_add(0, chosen.reshape(-1), mask.repeat_interleave(top_k))
+        probability = probability + (probs.float() * mask[:, None]).sum(dim=0)
+    rows = mask.sum() * len(router_logits)
+    return num_experts * torch.sum((assigned / rows) * (probability / rows))
 
 def check_input_ids(input_ids, vocab_size: int, *, values: bool = True) -> None:
     """Refuse ``input_ids`` that are not [batch, seq] token ids; with ``values``, also ids outside

@@ -100,3 +100,28 @@ class QuestionAnsweringModelOutput(ModelOutput):
     end_logits: Tensor | None = None
     hidden_states: Tensors | None = None
     attentions: Tensors | None = None
+
+
+@dataclass(eq=False)
+class MoeModelOutputWithPast(ModelOutput):
+    last_hidden_state: Tensor | None = None
+    past_key_values: Any = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    router_logits: Tensors | None = None
+
+
+@dataclass(eq=False)
+class MoeCausalLMOutputWithPast(ModelOutput):
+    loss: Tensor | None = None
+    aux_loss: Tensor | None = None
+    logits: Tensor | None = None
+    past_key_values: Any = None
+    hidden_states: Tensors | None = None
+    attentions: Tensors | None = None
+    router_logits: Tensors | None = None
+
+
+#: What a model with mixture-of-experts layers returns in place of the dense output class (as
+#: transformers' MoE families: their other heads return the dense classes).
+MOE_OUTPUTS = {BaseModelOutputWithPast: MoeModelOutputWithPast, CausalLMOutputWithPast: MoeCausalLMOutputWithPast}

@@ -795,6 +795,102 @@ class PlainMLPSpec(MLPSpec):
         return mlp.PlainMLP(activation=self.activation, up=_linear(D, I, self.bias), down=_linear(I, D, self.bias))
 
 
+class SoftmaxRouterSpec(Strict):
+    """Softmax over the experts, the top_k kept; ``normalize`` rescales the kept probabilities to
+    sum to 1 (Mixtral; Qwen-MoE and OLMoE's ``norm_topk_prob``)."""
+
+    kind: Literal["softmax"]
+    normalize: bool = True
+
+
+class GroupedSigmoidRouterSpec(Strict):
+    """DeepSeek-V3's router: sigmoid scores plus a load-balancing score bias choose the experts,
+    among the ``top_groups`` best of ``num_groups`` groups (``n_group``, ``topk_group``); the
+    chosen scores, renormalised with ``normalize`` (``norm_topk_prob``), times ``scale``
+    (``routed_scaling_factor``) weight them."""
+
+    kind: Literal["grouped_sigmoid"]
+    normalize: bool = True
+    num_groups: PositiveInt = 1
+    top_groups: PositiveInt = 1
+    scale: PositiveFloat = 1.0
+
+
+RouterSpec = Annotated[SoftmaxRouterSpec | GroupedSigmoidRouterSpec, Field(discriminator="kind")]
+
+
+class SharedExpertSpec(Strict):
+    """A gated MLP every token goes through beside the routed experts (DeepSeek's
+    ``n_shared_experts`` x ``moe_intermediate_size`` wide); ``gated`` scales its output by
+    sigmoid(a learned D -> 1 projection) (Qwen2-MoE's ``shared_expert_gate``)."""
+
+    intermediate_size: PositiveInt
+    gated: bool = False
+
+
+class MoESpec(MLPSpec):
+    """Mixture of experts: ``num_experts`` gated MLPs of width ``intermediate_size``, ``top_k`` of
+    them per token as the ``router`` picks, plus an optional ``shared_expert``. ``aux_loss_coef``
+    weighs the load-balancing loss added to the causal LM loss when router logits are requested
+    (``router_aux_loss_coef``)."""
+
+    kind: Literal["moe"]
+    num_experts: PositiveInt
+    top_k: PositiveInt
+    activation: Activation = "silu"
+    router: RouterSpec = SoftmaxRouterSpec(kind="softmax")
+    shared_expert: SharedExpertSpec | None = None
+    aux_loss_coef: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _routable(self):
+        if self.top_k > self.num_experts:
+            raise ValueError(f"mlp.top_k ({self.top_k}) must be at most mlp.num_experts ({self.num_experts})")
+        r = self.router
+        if r.kind == "grouped_sigmoid":
+            if self.num_experts % r.num_groups or self.num_experts // r.num_groups < 2:
+                raise ValueError(f"mlp.num_experts ({self.num_experts}) must split into router.num_groups "
+                                 f"({r.num_groups}) groups of at least 2 experts (a group is scored by its best two)")
+            if r.top_groups > r.num_groups:
+                raise ValueError(f"mlp.router.top_groups ({r.top_groups}) must be at most router.num_groups "
+                                 f"({r.num_groups})")
+            if self.top_k > r.top_groups * (self.num_experts // r.num_groups):
+                raise ValueError(f"mlp.top_k ({self.top_k}) must be at most the experts of router.top_groups "
+                                 f"({r.top_groups}) groups of {self.num_experts // r.num_groups}")
+        return self
+
+    def active_parameters(self, module):
+        """All but the experts a token does not go to: the router, ``top_k`` experts, the shared expert."""
+        idle = (self.num_experts - self.top_k) * _expert_parameters(module.experts)
+        return sum(p.numel() for p in module.parameters()) - idle
+
+    def flops_per_token(self, module, *, keys):
+        """The router and shared expert (linear layers) plus ``top_k`` experts' three products."""
+        return linear_flops(module) + 2 * self.top_k * _expert_parameters(module.experts)
+
+    def build(self, ctx):
+        D, I, E = ctx.spec.hidden_size, self.intermediate_size, self.num_experts
+        r = self.router
+        if r.kind == "softmax":
+            router = mlp.SoftmaxRouter(gate=_linear(D, E, False), top_k=self.top_k, normalize=r.normalize)
+        else:
+            router = mlp.GroupedSigmoidRouter(gate=_linear(D, E, False), top_k=self.top_k, normalize=r.normalize,
+                                              num_groups=r.num_groups, top_groups=r.top_groups, scale=r.scale)
+        experts = mlp.Experts(num_experts=E, dim=D, intermediate_size=I, activation=self.activation)
+        shared = shared_gate = None
+        if self.shared_expert is not None:
+            S = self.shared_expert.intermediate_size
+            gate_up = projection.SplitProjection(gate=_linear(D, S, False), up=_linear(D, S, False))
+            shared = mlp.GatedMLP(activation=self.activation, gate_up=gate_up, down=_linear(S, D, False))
+            shared_gate = _linear(D, 1, False) if self.shared_expert.gated else None
+        return mlp.MoE(router=router, experts=experts, shared=shared, shared_gate=shared_gate)
+
+
+def _expert_parameters(experts: mlp.Experts) -> int:
+    """Weights of one routed expert (its gate, up and down projections)."""
+    return experts.gate_up_proj[0].numel() + experts.down_proj[0].numel()
+
+
 # ---------------------------------------------------------------------------------------------
 # wiring: how a layer connects its norms, attention and MLP
 
@@ -1243,7 +1339,7 @@ BUILTIN_KINDS: dict[str, list[type[Strict]]] = {
     "position": [NoPositionSpec, RopeSpec, PartialRopeSpec, AlibiSpec, BucketBiasSpec],
     "norm": [LayerNormSpec, RMSNormSpec],
     "attention": [GQASpec, MLASpec],
-    "mlp": [GatedMLPSpec, PlainMLPSpec],
+    "mlp": [GatedMLPSpec, PlainMLPSpec, MoESpec],
     "wiring": [PreNormSpec, SandwichSpec, PostBranchNormSpec, ParallelSpec, PostNormSpec],
     "head": [CausalLMHeadSpec, SequenceClassificationHeadSpec, TokenClassificationHeadSpec,
              QuestionAnsweringHeadSpec],

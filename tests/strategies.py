@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 POSITIONS = ("none", "rope", "partial_rope", "alibi", "bucket_bias")
 NORMS = ("layernorm", "rmsnorm")
 ATTENTIONS = ("gqa", "mla")
-MLPS = ("gated", "plain")
+MLPS = ("gated", "plain", "moe")
 HEADS = ("causal_lm", "sequence_classification", "token_classification", "question_answering")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 EMBEDDINGS = ("tokens", "prompt_segments")
@@ -246,10 +246,34 @@ def norm_specs(draw, kinds: Sequence[str] = NORMS, *, affine: bool | None = None
 def mlp_specs(draw, kinds: Sequence[str] = MLPS) -> dict:
     kind = draw(st.sampled_from(kinds))
     spec = {"kind": kind, "intermediate_size": draw(st.integers(4, 32)),
-            "activation": draw(st.sampled_from(ACTIVATIONS)), "bias": draw(st.booleans())}
+            "activation": draw(st.sampled_from(ACTIVATIONS))}
+    if kind == "moe":
+        return {**spec, **draw(moe_fields())}
+    spec["bias"] = draw(st.booleans())
     if kind == "gated":
         spec["fused"] = draw(st.booleans())
     return spec
+
+
+@st.composite
+def moe_fields(draw) -> dict:
+    """Experts, top_k and router of a ``moe`` MLP, built valid: a grouped router's groups divide
+    the experts into groups of at least 2, and top_k fits the experts of the groups it keeps."""
+    if draw(st.booleans()):
+        router = {"kind": "softmax", "normalize": draw(st.booleans())}
+        num_experts = draw(st.integers(1, 6))
+        most = num_experts
+    else:
+        num_groups, per_group = draw(st.integers(1, 3)), draw(st.integers(2, 3))
+        num_experts, top_groups = num_groups * per_group, draw(st.integers(1, num_groups))
+        router = {"kind": "grouped_sigmoid", "normalize": draw(st.booleans()), "num_groups": num_groups,
+                  "top_groups": top_groups, "scale": draw(st.sampled_from([1.0, 2.5]))}
+        most = top_groups * per_group
+    fields = {"num_experts": num_experts, "top_k": draw(st.integers(1, most)), "router": router,
+              "aux_loss_coef": draw(st.sampled_from([0.0, 0.01]))}
+    if draw(st.booleans()):
+        fields["shared_expert"] = {"intermediate_size": draw(st.integers(4, 16)), "gated": draw(st.booleans())}
+    return fields
 
 
 # ---------------------------------------------------------------------------------------------

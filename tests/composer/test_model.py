@@ -121,8 +121,10 @@ def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
     batch, length = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(2, 6), label="length")
     ids = torch.randint(1, spec["vocab_size"], (batch, length))
     out = model(ids)
-    assert type(out) is OUTPUT_CLASS[kind]
-    assert type(out).__name__ == OUTPUT_CLASS[kind].__name__
+    expected_class = OUTPUT_CLASS[kind]
+    if model.routed:  # as transformers' MoE families: their causal LM and bare model return the Moe* classes
+        expected_class = out_types.MOE_OUTPUTS.get(expected_class, expected_class)
+    assert type(out) is expected_class
     D = spec["hidden_size"]
     num_labels = spec["heads"][0].get("num_labels") if kind else None
     shapes = {
@@ -147,6 +149,8 @@ def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
     assert "loss" not in out.keys()
     assert not any(name in out.keys() for name in ("hidden_states", "attentions"))
 
+    if model.routed:
+        check_router_outputs(model, ids, kind)
     if kind is None:
         return
     labels = draw_labels(data, kind, spec, batch, length)
@@ -162,6 +166,27 @@ def test_each_head_returns_its_output_type_shapes_loss_and_cache(kind, data):
             torch.testing.assert_close(theirs, mine, rtol=0, atol=0)
         else:
             assert type(theirs) is type(mine) and theirs.get_seq_length() == mine.get_seq_length()
+
+
+def check_router_outputs(model, ids, kind):
+    """A mixture-of-experts model: router logits [B*S, E] per MoE layer, in transformers' field
+    order, where transformers returns them (causal LM, bare model), and the load-balancing loss,
+    recomputed here, for the causal LM."""
+    asked = model(ids, output_router_logits=True)
+    if kind not in ("causal_lm", None):
+        assert "router_logits" not in asked.keys()
+        return
+    moes = [model.spec.layer_specs[i].mlp for i in model.routed]
+    assert [tuple(r.shape) for r in asked.router_logits] == [(ids.numel(), m.num_experts) for m in moes]
+    if kind is None:
+        assert list(asked.keys()) == ["last_hidden_state", "past_key_values", "router_logits"]
+        return
+    assert list(asked.keys()) == ["aux_loss", "logits", "past_key_values", "router_logits"]
+    E, k = moes[0].num_experts, moes[0].top_k
+    probs = [F.softmax(r, dim=-1) for r in asked.router_logits]  # each [N, E]
+    share = sum(F.one_hot(p.topk(k).indices, E).sum(1).float().mean(0) for p in probs) / len(probs)  # [E]
+    mean_prob = sum(p.mean(0) for p in probs) / len(probs)  # [E]
+    torch.testing.assert_close(asked.aux_loss, E * (share * mean_prob).sum(), atol=ATOL, rtol=1e-5)
 
 
 @torch.no_grad()
@@ -320,7 +345,14 @@ def expected_parameters(spec) -> int:
             if a.qk_norm is not None:  # a query and a key norm
                 widths = (Dh, Dh) if a.qk_norm.scope == "head" else (H * Dh, Hkv * Dh)
                 total += sum(norm(a.qk_norm.norm or layer.norm, width) for width in widths)
-        total += (3 * D * I + ((2 * I + D) if m.bias else 0)) if m.kind == "gated" else (2 * D * I + ((I + D) if m.bias else 0))
+        if m.kind == "moe":  # router, experts, score bias of a grouped router, shared expert and its gate
+            total += D * m.num_experts + m.num_experts * 3 * D * I
+            total += m.num_experts if m.router.kind == "grouped_sigmoid" else 0
+            if m.shared_expert is not None:
+                total += 3 * D * m.shared_expert.intermediate_size + (D if m.shared_expert.gated else 0)
+        else:
+            total += (3 * D * I + ((2 * I + D) if m.bias else 0)) if m.kind == "gated" \
+                else (2 * D * I + ((I + D) if m.bias else 0))
         norms = {"pre_norm": 2, "sandwich": 4, "post_branch_norm": 2, "post_norm": 2,
                  "parallel": 1 if getattr(layer.wiring, "shared_norm", False) else 2}[layer.wiring.kind]
         total += norms * norm(layer.norm)

@@ -41,7 +41,8 @@ BUILTIN_FAMILIES = {"bloom": "bloom", "glm": "glm-4", "seed_oss": "seed-oss", "c
                     "granite": "granite", "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
                     "smollm3": "smollm3", "falcon": "falcon", "mpt": "mpt", "olmo": "olmo", "olmo2": "olmo2",
                     "cohere": "cohere", "gemma": "gemma", "gemma2": "gemma-2", "gemma3": "gemma-3",
-                    "deepseek_v3": "deepseek-v3", "deepseek_v2": "deepseek-v2"}
+                    "deepseek_v3": "deepseek-v3", "deepseek_v2": "deepseek-v2", "mixtral": "mixtral",
+                    "qwen2_moe": "qwen2-moe", "qwen3_moe": "qwen3-moe", "olmoe": "olmoe"}
 
 
 

@@ -553,3 +553,15 @@ def test_mla_without_yarn_or_with_an_explicit_scale_keeps_it():
     assert scaled.layers[0].attention.scale == 0.5
     with pytest.raises(SpecError, match="num_kv_heads"):
         load_spec({**BASE, "attention": {**mla, "num_kv_heads": 2}})
+
+
+def test_the_readme_mixture_of_experts_examples_validate():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Mixture of experts", 1)[1].split("\n## ", 1)[0]
+    qwen2_moe, mixed = (yaml.safe_load(block.split("```", 1)[0]) for block in section.split("```yaml\n")[1:3])
+    spec = load_spec({**BASE, **qwen2_moe})
+    assert (spec.mlp.num_experts, spec.mlp.top_k, spec.mlp.router.normalize, spec.mlp.shared_expert.gated) == \
+        (60, 4, False, True)
+    spec = load_spec({**BASE, **mixed, "num_layers": 6})
+    assert [(layer.mlp.kind, layer.mlp.intermediate_size) for layer in spec.layer_specs] == \
+        [("gated", 18432)] * 3 + [("moe", 768), ("moe", 768), ("gated", 6144)]

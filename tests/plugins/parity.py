@@ -131,10 +131,32 @@ def check_parity(tmp_path, *, family: str, architecture: str, config, head: str 
             rows = None if real is None else real[:, None, :]  # [B, 1, S] query rows of real tokens
             assert_close(family, f"{architecture} {label} attentions[{i}]", a, b, rows)
 
+    if ours.routed and head in ("causal_lm", None):
+        check_router_outputs(family, architecture, reference, ours, head, inputs, batch_kwargs)
     if head == "causal_lm":
         check_generation(family, reference, ours, inputs, generate_batch=generate_batch, reference_mask=reference_mask)
     check_export(tmp_path, family, architecture, reference, ours, head, inputs, batch_kwargs, reference_mask)
     return ours
+
+
+def check_router_outputs(family, architecture, reference, ours, head, inputs, batch_kwargs):
+    """Mixture-of-experts models: the router logits of every MoE layer (the real tokens' rows) and,
+    for the causal LM, the load-balancing loss and the loss it is added to, with and without padding."""
+    for label, ids, mask, kwargs in (("single", inputs.single, None, {}),
+                                     ("padded batch", inputs.batch, inputs.mask, batch_kwargs)):
+        extra = {"attention_mask": mask} if mask is not None else {}
+        losses = {"labels": ids if mask is None else ids.masked_fill(mask == 0, -100)} if head else {}
+        with torch.no_grad():
+            theirs = reference(ids, output_router_logits=True, **extra, **kwargs, **losses)
+            mine = ours(ids, output_router_logits=True, **extra, **losses)
+        assert list(mine.keys()) == list(theirs.keys()), f"output fields {list(mine.keys())} != {list(theirs.keys())}"
+        assert len(mine.router_logits) == len(theirs.router_logits) == len(ours.routed)
+        rows = None if mask is None else mask.reshape(-1).bool()  # [B*S]
+        for i, (a, b) in enumerate(zip(mine.router_logits, theirs.router_logits)):
+            assert_close(family, f"{architecture} {label} router_logits[{i}]", a, b, rows)
+        if head:
+            assert_close(family, f"{architecture} {label} aux_loss", mine.aux_loss, theirs.aux_loss)
+            assert_close(family, f"{architecture} {label} loss with aux_loss", mine.loss, theirs.loss)
 
 
 def loss_arguments(head, ids, mask, config) -> dict:
