@@ -53,10 +53,13 @@ class MoELayers:
     def to_spec(self, config: dict, data: dict) -> None:
         layers, first = data["num_layers"], config.get("first_k_dense_replace", self.dense_layers)
         activation = _activation(config.get("hidden_act", "silu"))
-        bias = bool(config.get("mlp_bias", self.mlp_bias))
+        bias = self.mlp_bias is not None and bool(config.get("mlp_bias", self.mlp_bias))  # V3's MLPs: never
         dense = {"kind": "gated", "intermediate_size": config.get("intermediate_size", self.dense_width),
                  "activation": activation, "bias": bias}
-        if first is None or first >= layers:
+        if first is None:
+            raise CheckpointError("config.json first_k_dense_replace is null: DeepSeek's layers need the number of "
+                                  "dense layers before the mixture-of-experts ones")
+        if first >= layers:
             data["mlp"] = dense
             return
         if bias:
