@@ -68,7 +68,8 @@ class GroupedSigmoidRouter(nn.Module):
         super().__init__()
         self.gate, self.top_k, self.normalize = gate, top_k, normalize
         self.num_groups, self.top_groups, self.scale = num_groups, top_groups, scale
-        self.score_bias = nn.Parameter(torch.empty(gate.out_features), requires_grad=False)  # set by a rule, not SGD
+        # Set by a balancing rule, not SGD: a checkpointed buffer, as in transformers (not a parameter).
+        self.score_bias = nn.Buffer(torch.empty(gate.out_features))  # [E]
 
     def init_weights(self, std: float, generator: torch.Generator | None = None) -> None:
         self.score_bias.zero_()

@@ -78,8 +78,9 @@ def init_weights(model: nn.Module, *, std: float, generator: torch.Generator | N
 
 @torch.no_grad()
 def init_module(module: nn.Module, *, std: float, generator: torch.Generator | None = None, name: str = "") -> None:
-    """Initialise ``module``'s own parameters (not its children's), as ``init_weights`` does."""
-    if not module._parameters:
+    """Initialise ``module``'s own parameters (not its children's), as ``init_weights`` does; a
+    block's ``init_weights`` also sets its checkpointed buffers (DeepSeek's router score bias)."""
+    if not module._parameters and not hasattr(module, "init_weights"):
         return
     if hasattr(module, "init_weights"):
         module.init_weights(std, generator)

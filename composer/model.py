@@ -158,12 +158,12 @@ class ComposedModel(nn.Module):
                         prepended: int) -> dict:
         """``router_logits`` (one [B*S, E] per MoE layer, the input tokens' rows) and, for a causal
         LM, the load-balancing ``aux_loss``, added to the loss times the spec's ``aux_loss_coef``
-        (transformers' MoE models)."""
+        (transformers' MoE models; none where that is None, as in DeepSeek's)."""
         router_logits = tuple(self.layers[i].mlp.router_logits.unflatten(0, (batch, -1))[:, prepended:].flatten(0, 1)
                               for i in self.routed)  # each [B*S, E]
-        if not aux:
-            return {"router_logits": router_logits}
         moe = self.spec.layer_specs[self.routed[0]].mlp
+        if not aux or moe.aux_loss_coef is None:
+            return {"router_logits": router_logits}
         aux_loss = load_balancing_loss(router_logits, num_experts=moe.num_experts, top_k=moe.top_k,
                                        token_mask=token_mask)
         loss = fields.get("loss")

@@ -832,7 +832,8 @@ class MoESpec(MLPSpec):
     """Mixture of experts: ``num_experts`` gated MLPs of width ``intermediate_size``, ``top_k`` of
     them per token as the ``router`` picks, plus an optional ``shared_expert``. ``aux_loss_coef``
     weighs the load-balancing loss added to the causal LM loss when router logits are requested
-    (``router_aux_loss_coef``)."""
+    (``router_aux_loss_coef``); None: the model has no such loss (DeepSeek's transformers models
+    return the router logits alone)."""
 
     kind: Literal["moe"]
     num_experts: PositiveInt
@@ -840,7 +841,7 @@ class MoESpec(MLPSpec):
     activation: Activation = "silu"
     router: RouterSpec = SoftmaxRouterSpec(kind="softmax")
     shared_expert: SharedExpertSpec | None = None
-    aux_loss_coef: float = Field(0.0, ge=0.0)
+    aux_loss_coef: Annotated[float, Field(ge=0.0)] | None = 0.0
 
     @model_validator(mode="after")
     def _routable(self):

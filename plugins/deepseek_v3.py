@@ -6,36 +6,113 @@ for the attention: ``q_proj`` (or ``q_a_proj``, ``q_a_layernorm``, ``q_b_proj`` 
 ``kv_a_proj_with_mqa``, ``kv_a_layernorm``, ``kv_b_proj`` and ``o_proj``; ``attention_bias`` puts a
 bias on q_a, kv_a and o. ``rope_interleave`` (default true) rotates adjacent pairs of the
 ``qk_rope_head_dim`` rotated channels (``partial_rope`` with fraction 1), false their halves
-(``rope``). Only configs whose layers are all dense (``first_k_dense_replace >= num_hidden_layers``)
-are read: the mixture-of-experts layers after them are refused until an mlp kind expresses them."""
+(``rope``). The first ``first_k_dense_replace`` layers have a dense SwiGLU MLP, the others a
+mixture of experts (``mlp``: ``gate`` with ``e_score_correction_bias``, ``experts.{e}``,
+``shared_experts``)."""
 
 from typing import Any
 
-from archcomposer import hookimpl
+from archcomposer import TensorMap, hookimpl
 from archcomposer.errors import CheckpointError
 from archcomposer.hf_rope import rope_parameters_of
-from archcomposer.hf_table import (LLAMA_TENSORS, Activation, Expect, Fixed, HFTable, Key, Rope, Tensor, hf_family,
-                                   token_ids)
+from archcomposer.hf_table import (ACTIVATIONS_TO_HF, LLAMA_TENSORS, Expect, Fixed, HFTable, Key, Rope, Tensor,
+                                   _activation, expert_tensors, hf_family, token_ids)
 from archcomposer.spec import ModelSpecBase, PartialRopeSpec
 
 
-class DenseLayers:
-    """``first_k_dense_replace`` (transformers' default ``default``): the layers before it have a
-    dense MLP, those from it on a mixture of experts, which no mlp kind expresses yet: a config with
-    any is refused. Export writes ``num_hidden_layers`` (every layer dense)."""
+class MoELayers:
+    """The MLPs: ``first_k_dense_replace`` (default ``dense_layers``) dense layers, a gated MLP
+    ``intermediate_size`` wide (``mlp_bias``: the default of the family's ``mlp_bias`` key, None
+    where it has none), then mixture-of-experts layers: ``n_routed_experts`` experts
+    ``moe_intermediate_size`` wide, ``num_experts_per_tok`` per token, and a shared expert
+    ``n_shared_experts`` x ``moe_intermediate_size`` wide. The spec's ``mlp`` is the experts and a
+    ``layers`` entry gives the first layers their dense MLP. transformers computes no load-balancing
+    loss for DeepSeek (``aux_loss_coef: null``). Runs after ``num_hidden_layers``.
 
-    def __init__(self, *, default: int):
-        self.default = default
+    The router is DeepSeek-V3's (``grouped_sigmoid``: ``n_group``, ``topk_group``,
+    ``norm_topk_prob``, ``routed_scaling_factor``; transformers reads no ``topk_method`` or
+    ``scoring_func`` for V3); other families override ``router_to_spec`` / ``router_to_config``."""
+
+    def __init__(self, *, dense_layers: int, width: int, dense_width: int, experts: int, top_k: int | None,
+                 shared: int, mlp_bias: bool | None):
+        self.dense_layers, self.width, self.dense_width = dense_layers, width, dense_width
+        self.experts, self.top_k, self.shared, self.mlp_bias = experts, top_k, shared, mlp_bias
+
+    def router_to_spec(self, config: dict) -> dict:
+        return {"kind": "grouped_sigmoid", "normalize": bool(config.get("norm_topk_prob", True)),
+                "num_groups": config.get("n_group", 8), "top_groups": config.get("topk_group", 4),
+                "scale": config.get("routed_scaling_factor", 2.5)}
+
+    def router_to_config(self, router, config: dict) -> None:
+        if router.kind != "grouped_sigmoid":
+            raise CheckpointError(f"mlp.router.kind {router.kind!r} cannot be written as a DeepSeek-V3 config "
+                                  f"(only 'grouped_sigmoid')")
+        config.update(n_group=router.num_groups, topk_group=router.top_groups, norm_topk_prob=router.normalize,
+                      routed_scaling_factor=router.scale)
 
     def to_spec(self, config: dict, data: dict) -> None:
-        layers, dense = data["num_layers"], config.get("first_k_dense_replace", self.default)
-        if dense is None or dense < layers:
-            raise CheckpointError(f"config.json first_k_dense_replace = {dense!r} with num_hidden_layers = {layers}: "
-                                  f"layers {dense or 0} to {layers - 1} are mixture-of-experts layers, which are not "
-                                  f"supported yet (only configs with first_k_dense_replace >= num_hidden_layers)")
+        layers, first = data["num_layers"], config.get("first_k_dense_replace", self.dense_layers)
+        activation = _activation(config.get("hidden_act", "silu"))
+        bias = self.mlp_bias is not None and bool(config.get("mlp_bias", self.mlp_bias))  # V3's MLPs: never
+        dense = {"kind": "gated", "intermediate_size": config.get("intermediate_size", self.dense_width),
+                 "activation": activation, "bias": bias}
+        if first is None:
+            raise CheckpointError("config.json first_k_dense_replace is null: DeepSeek's layers need the number of "
+                                  "dense layers before the mixture-of-experts ones")
+        if first >= layers:
+            data["mlp"] = dense
+            return
+        if bias:
+            raise CheckpointError(f"config.json mlp_bias = true with mixture-of-experts layers (first_k_dense_replace "
+                                  f"= {first} < num_hidden_layers = {layers}) is not supported: the shared expert "
+                                  f"has no bias (only mlp_bias = false)")
+        width, shared = config.get("moe_intermediate_size", self.width), config.get("n_shared_experts", self.shared)
+        if not shared:
+            raise CheckpointError(f"config.json n_shared_experts = {shared!r} is not supported: the mixture-of-experts "
+                                  f"layers need at least one shared expert (transformers builds one "
+                                  f"n_shared_experts x moe_intermediate_size wide)")
+        top_k = config.get("num_experts_per_tok", self.top_k)
+        if top_k is None:
+            raise CheckpointError("config.json num_experts_per_tok is missing or null: the mixture-of-experts layers "
+                                  "need the number of experts per token")
+        data["mlp"] = {"kind": "moe", "num_experts": config.get("n_routed_experts", self.experts), "top_k": top_k,
+                       "intermediate_size": width, "activation": activation, "router": self.router_to_spec(config),
+                       "shared_expert": {"intermediate_size": shared * width}, "aux_loss_coef": None}
+        if first > 0:
+            data.setdefault("layers", []).append({"range": [0, first], "mlp": dense})
 
     def to_config(self, spec: ModelSpecBase, config: dict) -> None:
-        config["first_k_dense_replace"] = spec.num_layers
+        mlps = [layer.mlp for layer in spec.layer_specs]
+        first = next((i for i, m in enumerate(mlps) if m.kind == "moe"), len(mlps))
+        moe, dense = (mlps[first] if first < len(mlps) else None), (mlps[0] if first else None)
+        where = [i for i, m in enumerate(mlps) if (m != moe if i >= first else m != dense)]
+        if dense is not None and (dense.kind != "gated" or (dense.bias and self.mlp_bias is None)):
+            where.insert(0, 0)
+        if moe is not None and (moe.aux_loss_coef is not None or (dense and dense.activation != moe.activation)):
+            where.insert(0, first)
+        if where:
+            raise CheckpointError(f"layer {where[0]}'s mlp cannot be written as a DeepSeek config: it needs "
+                                  f"identical gated MLPs{'' if self.mlp_bias is not None else ' without bias'} on "
+                                  f"the first layers (first_k_dense_replace) and identical mixture-of-experts MLPs "
+                                  f"without a load-balancing loss (aux_loss_coef: null) on all the others, all with "
+                                  f"one activation (hidden_act)")
+        config["first_k_dense_replace"] = first
+        config["hidden_act"] = ACTIVATIONS_TO_HF[(dense or moe).activation]
+        if dense is not None:
+            config["intermediate_size"] = dense.intermediate_size
+            if self.mlp_bias is not None:
+                config["mlp_bias"] = dense.bias
+        if moe is None:
+            return
+        shared = moe.shared_expert
+        if shared is None or shared.gated or shared.intermediate_size % moe.intermediate_size:
+            raise CheckpointError(f"layer {first}'s shared expert ({shared}) cannot be written as a DeepSeek "
+                                  f"config: it needs an ungated shared expert whose width is a multiple of the "
+                                  f"experts' ({moe.intermediate_size}; n_shared_experts)")
+        config.update(n_routed_experts=moe.num_experts, num_experts_per_tok=moe.top_k,
+                      moe_intermediate_size=moe.intermediate_size,
+                      n_shared_experts=shared.intermediate_size // moe.intermediate_size)
+        self.router_to_config(moe.router, config)
 
 
 class KVHeads:
@@ -86,19 +163,35 @@ TENSORS = (
     Tensor("layers.{i}.attention.kv_norm", "{base}layers.{i}.self_attn.kv_a_layernorm"),
     Tensor("layers.{i}.attention.kv_up", "{base}layers.{i}.self_attn.kv_b_proj"),
     Tensor("layers.{i}.attention.out", "{base}layers.{i}.self_attn.o_proj"),
+    Tensor("layers.{i}.mlp.router.gate", "{base}layers.{i}.mlp.gate"),
+    Tensor("layers.{i}.mlp.shared.gate_up.gate", "{base}layers.{i}.mlp.shared_experts.gate_proj"),
+    Tensor("layers.{i}.mlp.shared.gate_up.up", "{base}layers.{i}.mlp.shared_experts.up_proj"),
+    Tensor("layers.{i}.mlp.shared.down", "{base}layers.{i}.mlp.shared_experts.down_proj"),
 )
+
+_EXPERTS = expert_tensors(experts="{base}layers.{i}.mlp.experts", gate="gate_proj", up="up_proj", down="down_proj")
+
+
+def moe_tensors(spec: ModelSpecBase, architecture: str, base: str) -> list[TensorMap]:
+    """The routed experts (stored per expert) and the grouped router's score bias, which transformers
+    names ``e_score_correction_bias`` (a Tensor row keeps the parameter's name)."""
+    biases = [TensorMap(f"layers.{i}.mlp.router.score_bias", f"{base}layers.{i}.mlp.gate.e_score_correction_bias")
+              for i, layer in enumerate(spec.layer_specs)
+              if layer.mlp.kind == "moe" and layer.mlp.router.kind == "grouped_sigmoid"]
+    return _EXPERTS(spec, architecture, base) + biases
 
 
 def config_rows(*, vocab_size: int = 129280, hidden_size: int = 7168, layers: int = 61, max_positions: int = 4096,
-                heads: int = 128, intermediate_size: int = 18432, dense_layers: int = 3, mlp_bias: Any = None,
-                interleave_key: bool = True, bos: Any = 0, eos: Any = 1) -> list:
+                heads: int = 128, moe: MoELayers | None = None, interleave_key: bool = True, bos: Any = 0,
+                eos: Any = 1) -> list:
     """The DeepSeek config rows with transformers' defaults, DeepSeek-V3's unless given.
-    ``mlp_bias``: the default of the family's ``mlp_bias`` key (None: no key, no bias);
+    ``moe``: the family's MLP codec (DeepSeek-V3's by default);
     ``interleave_key``: the family has ``rope_interleave`` (V3) or always rotates pairs (V2)."""
-    mlp = Fixed("mlp.bias", False) if mlp_bias is None else Key("mlp_bias", "mlp.bias", mlp_bias)
+    moe = moe or MoELayers(dense_layers=3, width=2048, dense_width=18432, experts=256, top_k=8, shared=1,
+                           mlp_bias=None)
     return [
         Fixed("embedding.kind", "tokens"), Fixed("norm.kind", "rmsnorm"), Fixed("attention.kind", "mla"),
-        Fixed("mlp.kind", "gated"), mlp, Fixed("wiring.kind", "pre_norm"),
+        Fixed("wiring.kind", "pre_norm"),
         Key("vocab_size", "vocab_size", vocab_size),
         Key("hidden_size", "hidden_size", hidden_size),
         Key("num_hidden_layers", "num_layers", layers),
@@ -115,9 +208,7 @@ def config_rows(*, vocab_size: int = 129280, hidden_size: int = 7168, layers: in
         Key("attention_bias", "attention.bias", False),
         Key("attention_dropout", "attention.dropout", 0.0),
         Key("rms_norm_eps", "norm.eps", 1e-6),
-        Key("intermediate_size", "mlp.intermediate_size", intermediate_size),
-        Activation("hidden_act"),
-        DenseLayers(default=dense_layers),
+        moe,
         DeepseekRope(interleave_key=interleave_key),
         Expect("is_causal", True, "transformers' masks then let every token attend to every other (bidirectional)"),
         *token_ids(pad=None, bos=bos, eos=eos),
@@ -135,12 +226,13 @@ TABLE = HFTable(
     },
     config=config_rows(),
     tensors=TENSORS,
+    extra_tensors=moe_tensors,
     heads={"causal_lm": "lm_head", "sequence_classification": "score", "token_classification": "score"},
 )
 
 FAMILY = hf_family(name="deepseek-v3", table=TABLE,
-                   description="DeepSeek-V3: multi-head latent attention, YaRN with mscale; dense layers only "
-                               "(mixture-of-experts layers not yet)")
+                   description="DeepSeek-V3: multi-head latent attention, YaRN with mscale; dense first layers, then "
+                               "256 routed experts (grouped sigmoid router) plus a shared expert")
 
 
 @hookimpl

@@ -345,9 +345,8 @@ def expected_parameters(spec) -> int:
             if a.qk_norm is not None:  # a query and a key norm
                 widths = (Dh, Dh) if a.qk_norm.scope == "head" else (H * Dh, Hkv * Dh)
                 total += sum(norm(a.qk_norm.norm or layer.norm, width) for width in widths)
-        if m.kind == "moe":  # router, experts, score bias of a grouped router, shared expert and its gate
+        if m.kind == "moe":  # router, experts, shared expert and its gate (a grouped router's score bias: a buffer)
             total += D * m.num_experts + m.num_experts * 3 * D * I
-            total += m.num_experts if m.router.kind == "grouped_sigmoid" else 0
             if m.shared_expert is not None:
                 total += 3 * D * m.shared_expert.intermediate_size + (D if m.shared_expert.gated else 0)
         else:

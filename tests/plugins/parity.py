@@ -41,13 +41,17 @@ FIELDS = {
 
 def build_reference(architecture: str, config: transformers.PretrainedConfig, seed: int = 0):
     """A transformers model with every parameter (biases, norm scales included) randomised, so a
-    weight mapped to the wrong place cannot hide behind a zero or a one."""
+    weight mapped to the wrong place cannot hide behind a zero or a one; DeepSeek's router score
+    bias too (a buffer there), enough to change which experts are chosen."""
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     model = getattr(transformers, architecture)(config).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.add_(torch.randn_like(b) * 0.3)
     return model
 
 
@@ -141,7 +145,8 @@ def check_parity(tmp_path, *, family: str, architecture: str, config, head: str 
 
 def check_router_outputs(family, architecture, reference, ours, head, inputs, batch_kwargs):
     """Mixture-of-experts models: the router logits of every MoE layer (the real tokens' rows) and,
-    for the causal LM, the load-balancing loss and the loss it is added to, with and without padding."""
+    for the causal LM, the load-balancing loss (where the reference has one) and the loss it is added
+    to, with and without padding."""
     for label, ids, mask, kwargs in (("single", inputs.single, None, {}),
                                      ("padded batch", inputs.batch, inputs.mask, batch_kwargs)):
         extra = {"attention_mask": mask} if mask is not None else {}
@@ -154,7 +159,9 @@ def check_router_outputs(family, architecture, reference, ours, head, inputs, ba
         rows = None if mask is None else mask.reshape(-1).bool()  # [B*S]
         for i, (a, b) in enumerate(zip(mine.router_logits, theirs.router_logits)):
             assert_close(family, f"{architecture} {label} router_logits[{i}]", a, b, rows)
-        if head:
+        if head and theirs.aux_loss is None:  # DeepSeek: no load-balancing loss (the keys above agree)
+            assert_close(family, f"{architecture} {label} loss with router logits", mine.loss, theirs.loss)
+        elif head:
             assert_close(family, f"{architecture} {label} aux_loss", mine.aux_loss, theirs.aux_loss)
             assert_close(family, f"{architecture} {label} loss with aux_loss", mine.loss, theirs.loss)
 

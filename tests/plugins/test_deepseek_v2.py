@@ -1,7 +1,8 @@
 """DeepSeek-V2 checkpoints against transformers: every head, multi-head latent attention with and
 without the query bottleneck (V2-Lite has none), attention and MLP biases, RoPE in pairs through
-transformers' complex rotation, YaRN with DeepSeek's mscale, and the refusal of mixture-of-experts
-layers (transformers' default)."""
+transformers' complex rotation, YaRN with DeepSeek's mscale, and mixture-of-experts layers with the
+greedy softmax router (V2-Lite's; router logits compared, no load-balancing loss on either side),
+the other routers refused."""
 
 import pytest
 import transformers
@@ -50,13 +51,45 @@ def test_causal_lm_variants_match_transformers(tmp_path, overrides):
     assert ours.layers[0].attention.scale == reference.model.layers[0].self_attn.scaling
 
 
-def test_mixture_of_experts_layers_are_refused(tmp_path):
-    build_reference("DeepseekV2ForCausalLM", config(first_k_dense_replace=0, n_routed_experts=4,
-                                                    num_experts_per_tok=2, moe_intermediate_size=8,
-                                                    n_shared_experts=1)).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match=r"first_k_dense_replace = 0 with num_hidden_layers = 2: layers 0 to 1 "
-                                              r"are mixture-of-experts layers, which are not supported yet"):
-        from_pretrained(tmp_path)
+MOE = dict(num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=6, num_experts_per_tok=2,
+           moe_intermediate_size=16, n_shared_experts=2, norm_topk_prob=True)  # V2's router ignores norm_topk_prob
+
+
+@pytest.mark.parametrize(("architecture", "head"), [
+    ("DeepseekV2ForCausalLM", "causal_lm"),
+    ("DeepseekV2ForSequenceClassification", "sequence_classification"),
+    ("DeepseekV2Model", None),
+])
+def test_mixture_of_experts_layers_match_transformers(tmp_path, architecture, head):
+    ours = check_parity(tmp_path, family=FAMILY, architecture=architecture, config=config(**MOE), head=head,
+                        inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    mlp = ours.spec.mlp
+    assert (mlp.kind, mlp.num_experts, mlp.top_k, mlp.router.kind, mlp.router.normalize) == ("moe", 6, 2, "softmax",
+                                                                                              False)
+    assert (mlp.shared_expert.intermediate_size, mlp.aux_loss_coef) == (32, None)
+    assert [layer.mlp.kind for layer in ours.spec.layer_specs] == ["gated", "moe", "moe"]
+
+
+def test_every_layer_a_mixture_of_experts_matches_transformers(tmp_path):
+    """first_k_dense_replace 0 (transformers' default), without the query bottleneck (as V2-Lite)."""
+    ours = check_parity(tmp_path, family=FAMILY, architecture="DeepseekV2ForCausalLM",
+                        config=config(**{**MOE, "first_k_dense_replace": 0, "q_lora_rank": None}), head="causal_lm",
+                        inputs=INPUTS, hf_kwargs_for_batch=position_ids)
+    assert ours.routed == [0, 1, 2]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"topk_method": "group_limited_greedy", "n_group": 2, "topk_group": 1},
+     r"topk_method = 'group_limited_greedy' with routed_scaling_factor = 1.0 is not supported"),
+    ({"routed_scaling_factor": 16.0}, r"topk_method = 'greedy' with routed_scaling_factor = 16.0 is not supported"),
+    ({"mlp_bias": True}, r"mlp_bias = true with mixture-of-experts layers .* is not supported"),
+    ({"num_experts_per_tok": None}, r"num_experts_per_tok is missing or null"),
+], ids=["group-limited-greedy", "scaled", "mlp-bias", "no-top-k"])
+def test_unsupported_mixture_of_experts_configs_are_refused(overrides, message):
+    from archcomposer.plugins.deepseek_v2 import FAMILY as family
+
+    with pytest.raises(CheckpointError, match=message):
+        family.spec_from_hf_config({**config(**MOE).to_dict(), **overrides}, "DeepseekV2ForCausalLM")
 
 
 def test_the_tiny_spec_exports_to_a_checkpoint_transformers_runs_alike(tmp_path):
