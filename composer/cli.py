@@ -19,11 +19,11 @@ import torch
 
 import archcomposer
 from archcomposer.errors import CheckpointError, ComposerError, InputError, RegistryError
+from archcomposer.specfile import INT64_MAX
 
 EXIT_OK, EXIT_INVALID = 0, 1  # argparse exits 2 for a misused command
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE (`yes | head`)
 EXIT_INTERRUPTED = 128 + 2  # SIGINT
-INT64_MAX = 2**63 - 1
 DESCRIPTION = """\
 Transformer language models composed from YAML specs: validate specs and checkpoints, convert
 checkpoints between Hugging Face's format and ours, list the blocks and plugins. Every command
