@@ -19,6 +19,7 @@ decoding step does not specialise on the length and never recompiles."""
 from abc import ABC, abstractmethod
 
 import torch
+import torch.utils._pytree as pytree
 
 from archcomposer.errors import CacheError
 
@@ -112,9 +113,9 @@ class DynamicCache(_Cache):
         """Add this step's ``k``, ``v`` [B, Hkv, s, Dh] to layer ``layer_idx``; returns the kept
         keys and values followed by these, [B, Hkv, K, Dh] with K = ``len(key_slots(...))``."""
         if layer_idx == len(self.keys):
-            keys, values = k, v
-            self.keys.append(_standalone(k))
-            self.values.append(_standalone(v))
+            keys, values = _standalone(k), _standalone(v)
+            self.keys.append(keys)
+            self.values.append(values)
         else:
             self._check_layer(layer_idx, k)
             keys = torch.cat([self.keys[layer_idx], k], dim=-2)  # [B, Hkv, K, Dh]
@@ -216,6 +217,36 @@ class StaticCache(_Cache):
 
     def __repr__(self) -> str:
         return f"StaticCache(layers={len(self)}, seq_length={self.get_seq_length()}, max_length={self.max_length})"
+
+
+# Caches are pytree nodes (their tensors the leaves), so torch.export can return one and
+# torch.utils._pytree.tree_map reaches its tensors.
+def _flatten_dynamic(cache: DynamicCache):
+    return [cache.keys, cache.values, cache.tokens], cache.length
+
+
+def _unflatten_dynamic(children, length: int) -> DynamicCache:
+    cache = DynamicCache()
+    cache.keys, cache.values, cache.tokens = (type(child)(child) for child in children)
+    cache.length = length
+    return cache
+
+
+def _flatten_static(cache: StaticCache):
+    return [cache.keys, cache.values, cache.tokens, cache.position], (cache.max_length, cache.written)
+
+
+def _unflatten_static(children, context: tuple[int, bool]) -> StaticCache:
+    cache = StaticCache(max_length=context[0])
+    keys, values, tokens, cache.position = children
+    cache.keys, cache.values, cache.tokens, cache.written = list(keys), list(values), dict(tokens), context[1]
+    return cache
+
+
+pytree.register_pytree_node(DynamicCache, _flatten_dynamic, _unflatten_dynamic,
+                            serialized_type_name=f"{__name__}.DynamicCache")
+pytree.register_pytree_node(StaticCache, _flatten_static, _unflatten_static,
+                            serialized_type_name=f"{__name__}.StaticCache")
 
 
 def _standalone(t: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ class ComposedModel(nn.Module):
         self.tokenizer = None  # an archcomposer.Tokenizer: from_pretrained sets the checkpoint's
         # Mixture-of-experts layers: their router logits are returned and feed the load-balancing loss.
         self.routed = [i for i, s in enumerate(spec.layer_specs) if s.mlp.kind == "moe"]
+        self.moe = spec.layer_specs[self.routed[0]].mlp if self.routed else None  # read once: not while tracing
 
     @property
     def num_prepended(self) -> int:
@@ -164,7 +165,7 @@ class ComposedModel(nn.Module):
         (transformers' MoE models; none where that is None, as in DeepSeek's)."""
         router_logits = tuple(self.layers[i].mlp.router_logits.unflatten(0, (batch, -1))[:, prepended:].flatten(0, 1)
                               for i in self.routed)  # each [B*S, E]
-        moe = self.spec.layer_specs[self.routed[0]].mlp
+        moe = self.moe
         if not aux or moe.aux_loss_coef is None:
             return {"router_logits": router_logits}
         aux_loss = load_balancing_loss(router_logits, num_experts=moe.num_experts, top_k=moe.top_k,
@@ -213,11 +214,13 @@ class ComposedModel(nn.Module):
         if attention_mask is None:
             return torch.ones(B, K, dtype=torch.bool, device=device)
         columns = T - self.num_prepended  # the input tokens so far
-        if isinstance(T, torch.Tensor):  # a static cache's position: read (a host sync) only in eager calls
-            every_slot = K - self.num_prepended
-            width = attention_mask.shape[-1] if isinstance(attention_mask, torch.Tensor) else None
-            fixed = width == every_slot or (torch.compiler.is_compiling() and width is not None and width <= every_slot)
-            columns = width if fixed else int(columns)
+        every_slot = K - self.num_prepended  # more than that only where a static cache has slots after this step
+        width = attention_mask.shape[-1] if isinstance(attention_mask, torch.Tensor) else None
+        traced = isinstance(T, torch.Tensor) and torch.compiler.is_compiling()  # T: a static cache's position
+        if width == every_slot or (traced and width is not None and width <= every_slot):
+            columns = width
+        elif isinstance(T, torch.Tensor):
+            columns = int(columns)  # a host sync, in eager calls only
         inputs.mask_tensor("attention_mask", attention_mask, (B, columns),
                            f": one entry per token, the {columns - S} in past_key_values and the {S} of this "
                            f"step (1: a token, 0: padding)")
