@@ -1,0 +1,110 @@
+"""Run by tests/composer/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+
+For each case (a tiny spec) and each sharding (FSDP2, tensor parallel), every rank trains a
+sharded model and, alongside, an unsharded copy on the whole batch (the one-process reference);
+then it checks the checkpoints a sharded model writes. Rank 0 writes what it measured to
+``results.json`` in the directory given as the only argument; the test judges it."""
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+import archcomposer
+from archcomposer import distributed
+
+CASES = {
+    # GQA (4 query heads, 2 key/value heads) with fused q/k/v and fused gate/up
+    "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True}}),
+    # ALiBi with 6 heads (BLOOM's extra slopes for a non-power of two), fused q/k/v, plain MLP
+    "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}}),
+    # a learned bucket bias shared by the layers, CPM-Ant's prompt and segments
+    "cpmant-bucket": ("tiny-cpm-ant", {}),
+}
+STEPS, BATCH, SEQ = 3, 4, 8
+
+
+def full_state(model) -> dict[str, torch.Tensor]:
+    return {n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().clone()
+            for n, t in model.state_dict().items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    return max((a[n].float() - b[n].float()).abs().max().item() for n in a)
+
+
+def shard(model, how: str):
+    return distributed.apply_fsdp(model) if how == "fsdp" else distributed.apply_tp(model)
+
+
+def train(model, ids, how: str | None) -> list[float]:
+    """STEPS SGD steps on ``ids``; FSDP ranks each take their half of the batch."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if how == "fsdp":
+        ids = ids.chunk(world)[rank]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    losses = []
+    for _ in range(STEPS):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if how == "fsdp":  # the whole batch's loss: the mean of the ranks' (equal token counts)
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= world
+        losses.append(loss.item())
+    return losses
+
+
+def run_case(name: str, how: str, work: Path) -> dict:
+    rank = dist.get_rank()
+    spec, overrides = CASES[name]
+    started = time.perf_counter()
+    model = archcomposer.build_model(spec, seed=0, **overrides).train()
+    reference = copy.deepcopy(model)
+    ids = torch.randint(4, model.spec.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    reference_losses = train(reference, ids, None)
+    shard(model, how)
+    losses = train(model, ids, how)
+    trained = full_state(model)
+    result = {"losses_1proc": reference_losses, "losses_2proc": losses,
+              "max_param_diff": max_diff(trained, full_state(reference))}
+
+    # a full checkpoint from the sharded model: every rank gathers, rank 0 writes
+    full_dir = work / f"{name}-{how}-full"
+    model.save_pretrained(full_dir)
+    if rank == 0:
+        result["full_save_diff"] = max_diff(full_state(archcomposer.from_pretrained(full_dir)), trained)
+    if name == "bloom-alibi":  # a transformers checkpoint too (the test loads it with transformers)
+        model.save_pretrained(work / f"{name}-{how}-hf", format="hf")
+
+    # sharded checkpoints: into a differently initialised model sharded the same way, and the other way
+    sharded_dir = work / f"{name}-{how}-dcp"
+    distributed.save_sharded(model, sharded_dir)
+    for target in ("fsdp", "tp"):
+        fresh = shard(archcomposer.build_model(spec, seed=7, **overrides), target)
+        distributed.load_sharded(fresh, sharded_dir)
+        result[f"sharded_load_into_{target}_diff"] = max_diff(full_state(fresh), trained)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def main() -> None:
+    work = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {f"{name}/{how}": run_case(name, how, work) for name in CASES for how in ("fsdp", "tp")}
+    if dist.get_rank() == 0:
+        (work / "results.json").write_text(json.dumps(results, indent=1))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
