@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
-from archcomposer.errors import CheckpointError, SpecError
+from archcomposer.errors import CheckpointError, InputError, SpecError
 
 __all__ = ["apply_fsdp", "apply_tp", "default_mesh", "load_sharded", "save_sharded"]
 
@@ -40,7 +40,7 @@ TP_POSITIONS = ("none", "rope", "partial_rope", "alibi", "bucket_bias")
 def default_mesh(model: nn.Module) -> DeviceMesh:
     """A 1-D mesh over every rank of the default process group, on the model's device type."""
     if not dist.is_available() or not dist.is_initialized():
-        raise RuntimeError("archcomposer.distributed needs an initialised process group: launch with torchrun and "
+        raise InputError("mesh=None: archcomposer.distributed needs an initialised process group: launch with torchrun and "
                            "call torch.distributed.init_process_group() (e.g. backend='gloo' on CPU)")
     device_type = next(model.parameters()).device.type
     return init_device_mesh(device_type, (dist.get_world_size(),))
@@ -103,10 +103,10 @@ def _check_tp_layer(layer_spec, i: int, tp: int) -> None:
     if attn.kind != "gqa":
         raise SpecError(f"apply_tp: {where}: attention.kind {attn.kind!r} is not split by tensor parallelism; "
                         f"only 'gqa' is (shard it with apply_fsdp instead)")
-    if attn.num_heads % tp or attn.num_kv_heads % tp:
-        raise SpecError(f"apply_tp: {where}: attention.num_heads ({attn.num_heads}) and attention.num_kv_heads "
-                        f"({attn.num_kv_heads}) must both be divisible by the tensor-parallel size ({tp}); "
-                        f"key/value heads are not replicated")
+    if attn.num_heads % tp or (attn.num_kv_heads % tp and tp % attn.num_kv_heads):
+        raise SpecError(f"apply_tp: {where}: attention.num_heads ({attn.num_heads}) must be divisible by the "
+                        f"tensor-parallel size ({tp}), and attention.num_kv_heads ({attn.num_kv_heads}) divisible "
+                        f"by it or divide it (then each key/value head is replicated on {tp} / num_kv_heads ranks)")
     if attn.qk_norm is not None and attn.qk_norm.scope != "head":
         raise SpecError(f"apply_tp: {where}: attention.qk_norm.scope {attn.qk_norm.scope!r} normalises across heads "
                         f"or holds a weight per head; only scope 'head' is split by tensor parallelism")
@@ -122,15 +122,60 @@ def _check_tp_layer(layer_spec, i: int, tp: int) -> None:
 
 
 def _shard_attention(attn: nn.Module, mesh: DeviceMesh) -> None:
-    """q/k/v column-wise, the output row-wise; the block's head counts become this rank's."""
+    """q/k/v column-wise, the output row-wise; the block's head counts become this rank's. With
+    fewer key/value heads than ranks (MQA), q/k/v stay replicated and each rank keeps its query
+    heads and the key/value head they attend to."""
     tp = mesh.size()
-    _shard_columns(attn.qkv, mesh)
+    if attn.num_kv_heads % tp:
+        _replicate_qkv(attn, mesh)
+    else:
+        _shard_columns(attn.qkv, mesh)
+        attn.num_kv_heads //= tp
     parallelize_module(attn.out, mesh, RowwiseParallel())
     attn.num_heads //= tp
-    attn.num_kv_heads //= tp
     for norm in (attn.q_norm, attn.k_norm):  # scope 'head': one weight [Dh] that every head uses
         for param in norm.parameters():
             _sum_gradient_over(param, mesh.get_group())
+
+
+def _replicate_qkv(attn: nn.Module, mesh: DeviceMesh) -> None:
+    """Fewer key/value heads than ranks: every rank computes the whole (replicated) q/k/v
+    projection and keeps its H/tp query heads and their one key/value head. Each rank's
+    gradients then cover its heads only: those of the weights and of the input are summed over
+    the ranks."""
+    tp, rank, group = mesh.size(), mesh.get_local_rank(), mesh.get_group()
+    H, Hkv, Dh = attn.num_heads, attn.num_kv_heads, attn.head_dim
+    queries = slice(rank * H // tp * Dh, (rank + 1) * H // tp * Dh)
+    kv_head = rank // (tp // Hkv)
+    keys = slice(kv_head * Dh, (kv_head + 1) * Dh)
+
+    def input_gradient_summed(module, args):
+        return (_SumGradient.apply(args[0], group), *args[1:])
+
+    def this_ranks_heads(module, args, qkv):
+        q, k, v = qkv
+        return q[..., queries], k[..., keys], v[..., keys]  # [B, S, H/tp*Dh], 2 x [B, S, Dh]
+
+    attn.qkv.register_forward_pre_hook(input_gradient_summed)
+    attn.qkv.register_forward_hook(this_ranks_heads)
+    for param in attn.qkv.parameters():
+        _sum_gradient_over(param, group)
+    attn.num_kv_heads = 1
+
+
+class _SumGradient(torch.autograd.Function):
+    """The identity, whose backward sums the gradient over ``group`` (Megatron's "f")."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 def _shard_mlp(mlp: nn.Module, kind: str, mesh: DeviceMesh) -> None:

@@ -23,6 +23,8 @@ CASES = {
     "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True}}),
     # ALiBi with 6 heads (BLOOM's extra slopes for a non-power of two), fused q/k/v, plain MLP
     "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}}),
+    # MQA (one key/value head for 4 query heads: replicated on both ranks), fused q/k/v
+    "mqa-fused": ("tiny-starcoder", {}),
     # a learned bucket bias shared by the layers, CPM-Ant's prompt and segments
     "cpmant-bucket": ("tiny-cpm-ant", {}),
 }
@@ -96,11 +98,27 @@ def run_case(name: str, how: str, work: Path) -> dict:
     return result
 
 
+#: Specs apply_tp refuses, each with a field its SpecError names.
+REFUSED = {"heads": ("tiny-bloom", "attention.num_heads \\(5\\)"), "mla": ("tiny-deepseek-v2", "attention.kind 'mla'"),
+           "moe": ("tiny-mixtral", "mlp.kind 'moe'")}
+
+
+def refusals() -> dict[str, str]:
+    messages = {}
+    for case, (spec, _) in REFUSED.items():
+        try:
+            distributed.apply_tp(archcomposer.build_model(spec, seed=0))
+        except archcomposer.SpecError as exc:
+            messages[case] = str(exc)
+    return messages
+
+
 def main() -> None:
     work = Path(sys.argv[1])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     results = {f"{name}/{how}": run_case(name, how, work) for name in CASES for how in ("fsdp", "tp")}
+    results["refused"] = refusals()
     if dist.get_rank() == 0:
         (work / "results.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()
