@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.experimental import implicit_replication
 
 import archcomposer
 from archcomposer import distributed
@@ -46,16 +47,19 @@ def shard(model, how: str):
 
 
 def train(model, ids, how: str | None) -> list[float]:
-    """STEPS SGD steps on ``ids``; FSDP ranks each take their half of the batch."""
+    """STEPS SGD steps on ``ids``, gradients clipped to norm 1; FSDP ranks each take their half of the batch."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if how == "fsdp":
         ids = ids.chunk(world)[rank]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, foreach=True)
     losses = []
     for _ in range(STEPS):
         loss = model(ids, labels=ids).loss
         loss.backward()
-        optimizer.step()
+        # tensor parallel mixes DTensors (sharded) and tensors (replicated): foreach kernels need this
+        with implicit_replication():
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # the gradients' norm is ~4: clipped
+            optimizer.step()
         optimizer.zero_grad()
         if how == "fsdp":  # the whole batch's loss: the mean of the ranks' (equal token counts)
             loss = loss.detach().clone()
