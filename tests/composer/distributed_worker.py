@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.experimental import implicit_replication
 
@@ -102,6 +103,22 @@ def run_case(name: str, how: str, work: Path) -> dict:
     return result
 
 
+def mixed_precision() -> dict:
+    """FSDP computing in bfloat16 (parameters gathered and cast), reducing gradients in fp32: each
+    rank's loss against one process's model cast to bfloat16 on the same half batch."""
+    rank = dist.get_rank()
+    model = archcomposer.build_model("tiny-glm-4", seed=0).train()
+    reference = copy.deepcopy(model).to(torch.bfloat16)
+    ids = torch.randint(4, 256, (BATCH, SEQ), generator=torch.Generator().manual_seed(1)).chunk(2)[rank]
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    distributed.apply_fsdp(model, mixed_precision=policy)
+    loss = model(ids, labels=ids).loss
+    loss.backward()
+    grad_dtypes = sorted({str(p.grad.dtype) for p in model.parameters()})
+    return {"loss": loss.item(), "loss_1proc": reference(ids, labels=ids).loss.item(),
+            "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}), "grad_dtypes": grad_dtypes}
+
+
 #: Specs apply_tp refuses, each with a field its SpecError names.
 REFUSED = {"heads": ("tiny-bloom", "attention.num_heads \\(5\\)"), "mla": ("tiny-deepseek-v2", "attention.kind 'mla'"),
            "moe": ("tiny-mixtral", "mlp.kind 'moe'")}
@@ -123,6 +140,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     results = {f"{name}/{how}": run_case(name, how, work) for name in CASES for how in ("fsdp", "tp")}
     results["refused"] = refusals()
+    results["mixed_precision"] = mixed_precision()
     if dist.get_rank() == 0:
         (work / "results.json").write_text(json.dumps(results, indent=1))
     dist.destroy_process_group()

@@ -86,3 +86,10 @@ def test_needs_a_process_group():
 
     with pytest.raises(archcomposer.InputError, match="mesh=None: archcomposer.distributed needs an initialised"):
         distributed.apply_tp(archcomposer.build_model("tiny-glm-4", seed=0))
+
+
+def test_fsdp_mixed_precision(launched):
+    """bfloat16 compute: the loss of one process's model cast to bfloat16; fp32 parameters and gradients."""
+    result = launched[1]["mixed_precision"]
+    assert result["loss"] == pytest.approx(result["loss_1proc"], rel=1e-6)
+    assert result["param_dtypes"] == result["grad_dtypes"] == ["torch.float32"]
