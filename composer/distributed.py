@@ -80,6 +80,9 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
     ``gated``/``plain`` (latent attention and mixtures of experts are not split yet), a per-head
     or whole-projection q/k norm, or a position kind outside ``TP_POSITIONS``. Returns ``model``,
     changed in place."""
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        raise InputError("apply_tp: this model is already sharded (apply_tp or apply_fsdp was called on it); "
+                         "apply tensor parallelism once, before FSDP")
     mesh = mesh if mesh is not None else default_mesh(model)
     tp, rank = mesh.size(), mesh.get_local_rank()
     spec = model.spec

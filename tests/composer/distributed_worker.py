@@ -70,6 +70,21 @@ def train(model, ids, how: str | None) -> list[float]:
     return losses
 
 
+@torch.no_grad()
+def decode_logits_diff(model, reference, cache: str) -> float:
+    """The largest difference of the logits of a prompt and two cached decoding steps."""
+    ids = torch.tensor([[5, 17, 42, 8, 99]])
+    diffs = []
+    for m in (model.eval(), reference.eval()):
+        past = archcomposer.StaticCache(max_length=16) if cache == "static" else archcomposer.DynamicCache()
+        logits = [m(ids, past_key_values=past, use_cache=True).logits]
+        for token in (7, 11):
+            logits.append(m(torch.tensor([[token]]), past_key_values=past, use_cache=True).logits)
+        diffs.append(torch.cat(logits, dim=1))
+    model.train(), reference.train()
+    return (diffs[0] - diffs[1]).abs().max().item()
+
+
 def run_case(name: str, how: str, work: Path) -> dict:
     rank = dist.get_rank()
     spec, overrides = CASES[name]
@@ -83,6 +98,8 @@ def run_case(name: str, how: str, work: Path) -> dict:
     trained = full_state(model)
     result = {"losses_1proc": reference_losses, "losses_2proc": losses,
               "max_param_diff": max_diff(trained, full_state(reference))}
+
+    result["decode_diff"] = max(decode_logits_diff(model, reference, cache) for cache in ("dynamic", "static"))
 
     # a full checkpoint from the sharded model: every rank gathers, rank 0 writes
     full_dir = work / f"{name}-{how}-full"
@@ -119,18 +136,22 @@ def mixed_precision() -> dict:
             "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}), "grad_dtypes": grad_dtypes}
 
 
-#: Specs apply_tp refuses, each with a field its SpecError names.
-REFUSED = {"heads": ("tiny-bloom", "attention.num_heads \\(5\\)"), "mla": ("tiny-deepseek-v2", "attention.kind 'mla'"),
-           "moe": ("tiny-mixtral", "mlp.kind 'moe'")}
+#: What apply_tp refuses: spec, and the message (a regular expression) of its named error.
+REFUSED = {"heads": ("tiny-bloom", r"SpecError: apply_tp: layer 0: attention.num_heads \(5\) must be divisible"),
+           "mla": ("tiny-deepseek-v2", r"SpecError: apply_tp: layer 0: attention.kind 'mla' is not split"),
+           "moe": ("tiny-mixtral", r"SpecError: apply_tp: layer 0: mlp.kind 'moe' is not split"),
+           "twice": ("tiny-glm-4", r"InputError: apply_tp: this model is already sharded")}
 
 
 def refusals() -> dict[str, str]:
     messages = {}
     for case, (spec, _) in REFUSED.items():
+        model = archcomposer.build_model(spec, seed=0)
         try:
-            distributed.apply_tp(archcomposer.build_model(spec, seed=0))
-        except archcomposer.SpecError as exc:
-            messages[case] = str(exc)
+            distributed.apply_tp(model)
+            distributed.apply_tp(model)  # "twice"; the others fail on the first
+        except archcomposer.ComposerError as exc:
+            messages[case] = f"{type(exc).__name__}: {exc}"
     return messages
 
 
