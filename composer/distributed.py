@@ -22,10 +22,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor.experimental import implicit_replication
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
@@ -213,6 +215,7 @@ def _shard_fused(fused: FusedProjection, mesh: DeviceMesh) -> None:
             param.copy_(param[order.to(param.device)])
     parallelize_module(fused.proj, mesh, ColwiseParallel())
     fused.sizes = [size // tp for size in fused.sizes]
+    fused.tp_row_order = order  # read by the optimizer-state checkpoints
     names = [name for name, _ in fused.proj.named_parameters()]
 
     def original_layout(module, state_dict, prefix, local_metadata):
@@ -278,21 +281,52 @@ def _sum_gradient_over(param: nn.Parameter, group) -> None:
 # sharded checkpoints
 
 
-def save_sharded(model: nn.Module, directory: str | os.PathLike) -> None:
-    """Write each rank's shards of ``model`` to ``directory`` with torch.distributed.checkpoint
-    (every rank calls it; the directory must be visible to every rank). Fused projections are
-    written in their original layout, so ``load_sharded`` may read it into another sharding."""
+def save_sharded(model: nn.Module, directory: str | os.PathLike, *,
+                 optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Write each rank's shards of ``model`` (and of ``optimizer``'s state, to resume training)
+    to ``directory`` with torch.distributed.checkpoint. Every rank calls it; the directory must be
+    visible to every rank. Fused projections are written in their original layout, so
+    ``load_sharded`` may read the shards into another sharding."""
     if not isinstance(directory, (str, os.PathLike)):
         raise CheckpointError(f"directory={directory!r}: expected the directory to write (a str or os.PathLike)")
-    dcp.save(get_model_state_dict(model), checkpoint_id=os.fspath(directory))
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = _fused_optimizer_rows(model, get_optimizer_state_dict(model, optimizer), original=True)
+    dcp.save(state, checkpoint_id=os.fspath(directory))
 
 
-def load_sharded(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
-    """Read shards written by ``save_sharded`` into ``model`` (sharded as it is now: the
-    checkpoint is resharded as needed). Every rank calls it. Returns ``model``."""
+def load_sharded(model: nn.Module, directory: str | os.PathLike, *,
+                 optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
+    """Read shards written by ``save_sharded`` into ``model`` (and ``optimizer``, which must
+    have been saved), sharded as they are now: the checkpoint is resharded as needed. Every
+    rank calls it. Returns ``model``."""
     if not isinstance(directory, (str, os.PathLike)) or not os.path.isdir(directory):
         raise CheckpointError(f"directory={directory!r}: expected a directory written by save_sharded")
-    state = get_model_state_dict(model)
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        with implicit_replication():  # a fresh optimizer's state is made by a step, over mixed parameters
+            state["optimizer"] = get_optimizer_state_dict(model, optimizer)
     dcp.load(state, checkpoint_id=os.fspath(directory))
-    set_model_state_dict(model, state)
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, _fused_optimizer_rows(model, state["optimizer"], original=False))
     return model
+
+
+def _fused_optimizer_rows(model: nn.Module, optimizer_state: dict, *, original: bool) -> dict:
+    """The optimizer's state with the per-parameter tensors of the re-laid out fused weights
+    (Adam's moments, SGD's momentum) in the original row order (``original``) or this rank's.
+    New dicts: the optimizer's own state (which ``optimizer_state`` shares) is left as it is."""
+    state = dict(optimizer_state["state"])
+    for prefix, module in model.named_modules():
+        order = getattr(module, "tp_row_order", None)
+        if order is None:
+            continue
+        index = torch.argsort(order) if original else order
+        for name, param in module.proj.named_parameters():
+            fqn = f"{prefix}.proj.{name}"
+            if fqn in state:
+                state[fqn] = {key: _reordered(value, index, value.device_mesh)
+                              if isinstance(value, DTensor) and value.shape == param.shape else value
+                              for key, value in state[fqn].items()}
+    return {**optimizer_state, "state": state}

@@ -47,14 +47,17 @@ def shard(model, how: str):
     return distributed.apply_fsdp(model) if how == "fsdp" else distributed.apply_tp(model)
 
 
-def train(model, ids, how: str | None) -> list[float]:
-    """STEPS SGD steps on ``ids``, gradients clipped to norm 1; FSDP ranks each take their half of the batch."""
+def optimizer_for(model) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, foreach=True)
+
+
+def train(model, ids, how: str | None, optimizer: torch.optim.Optimizer, steps: int = STEPS) -> list[float]:
+    """SGD steps on ``ids``, gradients clipped to norm 1; FSDP ranks each take their half of the batch."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if how == "fsdp":
         ids = ids.chunk(world)[rank]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, foreach=True)
     losses = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         loss = model(ids, labels=ids).loss
         loss.backward()
         # tensor parallel mixes DTensors (sharded) and tensors (replicated): foreach kernels need this
@@ -92,9 +95,10 @@ def run_case(name: str, how: str, work: Path) -> dict:
     model = archcomposer.build_model(spec, seed=0, **overrides).train()
     reference = copy.deepcopy(model)
     ids = torch.randint(4, model.spec.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
-    reference_losses = train(reference, ids, None)
+    reference_losses = train(reference, ids, None, optimizer_for(reference))
     shard(model, how)
-    losses = train(model, ids, how)
+    optimizer = optimizer_for(model)
+    losses = train(model, ids, how, optimizer)
     trained = full_state(model)
     result = {"losses_1proc": reference_losses, "losses_2proc": losses,
               "max_param_diff": max_diff(trained, full_state(reference))}
@@ -109,13 +113,19 @@ def run_case(name: str, how: str, work: Path) -> dict:
     if name == "bloom-alibi":  # a transformers checkpoint too (the test loads it with transformers)
         model.save_pretrained(work / f"{name}-{how}-hf", format="hf")
 
-    # sharded checkpoints: into a differently initialised model sharded the same way, and the other way
+    # sharded checkpoints, with the optimizer: into a differently initialised model sharded the
+    # same way, and the other way; one more step from there equals one more step from here
     sharded_dir = work / f"{name}-{how}-dcp"
-    distributed.save_sharded(model, sharded_dir)
+    distributed.save_sharded(model, sharded_dir, optimizer=optimizer)
+    train(model, ids, how, optimizer, steps=1)
+    continued = full_state(model)
     for target in ("fsdp", "tp"):
-        fresh = shard(archcomposer.build_model(spec, seed=7, **overrides), target)
-        distributed.load_sharded(fresh, sharded_dir)
+        fresh = shard(archcomposer.build_model(spec, seed=7, **overrides).train(), target)
+        fresh_optimizer = optimizer_for(fresh)
+        distributed.load_sharded(fresh, sharded_dir, optimizer=fresh_optimizer)
         result[f"sharded_load_into_{target}_diff"] = max_diff(full_state(fresh), trained)
+        train(fresh, ids, target, fresh_optimizer, steps=1)
+        result[f"resumed_in_{target}_diff"] = max_diff(full_state(fresh), continued)
     result["seconds"] = time.perf_counter() - started
     return result
 

@@ -56,11 +56,14 @@ def test_training_equals_one_process(launched, run):
 @pytest.mark.parametrize("run", RUNS)
 def test_checkpoints_of_a_sharded_model(launched, run):
     """save_pretrained writes the trained model whole (from_pretrained reads it back exactly);
-    save_sharded's shards load into the same sharding and into the other one."""
+    save_sharded's shards (model and optimizer) load into the same sharding and into the other one."""
     result = launched[1][run]
     assert result["full_save_diff"] == 0.0
     assert result["sharded_load_into_fsdp_diff"] == 0.0
     assert result["sharded_load_into_tp_diff"] == 0.0
+    # with the optimizer's state: one more step after loading equals one more step before saving
+    assert result[f"resumed_in_{run.split('/')[1]}_diff"] == 0.0
+    assert result["resumed_in_fsdp_diff"] <= 1e-6 and result["resumed_in_tp_diff"] <= 1e-6
 
 
 @pytest.mark.parametrize("how", ["fsdp", "tp"])
