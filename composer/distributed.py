@@ -7,7 +7,9 @@ write and read each rank's shards with ``torch.distributed.checkpoint``.
 
 The tensor-parallel plan follows Megatron's: q/k/v and gate/up column-wise, the attention output
 and MLP down projection row-wise (one all-reduce each), so each rank holds ``H / tp`` query heads
-and ``Hkv / tp`` key/value heads; embeddings, norms and heads stay replicated. A fused projection
+and ``Hkv / tp`` key/value heads (or, with fewer key/value heads than ranks, the one its queries
+read); embeddings, norms and heads stay replicated. Latent attention splits its per-head
+projections and keeps the latent whole. Mixtures of experts are refused (FSDP shards them). A fused projection
 (``FusedProjection``: q/k/v or gate/up in one weight) is re-laid out so that each rank's rows are
 its slice of every part, and its state dict still shows the original layout. A position bias
 [B, H, Q, K] is sliced to the rank's heads; a learned one (CPM-Ant's bucket bias) stays
@@ -78,10 +80,9 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
     """Shard ``model``'s attention heads and MLP width over ``mesh`` (default: every rank), from
     its spec. Every rank must hold the same weights (rank 0's are distributed). Raises
     ``SpecError`` naming the field when the spec cannot be split: head counts or the MLP width
-    not divisible by the mesh size, attention or MLP kinds other than ``gqa`` and
-    ``gated``/``plain`` (latent attention and mixtures of experts are not split yet), a per-head
-    or whole-projection q/k norm, or a position kind outside ``TP_POSITIONS``. Returns ``model``,
-    changed in place."""
+    not divisible by the mesh size, an MLP kind other than ``gated``/``plain`` (mixtures of
+    experts are not split: shard them with FSDP), a per-head or whole-projection q/k norm, or a
+    position kind outside ``TP_POSITIONS``. Returns ``model``, changed in place."""
     if any(isinstance(p, DTensor) for p in model.parameters()):
         raise InputError("apply_tp: this model is already sharded (apply_tp or apply_fsdp was called on it); "
                          "apply tensor parallelism once, before FSDP")
@@ -90,8 +91,11 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
     spec = model.spec
     for i, layer_spec in enumerate(spec.layer_specs):
         _check_tp_layer(layer_spec, i, tp)
-    for i, (layer, layer_spec) in enumerate(zip(model.layers, spec.layer_specs)):
-        _shard_attention(layer.attention, mesh)
+    for layer, layer_spec in zip(model.layers, spec.layer_specs):
+        if layer_spec.attention.kind == "mla":
+            _shard_latent_attention(layer.attention, mesh)
+        else:
+            _shard_attention(layer.attention, mesh)
         _shard_mlp(layer.mlp, layer_spec.mlp.kind, mesh)
     group = mesh.get_group()
     for j, position in enumerate(model.positions):
@@ -105,14 +109,17 @@ def apply_tp(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
 def _check_tp_layer(layer_spec, i: int, tp: int) -> None:
     where = f"layer {i}"
     attn, mlp, position = layer_spec.attention, layer_spec.mlp, layer_spec.position
-    if attn.kind != "gqa":
+    if attn.kind not in ("gqa", "mla"):
         raise SpecError(f"apply_tp: {where}: attention.kind {attn.kind!r} is not split by tensor parallelism; "
-                        f"only 'gqa' is (shard it with apply_fsdp instead)")
-    if attn.num_heads % tp or (attn.num_kv_heads % tp and tp % attn.num_kv_heads):
+                        f"only 'gqa' and 'mla' are (shard it with apply_fsdp instead)")
+    if attn.kind == "mla" and attn.num_heads % tp:
+        raise SpecError(f"apply_tp: {where}: attention.num_heads ({attn.num_heads}) must be divisible by the "
+                        f"tensor-parallel size ({tp})")
+    if attn.kind == "gqa" and (attn.num_heads % tp or (attn.num_kv_heads % tp and tp % attn.num_kv_heads)):
         raise SpecError(f"apply_tp: {where}: attention.num_heads ({attn.num_heads}) must be divisible by the "
                         f"tensor-parallel size ({tp}), and attention.num_kv_heads ({attn.num_kv_heads}) divisible "
                         f"by it or divide it (then each key/value head is replicated on {tp} / num_kv_heads ranks)")
-    if attn.qk_norm is not None and attn.qk_norm.scope != "head":
+    if getattr(attn, "qk_norm", None) is not None and attn.qk_norm.scope != "head":
         raise SpecError(f"apply_tp: {where}: attention.qk_norm.scope {attn.qk_norm.scope!r} normalises across heads "
                         f"or holds a weight per head; only scope 'head' is split by tensor parallelism")
     if mlp.kind not in ("gated", "plain"):
@@ -143,6 +150,24 @@ def _shard_attention(attn: nn.Module, mesh: DeviceMesh) -> None:
             _sum_gradient_over(param, mesh.get_group())
 
 
+def _shard_latent_attention(attn: nn.Module, mesh: DeviceMesh) -> None:
+    """Multi-head latent attention: the per-head projections (queries, or their up-projection
+    after a bottleneck, and ``kv_up``) column-wise, the output row-wise; the latent and the shared
+    rotary key are computed whole on every rank. The column-wise projections sum their input's
+    gradient over the ranks; the rotary key, which each rank's heads read directly, needs its own."""
+    tp, group = mesh.size(), mesh.get_group()
+    parallelize_module(attn.q.up if hasattr(attn.q, "up") else attn.q, mesh, ColwiseParallel())
+    parallelize_module(attn.kv_up, mesh, ColwiseParallel())
+    parallelize_module(attn.out, mesh, RowwiseParallel())
+    rotary = slice(attn.kv_lora_rank, None)  # kv_down's output: the latent [R], then the rotary key [Dr]
+
+    def rotary_key_gradient_summed(module, args, latent_and_key):
+        return _SumGradient.apply(latent_and_key, group, rotary)
+
+    attn.kv_down.register_forward_hook(rotary_key_gradient_summed)
+    attn.num_heads //= tp
+
+
 def _replicate_qkv(attn: nn.Module, mesh: DeviceMesh) -> None:
     """Fewer key/value heads than ranks: every rank computes the whole (replicated) q/k/v
     projection and keeps its H/tp query heads and their one key/value head. Each rank's
@@ -169,18 +194,21 @@ def _replicate_qkv(attn: nn.Module, mesh: DeviceMesh) -> None:
 
 
 class _SumGradient(torch.autograd.Function):
-    """The identity, whose backward sums the gradient over ``group`` (Megatron's "f")."""
+    """The identity, whose backward sums the gradient over ``group`` (Megatron's "f"); with
+    ``channels``, only those of the last dimension."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
+    def forward(ctx, x: torch.Tensor, group, channels: slice = slice(None)) -> torch.Tensor:
+        ctx.group, ctx.channels = group, channels
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
-        return grad, None
+        summed = grad[..., ctx.channels].contiguous()
+        dist.all_reduce(summed, group=ctx.group)
+        grad[..., ctx.channels] = summed
+        return grad, None, None
 
 
 def _shard_mlp(mlp: nn.Module, kind: str, mesh: DeviceMesh) -> None:

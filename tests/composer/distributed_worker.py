@@ -27,6 +27,8 @@ CASES = {
     "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}}),
     # MQA (one key/value head for 4 query heads: replicated on both ranks), fused q/k/v
     "mqa-fused": ("tiny-starcoder", {}),
+    # multi-head latent attention (DeepSeek-V2) with a query bottleneck
+    "mla": ("tiny-deepseek-v2", {"attention": {"q_lora_rank": 24}}),
     # a learned bucket bias shared by the layers, CPM-Ant's prompt and segments
     "cpmant-bucket": ("tiny-cpm-ant", {}),
 }
@@ -148,7 +150,6 @@ def mixed_precision() -> dict:
 
 #: What apply_tp refuses: spec, and the message (a regular expression) of its named error.
 REFUSED = {"heads": ("tiny-bloom", r"SpecError: apply_tp: layer 0: attention.num_heads \(5\) must be divisible"),
-           "mla": ("tiny-deepseek-v2", r"SpecError: apply_tp: layer 0: attention.kind 'mla' is not split"),
            "moe": ("tiny-mixtral", r"SpecError: apply_tp: layer 0: mlp.kind 'moe' is not split"),
            "twice": ("tiny-glm-4", r"InputError: apply_tp: this model is already sharded")}
 
