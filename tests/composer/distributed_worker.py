@@ -20,17 +20,21 @@ from torch.distributed.tensor.experimental import implicit_replication
 import archcomposer
 from archcomposer import distributed
 
-CASES = {
+BOTH = ("fsdp", "tp")
+CASES = {  # name: (spec, overrides, shardings)
     # GQA (4 query heads, 2 key/value heads) with fused q/k/v and fused gate/up
-    "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True}}),
+    "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True}}, BOTH),
     # ALiBi with 6 heads (BLOOM's extra slopes for a non-power of two), fused q/k/v, plain MLP
-    "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}}),
+    "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}},
+                    BOTH),
     # MQA (one key/value head for 4 query heads: replicated on both ranks), fused q/k/v
-    "mqa-fused": ("tiny-starcoder", {}),
+    "mqa-fused": ("tiny-starcoder", {}, BOTH),
     # multi-head latent attention (DeepSeek-V2) with a query bottleneck
-    "mla": ("tiny-deepseek-v2", {"attention": {"q_lora_rank": 24}}),
+    "mla": ("tiny-deepseek-v2", {"attention": {"q_lora_rank": 24}}, BOTH),
     # a learned bucket bias shared by the layers, CPM-Ant's prompt and segments
-    "cpmant-bucket": ("tiny-cpm-ant", {}),
+    "cpmant-bucket": ("tiny-cpm-ant", {}, BOTH),
+    # a mixture of experts (Mixtral): FSDP only, tensor parallelism refuses it
+    "moe": ("tiny-mixtral", {}, ("fsdp",)),
 }
 STEPS, BATCH, SEQ = 3, 4, 8
 
@@ -92,7 +96,7 @@ def decode_logits_diff(model, reference, cache: str) -> float:
 
 def run_case(name: str, how: str, work: Path) -> dict:
     rank = dist.get_rank()
-    spec, overrides = CASES[name]
+    spec, overrides, shardings = CASES[name]
     started = time.perf_counter()
     model = archcomposer.build_model(spec, seed=0, **overrides).train()
     reference = copy.deepcopy(model)
@@ -121,7 +125,7 @@ def run_case(name: str, how: str, work: Path) -> dict:
     distributed.save_sharded(model, sharded_dir, optimizer=optimizer)
     train(model, ids, how, optimizer, steps=1)
     continued = full_state(model)
-    for target in ("fsdp", "tp"):
+    for target in shardings:
         fresh = shard(archcomposer.build_model(spec, seed=7, **overrides).train(), target)
         fresh_optimizer = optimizer_for(fresh)
         distributed.load_sharded(fresh, sharded_dir, optimizer=fresh_optimizer)
@@ -170,7 +174,7 @@ def main() -> None:
     work = Path(sys.argv[1])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    results = {f"{name}/{how}": run_case(name, how, work) for name in CASES for how in ("fsdp", "tp")}
+    results = {f"{name}/{how}": run_case(name, how, work) for name, (*_, shardings) in CASES.items() for how in shardings}
     results["refused"] = refusals()
     results["mixed_precision"] = mixed_precision()
     if dist.get_rank() == 0:

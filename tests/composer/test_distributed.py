@@ -25,7 +25,7 @@ import archcomposer
 from tests.composer.distributed_worker import CASES, REFUSED
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-RUNS = [f"{case}/{how}" for case in CASES for how in ("fsdp", "tp")]
+RUNS = [f"{case}/{how}" for case, (*_, shardings) in CASES.items() for how in shardings]
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with the gloo backend is not available in this torch build")
@@ -60,10 +60,10 @@ def test_checkpoints_of_a_sharded_model(launched, run):
     result = launched[1][run]
     assert result["full_save_diff"] == 0.0
     assert result["sharded_load_into_fsdp_diff"] == 0.0
-    assert result["sharded_load_into_tp_diff"] == 0.0
+    assert result.get("sharded_load_into_tp_diff", 0.0) == 0.0
     # with the optimizer's state: one more step after loading equals one more step before saving
     assert result[f"resumed_in_{run.split('/')[1]}_diff"] == 0.0
-    assert result["resumed_in_fsdp_diff"] <= 1e-6 and result["resumed_in_tp_diff"] <= 1e-6
+    assert result["resumed_in_fsdp_diff"] <= 1e-6 and result.get("resumed_in_tp_diff", 0.0) <= 1e-6
 
 
 @pytest.mark.parametrize("how", ["fsdp", "tp"])
