@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.experimental import implicit_replication
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -78,7 +78,8 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh | None = None, *, mixed_precis
 
 def apply_tp(model: nn.Module, mesh: DeviceMesh | None = None) -> nn.Module:
     """Shard ``model``'s attention heads and MLP width over ``mesh`` (default: every rank), from
-    its spec. Every rank must hold the same weights (rank 0's are distributed). Raises
+    its spec. Every rank must hold the same weights (the same seed, or the same checkpoint): the
+    split ones are taken from rank 0, the others used as each rank holds them. Raises
     ``SpecError`` naming the field when the spec cannot be split: head counts or the MLP width
     not divisible by the mesh size, an MLP kind other than ``gated``/``plain`` (mixtures of
     experts are not split: shard them with FSDP), a per-head or whole-projection q/k norm, or a
@@ -250,13 +251,13 @@ def _shard_fused(fused: FusedProjection, mesh: DeviceMesh) -> None:
         for name in names:
             key = f"{prefix}proj.{name}"
             if key in state_dict:
-                state_dict[key] = _reordered(state_dict[key], inverse, mesh)
+                state_dict[key] = _reordered(state_dict[key], inverse, like=state_dict[key])
 
     def permuted_layout(module, state_dict, prefix, *args):
         for name in names:
             key = f"{prefix}proj.{name}"
             if key in state_dict:
-                state_dict[key] = _reordered(state_dict[key], order, mesh)
+                state_dict[key] = _reordered(state_dict[key], order, like=fused.proj.get_parameter(name))
 
     fused.register_state_dict_post_hook(original_layout)
     fused.register_load_state_dict_pre_hook(permuted_layout)
@@ -271,12 +272,12 @@ def _per_rank_order(sizes: list[int], tp: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _reordered(tensor: torch.Tensor, order: torch.Tensor, mesh: DeviceMesh) -> DTensor:
-    """``tensor`` (full, or a DTensor) with its rows taken in ``order``, as a DTensor sharded by
-    rows over ``mesh`` (one all-gather of this weight)."""
+def _reordered(tensor: torch.Tensor, order: torch.Tensor, *, like: DTensor) -> DTensor:
+    """``tensor`` (full, or a DTensor) with its rows taken in ``order``, sharded as ``like``
+    (one all-gather of this weight)."""
     full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
     reordered = full[order.to(full.device)]
-    return distribute_tensor(reordered, mesh, [Shard(0)], src_data_rank=None)
+    return distribute_tensor(reordered, like.device_mesh, like.placements, src_data_rank=None)
 
 
 def _bias_slicer(num_heads: int, tp: int, rank: int) -> Callable:
@@ -354,7 +355,7 @@ def _fused_optimizer_rows(model: nn.Module, optimizer_state: dict, *, original: 
         for name, param in module.proj.named_parameters():
             fqn = f"{prefix}.proj.{name}"
             if fqn in state:
-                state[fqn] = {key: _reordered(value, index, value.device_mesh)
+                state[fqn] = {key: _reordered(value, index, like=value)
                               if isinstance(value, DTensor) and value.shape == param.shape else value
                               for key, value in state[fqn].items()}
     return {**optimizer_state, "state": state}

@@ -22,8 +22,9 @@ from archcomposer import distributed
 
 BOTH = ("fsdp", "tp")
 CASES = {  # name: (spec, overrides, shardings)
-    # GQA (4 query heads, 2 key/value heads) with fused q/k/v and fused gate/up
-    "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True}}, BOTH),
+    # GQA (4 query heads, 2 key/value heads) with fused q/k/v and fused gate/up, and a q/k norm
+    # weight that every head shares
+    "gqa-fused": ("tiny-glm-4", {"attention": {"fused_qkv": True, "qk_norm": {"scope": "head"}}}, BOTH),
     # ALiBi with 6 heads (BLOOM's extra slopes for a non-power of two), fused q/k/v, plain MLP
     "bloom-alibi": ("tiny-bloom", {"hidden_size": 48, "attention": {"num_heads": 6}, "mlp": {"intermediate_size": 192}},
                     BOTH),
