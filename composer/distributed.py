@@ -9,11 +9,13 @@ The tensor-parallel plan follows Megatron's: q/k/v and gate/up column-wise, the 
 and MLP down projection row-wise (one all-reduce each), so each rank holds ``H / tp`` query heads
 and ``Hkv / tp`` key/value heads (or, with fewer key/value heads than ranks, the one its queries
 read); embeddings, norms and heads stay replicated. Latent attention splits its per-head
-projections and keeps the latent whole. Mixtures of experts are refused (FSDP shards them). A fused projection
-(``FusedProjection``: q/k/v or gate/up in one weight) is re-laid out so that each rank's rows are
-its slice of every part, and its state dict still shows the original layout. A position bias
-[B, H, Q, K] is sliced to the rank's heads; a learned one (CPM-Ant's bucket bias) stays
-replicated and its gradient is summed over the ranks, as each rank only uses its heads' columns."""
+projections and keeps the latent whole. Mixtures of experts are refused (FSDP shards them). A
+fused projection (``FusedProjection``: q/k/v or gate/up in one weight) is re-laid out so that
+each rank's rows are its slice of every part, and its state dict still shows the original layout.
+A position bias [B, H, Q, K] is sliced to the rank's heads; a learned one (CPM-Ant's bucket bias)
+stays replicated and its gradient is summed over the ranks, as each rank only uses its heads'
+columns. Tensor parallelism leaves sharded DTensors beside plain tensors: step optimizers and clip
+gradients inside ``torch.distributed.tensor.experimental.implicit_replication()``."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.distributed.tensor.experimental import implicit_replication
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
+from archcomposer.blocks.attention import LowRank
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
 from archcomposer.errors import CheckpointError, InputError, SpecError
 
@@ -44,8 +47,8 @@ TP_POSITIONS = ("none", "rope", "partial_rope", "alibi", "bucket_bias")
 def default_mesh(model: nn.Module) -> DeviceMesh:
     """A 1-D mesh over every rank of the default process group, on the model's device type."""
     if not dist.is_available() or not dist.is_initialized():
-        raise InputError("mesh=None: archcomposer.distributed needs an initialised process group: launch with torchrun and "
-                           "call torch.distributed.init_process_group() (e.g. backend='gloo' on CPU)")
+        raise InputError("mesh=None: archcomposer.distributed needs an initialised process group: launch with "
+                         "torchrun and call torch.distributed.init_process_group() (e.g. backend='gloo' on CPU)")
     device_type = next(model.parameters()).device.type
     return init_device_mesh(device_type, (dist.get_world_size(),))
 
@@ -157,7 +160,7 @@ def _shard_latent_attention(attn: nn.Module, mesh: DeviceMesh) -> None:
     rotary key are computed whole on every rank. The column-wise projections sum their input's
     gradient over the ranks; the rotary key, which each rank's heads read directly, needs its own."""
     tp, group = mesh.size(), mesh.get_group()
-    parallelize_module(attn.q.up if hasattr(attn.q, "up") else attn.q, mesh, ColwiseParallel())
+    parallelize_module(attn.q.up if isinstance(attn.q, LowRank) else attn.q, mesh, ColwiseParallel())
     parallelize_module(attn.kv_up, mesh, ColwiseParallel())
     parallelize_module(attn.out, mesh, RowwiseParallel())
     rotary = slice(attn.kv_lora_rank, None)  # kv_down's output: the latent [R], then the rotary key [Dr]

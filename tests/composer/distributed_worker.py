@@ -175,7 +175,8 @@ def main() -> None:
     work = Path(sys.argv[1])
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    results = {f"{name}/{how}": run_case(name, how, work) for name, (*_, shardings) in CASES.items() for how in shardings}
+    results = {f"{name}/{how}": run_case(name, how, work)
+               for name, (*_, shardings) in CASES.items() for how in shardings}
     results["refused"] = refusals()
     results["mixed_precision"] = mixed_precision()
     if dist.get_rank() == 0:
