@@ -1,10 +1,9 @@
 """Grouped-query attention against GLM-4's GlmAttention (eager), with its partial rotary
 embedding, for MHA, GQA and MQA; multi-head latent attention against DeepSeek-V3's; the SDPA
 path against the path that returns probabilities; and decoding through a cache against one pass.
-Each option against the eager attention of a model that
-uses it: score scale and soft-capping (Gemma 2, Granite), q/k norms per head with a shared weight
-(Qwen3; Gemma 3 with 1 + w), with a weight per head (Cohere, StableLM) and over the projection
-(OLMo 2), and clipped q, k, v (OLMo). Last, what a composed model hands SDPA: no mask where its
+Each option against the eager attention of a model that uses it: score scale and soft-capping
+(Gemma 2, Granite), q/k norms per head with a shared weight (Qwen3; Gemma 3 with 1 + w), with a
+weight per head (Cohere, StableLM) and over the projection (OLMo 2), and clipped q, k, v (OLMo). Last, what a composed model hands SDPA: no mask where its
 causal path or no mask suffices, one float mask per forward elsewhere, and the same outputs as the
 explicit path for every position scheme, padding, window and cache."""
 
