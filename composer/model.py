@@ -114,10 +114,15 @@ class ComposedModel(nn.Module):
         if cache is not None:  # the cached keys keep the positions (and segments) they were written with
             key_pos = cache.update_tokens("position", query_pos, past)  # [B, K]
             key_seg = cache.update_tokens("segment", query_seg, past) if query_seg is not None else None
-        encodings = [position(query_pos, key_pos, query_seg, key_seg) for position in self.positions]
+        padded = _has_padding(attention_mask)
+        # Without padding, given positions per row or keys cached before, every row has the same
+        # positions (and segments): the schemes encode one row and their tables broadcast.
+        rows = slice(0, 1) if not padded and past == 0 and (position_ids is None or position_ids.dim() == 1
+                                                            or position_ids.shape[0] == 1) else slice(None)
+        encodings = [position(query_pos[rows], key_pos[rows], query_seg[rows] if query_seg is not None else None,
+                              key_seg[rows] if key_seg is not None else None) for position in self.positions]
         # Each (scheme, window) group gets SDPA's own causal mask (None) where that shows every query
         # what it may see, else an additive mask, over batch rows only where padding or context differ.
-        padded = _has_padding(attention_mask)
         causal = {w: _causal_suffices(embedded.context, padded, past, P + S, r, w) for w, r in slots.items()}
         biased = {w for j, w in self.bias_groups if encodings[j].bias is not None}
         key_mask = nn.functional.pad(key_mask, (0, K - T), value=False) if padded else None  # [B, K]

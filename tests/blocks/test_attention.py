@@ -443,3 +443,15 @@ def test_sdpa_paths_equal_the_explicit_computation(position, data):
             logits[explicit] = torch.cat(parts, dim=1)
         real = mask[:, :logits[True].shape[1]].bool()
         torch.testing.assert_close(logits[False][real], logits[True][real], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_position_bias_without_padding_is_made_for_one_batch_row():
+    """ALiBi over an unpadded batch: the rows' positions are the same, so is their bias; with
+    padding each row gets its own."""
+    bloom = build_model("tiny-bloom", seed=0).eval()
+    ids = torch.randint(1, 256, (3, 6))
+    assert {c["attn_mask"].shape for c in sdpa_calls(bloom, ids)} == {(1, 5, 6, 6)}
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[2, :3] = 0
+    assert {c["attn_mask"].shape for c in sdpa_calls(bloom, ids, attention_mask=mask)} == {(3, 5, 6, 6)}
