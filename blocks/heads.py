@@ -14,27 +14,84 @@ class CausalLMHead(nn.Module):
     """Next-token logits. ``shift_labels=True`` scores position t against label t+1 (the usual
     causal-LM loss); CPM-Ant scores each position against its own label. The logits are multiplied
     by ``logit_scale`` (Cohere; Granite divides by its logits_scaling), then, with ``softcap``,
-    capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results."""
+    capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results.
+
+    With ``chunk_size`` set and labels given, the loss is taken ``chunk_size`` positions at a time,
+    each chunk's gradients taken as its logits are made, so the [B, S, V] logits never exist at
+    once and ``logits`` is returned as None (Liger's fused linear cross-entropy)."""
 
     def __init__(self, *, proj: nn.Linear, shift_labels: bool = True, logit_scale: float = 1.0,
                  softcap: float | None = None):
         super().__init__()
         self.proj, self.shift_labels, self.logit_scale = proj, shift_labels, logit_scale
         self.cap = SoftCap(cap=softcap) if softcap is not None else nn.Identity()
+        self.chunk_size: int | None = None  # set by ComposedModel.chunked_loss_enable
 
     def forward(self, hidden: torch.Tensor, *, labels=None, logits_to_keep: int | torch.Tensor = 0, **_) -> dict:
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden  # [B, S', D]
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.cap(self.proj(hidden) * self.logit_scale)  # [B, S', V]
-        loss = None
-        if labels is not None:
-            if self.shift_labels:
-                labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # [B, S]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device),
-                                   ignore_index=IGNORE_INDEX)
+        if labels is None:
+            return {"loss": None, "logits": self.logits(hidden)}
+        if self.shift_labels:
+            labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # [B, S]
+        labels = labels.to(hidden.device)
+        if self.chunk_size is not None:
+            return {"loss": self.chunked_loss(hidden, labels, self.chunk_size), "logits": None}
+        logits = self.logits(hidden)  # [B, S, V]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return {"loss": loss, "logits": logits}
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.cap(self.proj(hidden) * self.logit_scale)  # [..., V]
+
+    def chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """The mean cross-entropy over the labels that are not ignored, from ``hidden`` [B, S, D]
+        and ``labels`` [B, S] (already aligned), ``chunk_size`` positions at a time."""
+        params = tuple(self.proj.parameters())
+        total = _ChunkedLossSum.apply(self._loss_sum, chunk_size, hidden.flatten(0, 1), labels.flatten(), *params)
+        return total / (labels != IGNORE_INDEX).sum()
+
+    def _loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(hidden).float()  # [C, V], freed after the chunk
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class _ChunkedLossSum(torch.autograd.Function):
+    """``loss_sum`` over ``chunk_size`` rows of ``hidden`` [N, D] at a time, its gradients (for
+    ``hidden`` and the head's ``params``) taken chunk by chunk in forward, so backward only scales
+    them: each chunk's logits are computed once and freed (Liger's fused linear cross-entropy),
+    not recomputed in backward as a per-chunk checkpoint would."""
+
+    @staticmethod
+    def forward(ctx, loss_sum, chunk_size: int, hidden: torch.Tensor, labels: torch.Tensor, *params: torch.Tensor):
+        wanted = [hidden.requires_grad, *(p.requires_grad for p in params)]
+        grads = [torch.zeros_like(t) if need else None for t, need in zip((hidden, *params), wanted)]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size].detach().requires_grad_(wanted[0])  # [C, D]
+            y = labels[start:start + chunk_size]  # [C]
+            with torch.enable_grad():
+                loss = loss_sum(h, y)
+                sources = [t for t, need in zip((h, *params), wanted) if need]
+                found = iter(torch.autograd.grad(loss, sources) if sources else ())
+            for i, need in enumerate(wanted):
+                if not need:
+                    continue
+                if i == 0:
+                    grads[0][start:start + chunk_size] = next(found)
+                else:
+                    grads[i] += next(found)
+            total += loss.detach()
+        ctx.save_for_backward(*(g if g is not None else hidden.new_empty(0) for g in grads))
+        ctx.wanted = wanted
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grads = [g * grad_total if need else None for g, need in zip(ctx.saved_tensors, ctx.wanted)]
+        return None, None, grads[0], None, *grads[1:]
 
 
 class SequenceClassificationHead(nn.Module):
