@@ -19,7 +19,7 @@ class Attention(nn.Module):
     and keys (Qwen3, OLMo 2, Cohere), before ``clip_qkv`` clamps q, k and v to [-clip_qkv, clip_qkv]
     (OLMo, MPT; OLMoE does both in this order). ``scale`` multiplies the scores (default
     head_dim**-0.5). ``softcap`` caps the scaled scores at ``tanh(s / softcap) * softcap`` before
-    ``scores_bias`` is added (Gemma 2); SDPA cannot, so attention is then computed explicitly.
+    ``scores_bias`` is applied (Gemma 2); SDPA cannot, so attention is then computed explicitly.
     ``sliding_window``: the window the model's ``scores_bias`` restricts this layer to, which the
     block tells the cache so it keeps only the keys still visible (None: every key)."""
 
@@ -42,8 +42,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, *, rotate: Callable[[torch.Tensor], torch.Tensor],
                 scores_bias: torch.Tensor, cache=None, start: int = 0,
                 need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``scores_bias`` [B, H or 1, S, K] is added to the scaled scores: the mask (0 or a large
-        negative number) plus any position bias. ``start`` is where these tokens go in the cache."""
+        """``scores_bias`` [B or 1, H or 1, S, K] is added to the scaled scores: the mask (0 or a large
+        negative number) plus any position bias; None means causal, query i sees keys 0...i (SDPA's
+        ``is_causal``; a single query sees every key). ``start`` is where these tokens go in the cache."""
         q, k, v = self.qkv(x)  # [B, S, H*Dh], [B, S, Hkv*Dh], [B, S, Hkv*Dh]
         q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = self.clip(q), self.clip(k), self.clip(v)
@@ -56,8 +57,9 @@ class Attention(nn.Module):
         if need_weights or not self.sdpa:
             y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, self.cap)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
-                                               scale=self.scale, enable_gqa=self.num_kv_heads != self.num_heads)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(scores_bias, q.dtype), dropout_p=dropout,
+                                               is_causal=_is_causal(scores_bias, q), scale=self.scale,
+                                               enable_gqa=self.num_kv_heads != self.num_heads)
             weights = None
         y = rearrange(y, "b h s d -> b s (h d)")  # [B, S, H*Dh]
         return self.out(y), weights if need_weights else None
@@ -114,8 +116,8 @@ class LatentAttention(nn.Module):
         if need_weights:
             y, weights = _attention_with_weights(q, k, v, scores_bias, self.scale, dropout, _uncapped)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=scores_bias.to(q.dtype), dropout_p=dropout,
-                                               scale=self.scale)  # [B, H, S, Dv]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_sdpa_mask(scores_bias, q.dtype), dropout_p=dropout,
+                                               is_causal=_is_causal(scores_bias, q), scale=self.scale)  # [B, H, S, Dv]
             weights = None
         y = rearrange(y, "b h s d -> b s (h d)")  # [B, S, H*Dv]
         return self.out(y), weights
@@ -139,12 +141,29 @@ def _uncapped(scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
+def _is_causal(scores_bias: torch.Tensor | None, q: torch.Tensor) -> bool:
+    """Whether SDPA applies its causal mask: for ``scores_bias`` None and more than one query."""
+    return scores_bias is None and q.shape[-2] > 1
+
+
+def _sdpa_mask(scores_bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``scores_bias`` as SDPA's ``attn_mask``, in the queries' dtype (they differ under autocast)."""
+    return None if scores_bias is None else scores_bias.to(dtype)
+
+
 def _attention_with_weights(q, k, v, scores_bias, scale, dropout, cap):
     """The explicit computation, for callers that asked to see the attention probabilities and for
-    capped scores. ``cap`` maps the scaled scores before the bias is added."""
+    capped scores. ``cap`` maps the scaled scores before ``scores_bias`` (as ``Attention.forward``
+    takes it) is added."""
     groups = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # [B, H, K, Dh]
-    scores = cap(torch.matmul(q, k.transpose(-1, -2)) * scale) + scores_bias  # [B, H, S, K]
+    scores = cap(torch.matmul(q, k.transpose(-1, -2)) * scale)  # [B, H, S, K]
+    S, K = scores.shape[-2:]
+    if scores_bias is not None:
+        scores = scores + scores_bias
+    elif S > 1:  # causal: query i sees keys 0...i
+        scores = scores.masked_fill(torch.ones(S, K, dtype=torch.bool, device=q.device).triu(1),
+                                    torch.finfo(scores.dtype).min)  # [B, H, S, K]
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [B, H, S, K]
     y = torch.matmul(F.dropout(weights, p=dropout), v)  # [B, H, S, Dv]
     return y, weights

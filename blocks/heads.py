@@ -4,7 +4,6 @@ of output fields: ``loss`` (None without labels) and the head's own fields."""
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from archcomposer.blocks.attention import SoftCap
 
@@ -18,8 +17,8 @@ class CausalLMHead(nn.Module):
     capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results.
 
     With ``chunk_size`` set and labels given, the loss is taken ``chunk_size`` positions at a time,
-    each chunk's logits recomputed in backward, so the [B, S, V] logits never exist at once and
-    ``logits`` is returned as None (Liger's fused linear cross-entropy, torchtune's chunked loss)."""
+    each chunk's gradients taken as its logits are made, so the [B, S, V] logits never exist at
+    once and ``logits`` is returned as None (Liger's fused linear cross-entropy)."""
 
     def __init__(self, *, proj: nn.Linear, shift_labels: bool = True, logit_scale: float = 1.0,
                  softcap: float | None = None):
@@ -50,13 +49,49 @@ class CausalLMHead(nn.Module):
     def chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
         """The mean cross-entropy over the labels that are not ignored, from ``hidden`` [B, S, D]
         and ``labels`` [B, S] (already aligned), ``chunk_size`` positions at a time."""
-        total = sum(checkpoint(self._loss_sum, h, y, use_reentrant=False)
-                    for h, y in zip(hidden.flatten(0, 1).split(chunk_size), labels.flatten().split(chunk_size)))
+        params = tuple(self.proj.parameters())
+        total = _ChunkedLossSum.apply(self._loss_sum, chunk_size, hidden.flatten(0, 1), labels.flatten(), *params)
         return total / (labels != IGNORE_INDEX).sum()
 
     def _loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(hidden).float()  # [C, V], freed after the chunk: backward recomputes it
+        logits = self.logits(hidden).float()  # [C, V], freed after the chunk
         return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class _ChunkedLossSum(torch.autograd.Function):
+    """``loss_sum`` over ``chunk_size`` rows of ``hidden`` [N, D] at a time, its gradients (for
+    ``hidden`` and the head's ``params``) taken chunk by chunk in forward, so backward only scales
+    them: each chunk's logits are computed once and freed (Liger's fused linear cross-entropy),
+    not recomputed in backward as a per-chunk checkpoint would."""
+
+    @staticmethod
+    def forward(ctx, loss_sum, chunk_size: int, hidden: torch.Tensor, labels: torch.Tensor, *params: torch.Tensor):
+        wanted = [hidden.requires_grad, *(p.requires_grad for p in params)]
+        grads = [torch.zeros_like(t) if need else None for t, need in zip((hidden, *params), wanted)]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start:start + chunk_size].detach().requires_grad_(wanted[0])  # [C, D]
+            y = labels[start:start + chunk_size]  # [C]
+            with torch.enable_grad():
+                loss = loss_sum(h, y)
+                sources = [t for t, need in zip((h, *params), wanted) if need]
+                found = iter(torch.autograd.grad(loss, sources) if sources else ())
+            for i, need in enumerate(wanted):
+                if not need:
+                    continue
+                if i == 0:
+                    grads[0][start:start + chunk_size] = next(found)
+                else:
+                    grads[i] += next(found)
+            total += loss.detach()
+        ctx.save_for_backward(*(g if g is not None else hidden.new_empty(0) for g in grads))
+        ctx.wanted = wanted
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grads = [g * grad_total if need else None for g, need in zip(ctx.saved_tensors, ctx.wanted)]
+        return None, None, grads[0], None, *grads[1:]
 
 
 class SequenceClassificationHead(nn.Module):

@@ -225,26 +225,58 @@ class Rotary(nn.Module):
             inv_freq = self.inv_freq(query_pos.device, query_pos.max() + 1)  # [R/2]
         else:
             inv_freq = self.inv_freq(query_pos.device)  # [R/2]
-        freqs = query_pos[..., None].float() * inv_freq  # [B, S, R/2]
-        if self.interleaved:
-            freqs = freqs.repeat_interleave(2, dim=-1)  # [B, S, R] pairs (f0, f0, f1, f1, ...)
-        else:
-            freqs = torch.cat((freqs, freqs), dim=-1)  # [B, S, R] halves (f0, f1, ..., f0, f1, ...)
-        factor = self.attention_factor
-        cos, sin = (freqs.cos() * factor)[:, None], (freqs.sin() * factor)[:, None]  # [B, 1, S, R]
+        angles = query_pos[..., None].float() * inv_freq  # [B, S, R/2]
+        cos, sin = angles.cos(), angles.sin()  # [B, S, R/2]
+        if self.attention_factor != 1.0:
+            cos, sin = cos * self.attention_factor, sin * self.attention_factor
+        turn = torch.complex(cos, sin)[:, None]  # [B, 1, S, R/2]: each channel pair's rotation
+        if self.interleaved:  # pairs (x0, x1), (x2, x3), ...: frequencies (f0, f0, f1, f1, ...)
+            cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)  # [B, S, R]
+        else:  # pairs (x0, x_R/2), ...: frequencies (f0, f1, ..., f0, f1, ...)
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)  # [B, S, R]
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, S, R]
         rotate_pairs = _rotate_interleaved if self.interleaved else _rotate_half
-        rotary_dim = self.rotary_dim
+        rotary_dim, interleaved = self.rotary_dim, self.interleaved
 
         def rotate(x: torch.Tensor) -> torch.Tensor:  # x: [B, H, S, D]
             x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
-            c, s = cos.to(x.dtype), sin.to(x.dtype)
-            return torch.cat((x_rot * c + rotate_pairs(x_rot) * s, x_pass), dim=-1)
+            if _turns_as_complex(x_rot, interleaved):
+                rotated = _turn_complex(x_rot, turn, interleaved)
+            else:
+                rotated = x_rot * cos.to(x.dtype) + rotate_pairs(x_rot) * sin.to(x.dtype)
+            return torch.cat((rotated, x_pass), dim=-1) if x_pass.shape[-1] else rotated
 
         return PositionEncoding(rotate, None)
 
     def extra_repr(self) -> str:
         scaling = f", scaling={self.scaling}" if type(self.scaling) is not RopeScaling else ""
         return f"head_dim={self.head_dim}, rotary_dim={self.rotary_dim}, interleaved={self.interleaved}{scaling}"
+
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _turns_as_complex(x_rot: torch.Tensor, interleaved: bool) -> bool:
+    """Whether to rotate ``x_rot`` as complex numbers, one product instead of six passes over it:
+    in fp32 and fp64 (no complex bfloat16), outside torch.compile (which fuses the real form, and
+    has no complex kernels), and for adjacent pairs only where they sit as complex numbers would
+    in memory (halves are gathered into a fresh tensor). The same products and sums as the real
+    form; they differ only where a kernel fuses a multiply-add (an ulp; bit-equal in most here)."""
+    if torch.compiler.is_compiling() or x_rot.dtype not in _COMPLEX:
+        return False
+    return not interleaved or (x_rot.stride(-1) == 1 and x_rot.storage_offset() % 2 == 0
+                               and all(step % 2 == 0 for step in x_rot.stride()[:-1]))
+
+
+def _turn_complex(x_rot: torch.Tensor, turn: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """``x_rot`` [..., R] with each channel pair multiplied by ``turn`` [..., R/2] (complex)."""
+    R = x_rot.shape[-1]
+    if interleaved:
+        pairs = x_rot.unflatten(-1, (R // 2, 2))  # [..., R/2, 2], a view
+    else:
+        pairs = torch.stack(x_rot.chunk(2, dim=-1), dim=-1)  # [..., R/2, 2], a fresh tensor
+    turned = torch.view_as_real(torch.view_as_complex(pairs) * turn.to(_COMPLEX[x_rot.dtype]))  # [..., R/2, 2]
+    return turned.flatten(-2) if interleaved else turned.transpose(-1, -2).flatten(-2)  # [..., R]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -155,12 +155,23 @@ class ComposedModel(nn.Module):
         if cache is not None:  # the cached keys keep the positions (and segments) they were written with
             key_pos = cache.update_tokens("position", query_pos, past)  # [B, K]
             key_seg = cache.update_tokens("segment", query_seg, past) if query_seg is not None else None
-        visible = {w: self._visibility(embedded.context, past, P + S, r, w, device)
-                   & key_mask[:, None, r.start:r.stop] for w, r in slots.items()}  # each [B, P+S, len(r)]
-        encodings = [position(query_pos, key_pos, query_seg, key_seg) for position in self.positions]
+        padded = _has_padding(attention_mask)
+        # Without padding, given positions per row or keys cached before, every row has the same
+        # positions (and segments): the schemes encode one row and their tables broadcast.
+        rows = slice(0, 1) if not padded and first and (position_ids is None or position_ids.dim() == 1
+                                                        or position_ids.shape[0] == 1) else slice(None)
+        encodings = [position(query_pos[rows], key_pos[rows], query_seg[rows] if query_seg is not None else None,
+                              key_seg[rows] if key_seg is not None else None) for position in self.positions]
+        # Each (scheme, window) group gets SDPA's own causal mask (None) where that shows every query
+        # what it may see, else an additive mask, over batch rows only where padding or context differ.
+        causal = {w: _causal_suffices(embedded.context, padded, past, P + S, r, w) for w, r in slots.items()}
+        biased = {w for j, w in self.bias_groups if encodings[j].bias is not None}
+        key_mask = key_mask if padded else None  # [B, K]
+        visible = {w: self._visibility(embedded.context, past, P + S, r, w, device, key_mask)
+                   for w, r in slots.items() if w in biased or not causal[w]}  # each [B or 1, P+S, len(r)]
         # A bias column belongs to its key alone, so a window's bias is its slots' columns.
-        biases = {(j, w): _scores_bias(visible[w], _columns(encodings[j].bias, slots[w]), x.dtype)
-                  for j, w in self.bias_groups}  # each [B, H or 1, P+S, len(slots[w])]
+        biases = {(j, w): _scores_bias(visible.get(w), _columns(encodings[j].bias, slots[w]), x.dtype)
+                  for j, w in self.bias_groups}  # each None or [B or 1, H or 1, P+S, len(slots[w])]
 
         hidden_states, attentions = [], []
         for layer, j, w in zip(self.layers, self.position_of, self.window_of):
@@ -277,11 +288,12 @@ class ComposedModel(nn.Module):
         return positions
 
     @staticmethod
-    def _visibility(context, past, Q, slots: range, window, device) -> torch.Tensor:
-        """[B or 1, Q, K]: may query i (at slot past+i) see key slot ``slots[j]``, before padding.
-        Causal, except that prefix-LM context tokens of this step also see each other both ways;
-        with a ``window``, no key ``window`` or more slots before the query is seen (transformers'
-        ``sliding_window_overlay``, on top of either)."""
+    def _visibility(context, past, Q, slots: range, window, device, key_mask=None) -> torch.Tensor:
+        """[B or 1, Q, K]: may query i (at slot past+i) see key slot ``slots[j]``. Causal, except
+        that prefix-LM context tokens of this step also see each other both ways; with a ``window``,
+        no key ``window`` or more slots before the query is seen (transformers'
+        ``sliding_window_overlay``, on top of either); with ``key_mask`` [B, all slots], no padding.
+        Static cache slots not written yet lie after every query, so causality hides them."""
         q_idx = past + torch.arange(Q, device=device)[:, None]  # [Q, 1]
         k_idx = torch.arange(slots.start, slots.stop, device=device)[None, :]  # [1, K]
         visible = (k_idx <= q_idx)[None]  # [1, Q, K]
@@ -290,6 +302,8 @@ class ComposedModel(nn.Module):
             visible = visible | (context[:, :, None] & context_k[:, None, :])
         if window is not None:
             visible = visible & (k_idx > q_idx - window)[None]
+        if key_mask is not None:
+            visible = visible & key_mask[:, None, slots.start:slots.stop]  # [B, Q, K]
         return visible
 
     # -- training memory ---------------------------------------------------------------------
@@ -427,13 +441,33 @@ def _columns(bias: torch.Tensor | None, slots: range) -> torch.Tensor | None:
     return None if bias is None else bias[..., slots.start:slots.stop]
 
 
-def _scores_bias(visible: torch.Tensor, position_bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """What attention adds to its scaled scores: the position bias where ``visible`` [B, S, K],
-    the dtype's most negative number elsewhere. Returns [B, H or 1, S, K] in ``dtype``."""
-    min_value = torch.finfo(dtype).min
-    bias_dtype = torch.promote_types(dtype, torch.float32)  # holds finfo(dtype).min, fp64 included
-    scores_bias = torch.zeros(visible.shape, dtype=bias_dtype, device=visible.device)
-    scores_bias = scores_bias.masked_fill(~visible, min_value)[:, None]  # [B, 1, S, K]
-    if position_bias is not None:
-        scores_bias = (scores_bias + position_bias).clamp(min=min_value)  # [B, H, S, K]
-    return scores_bias.to(dtype)
+def _has_padding(attention_mask) -> bool:
+    """Whether ``attention_mask`` hides a token. A mask of ones hides none, as transformers'
+    ``allow_is_causal_skip`` finds: read outside ``torch.compile`` only (one reduction and a host
+    sync, far less than a mask per forward); while compiling, any mask given counts as padding."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_compiling() or not bool(attention_mask.all())
+
+
+def _causal_suffices(context, padded: bool, past: int, Q: int, slots: range, window: int | None) -> bool:
+    """Whether SDPA's own causal mask shows each of the Q queries (at slots ``past...``) exactly the
+    key ``slots`` it may see: no padding and no prefix-LM context; the keys start at the first
+    query (``is_causal`` aligns query i with key i) or a single query sees every key; and no key
+    is a ``window`` or more slots before a query. Decided from sizes alone: no tensor is read."""
+    if context is not None or padded or isinstance(past, torch.Tensor):  # a tensor: a static cache's decoding step
+        return False
+    aligned = slots.start == past if Q > 1 else slots.stop - 1 <= past
+    return aligned and (window is None or past + Q - 1 - slots.start < window)
+
+
+def _scores_bias(visible: torch.Tensor | None, position_bias: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor | None:
+    """What attention takes as ``scores_bias``: None (SDPA's causal mask) when ``visible`` is None;
+    else the position bias (0 without one) where ``visible`` [B or 1, S, K], the dtype's most
+    negative number elsewhere, [B or 1, H or 1, S, K] in ``dtype``. Float, not boolean: made once
+    per forward, where SDPA would turn a boolean mask into this in every layer."""
+    if visible is None:
+        return None
+    bias = position_bias.to(dtype) if position_bias is not None else torch.zeros((), dtype=dtype, device=visible.device)
+    return torch.where(visible[:, None], bias, torch.finfo(dtype).min)  # [B or 1, H or 1, S, K]

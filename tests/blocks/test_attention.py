@@ -1,12 +1,18 @@
 """Grouped-query attention against GLM-4's GlmAttention (eager), with its partial rotary
 embedding, for MHA, GQA and MQA; multi-head latent attention against DeepSeek-V3's; the SDPA
-path against the path that returns probabilities; and decoding through a cache against one pass. Each option against the eager attention of a model that
-uses it: score scale and soft-capping (Gemma 2, Granite), q/k norms per head with a shared weight
-(Qwen3; Gemma 3 with 1 + w), with a weight per head (Cohere, StableLM) and over the projection
-(OLMo 2), and clipped q, k, v (OLMo)."""
+path against the path that returns probabilities; and decoding through a cache against one pass.
+Each option against the eager attention of a model that uses it: score scale and soft-capping
+(Gemma 2, Granite), q/k norms per head with a shared weight (Qwen3; Gemma 3 with 1 + w), with a
+weight per head (Cohere, StableLM) and over the projection (OLMo 2), and clipped q, k, v (OLMo). Last, what a composed model hands SDPA: no mask where its
+causal path or no mask suffices, one float mask per forward elsewhere, and the same outputs as the
+explicit path for every position scheme, padding, window and cache."""
+
+from contextlib import nullcontext
+from unittest.mock import patch
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers import (CohereConfig, Gemma2Config, Gemma3TextConfig, GlmConfig, GraniteConfig, Olmo2Config,
@@ -21,11 +27,13 @@ from transformers.models.olmo2.modeling_olmo2 import Olmo2Attention
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
 from transformers.models.stablelm.modeling_stablelm import StableLmAttention
 
+from archcomposer import build_model
 from archcomposer.blocks.attention import Attention, SoftCap
 from archcomposer.blocks.norm import HeadLayerNorm, HeadNorm, OffsetRMSNorm, RMSNorm
 from archcomposer.blocks.position import Rotary, YarnScaling, yarn_attention_factor
 from archcomposer.blocks.projection import FusedProjection, SplitProjection
 from archcomposer.cache import DynamicCache, StaticCache
+from tests.strategies import ATTENTIONS, POSITIONS, spec_dicts
 
 D = 16
 
@@ -348,3 +356,104 @@ def test_latent_attention_caches_the_latent_and_decodes_as_one_pass(q_lora_rank,
     assert cache.keys[0].shape == (1, 1, length, 6) and cache.values[0].shape == (1, 1, length, 4)
     latent = ours.kv_norm(ours.kv_down(x)[..., :6])  # [1, S, R]
     torch.testing.assert_close(cache.keys[0][:, 0], latent)
+
+
+# ---------------------------------------------------------------------------------------------
+# the masks the model hands to attention, and what SDPA receives
+
+
+def sdpa_calls(model, *args, **kwargs) -> list[dict]:
+    """The keyword arguments of every SDPA call of ``model(*args, **kwargs)``."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, **options):
+        calls.append({"q": q, "k": k, **options})
+        return sdpa(q, k, v, **options)
+
+    with patch("archcomposer.blocks.attention.F.scaled_dot_product_attention", spy):
+        model(*args, **kwargs)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def tiny_glm():
+    return build_model("tiny-glm-4", seed=0).eval()
+
+
+@pytest.mark.parametrize("mask", [None, "ones"])
+@torch.no_grad()
+def test_an_unpadded_prompt_takes_sdpas_causal_path_and_a_decoding_step_no_mask(tiny_glm, mask):
+    """No mask tensor at all: SDPA's own causal mask for the prompt, every cached key for one
+    query; a mask of ones is read as no padding (outside torch.compile)."""
+    ids = torch.randint(1, 256, (2, 6))
+    extra = {"attention_mask": torch.ones(2, 6, dtype=torch.long)} if mask else {}
+    prompt = sdpa_calls(tiny_glm, ids, **extra)
+    assert prompt and all(c["attn_mask"] is None and c["is_causal"] for c in prompt)
+    out = tiny_glm(ids, **extra)
+    extra = {"attention_mask": torch.ones(2, 7, dtype=torch.long)} if mask else {}
+    step = sdpa_calls(tiny_glm, ids[:, :1], past_key_values=out.past_key_values, **extra)
+    assert step and all(c["attn_mask"] is None and not c["is_causal"] and c["k"].shape[-2] == 7 for c in step)
+
+
+@torch.no_grad()
+def test_padding_a_window_and_a_static_cache_pass_one_float_mask_over_batch_rows_only_where_needed(tiny_glm):
+    """SDPA turns a boolean mask into a float one in every call; the model makes it once per
+    forward, with one row for the batch unless padding differs between rows."""
+    ids = torch.randint(1, 256, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, :2] = 0
+    padded = sdpa_calls(tiny_glm, ids, attention_mask=mask)
+    assert all(c["attn_mask"].dtype == torch.float32 and c["attn_mask"].shape == (2, 1, 6, 6)
+               and not c["is_causal"] for c in padded)
+    assert padded[0]["attn_mask"].data_ptr() == padded[-1]["attn_mask"].data_ptr()  # one per forward
+    static = sdpa_calls(tiny_glm, ids, past_key_values=StaticCache(max_length=10))  # the prompt: causal still
+    assert all(c["attn_mask"] is None and c["is_causal"] for c in static)
+    cache = StaticCache(max_length=10)
+    tiny_glm(ids, past_key_values=cache)
+    step = sdpa_calls(tiny_glm, ids[:, :1], past_key_values=cache)  # unwritten slots hidden
+    assert all(c["attn_mask"].shape == (1, 1, 1, 10) for c in step)
+    gemma = build_model("tiny-gemma-3", seed=0).eval()  # sliding window of 8 on most layers
+    windows = {c["attn_mask"].shape if c["attn_mask"] is not None else None
+               for c in sdpa_calls(gemma, torch.randint(1, 256, (2, 12)))}
+    assert windows == {None, (1, 1, 12, 12)}
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@given(data=st.data())
+@torch.no_grad()
+def test_sdpa_paths_equal_the_explicit_computation(position, data):
+    """Whatever reaches SDPA (its causal path, a mask, a position bias: ALiBi, buckets with
+    CPM-Ant's prompt and segments), with or without padding, windows and caches, it computes what
+    the explicit path does (which returns the probabilities) over a mask made in full."""
+    spec = data.draw(spec_dicts(positions=[position], attentions=ATTENTIONS), label="spec")
+    model = build_model(spec, seed=data.draw(st.integers(0, 2**16), label="seed")).eval()
+    B, S = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(2, 9), label="length")
+    ids = torch.randint(1, spec["vocab_size"], (B, S))
+    mask = torch.ones(B, S, dtype=torch.long)
+    if data.draw(st.booleans(), label="padded"):
+        mask[1:, :data.draw(st.integers(1, S - 1), label="pads")] = 0
+    first = data.draw(st.integers(1, S), label="prompt length")
+    for make_cache in (lambda: None, DynamicCache, lambda: StaticCache(max_length=model.num_prepended + S + 2)):
+        logits = {}
+        for explicit in (False, True):
+            cache = make_cache()
+            steps = [(0, first)] + ([(first, S)] if cache is not None and first < S else [])
+            with patch("archcomposer.model._causal_suffices", lambda *_: False) if explicit else nullcontext():
+                parts = [model(ids[:, a:b], attention_mask=mask[:, :b], past_key_values=cache,
+                               output_attentions=explicit, use_cache=cache is not None).logits for a, b in steps]
+            logits[explicit] = torch.cat(parts, dim=1)
+        real = mask[:, :logits[True].shape[1]].bool()
+        torch.testing.assert_close(logits[False][real], logits[True][real], rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_a_position_bias_without_padding_is_made_for_one_batch_row():
+    """ALiBi over an unpadded batch: the rows' positions are the same, so is their bias; with
+    padding each row gets its own."""
+    bloom = build_model("tiny-bloom", seed=0).eval()
+    ids = torch.randint(1, 256, (3, 6))
+    assert {c["attn_mask"].shape for c in sdpa_calls(bloom, ids)} == {(1, 5, 6, 6)}
+    mask = torch.ones(3, 6, dtype=torch.long)
+    mask[2, :3] = 0
+    assert {c["attn_mask"].shape for c in sdpa_calls(bloom, ids, attention_mask=mask)} == {(3, 5, 6, 6)}

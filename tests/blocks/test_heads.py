@@ -2,6 +2,7 @@
 rule (the last token that is not the pad token); the LM head's logit scale and soft-cap against the
 causal-LM models that use them."""
 
+import weakref
 from types import SimpleNamespace
 
 import pytest
@@ -130,15 +131,18 @@ def test_chunked_loss_equals_the_full_loss_and_its_gradients(chunk_size, shift_l
 
 
 def test_chunked_loss_keeps_no_chunk_logits_and_returns_logits_without_labels():
-    """Autograd keeps the chunks' inputs only, no [chunk, V] logits; without labels the head
-    returns the logits as before."""
+    """Once forward returns, autograd holds no [chunk, V] logits (each chunk's are freed as its
+    gradients are taken); without labels the head returns the logits as before."""
     head = CausalLMHead(proj=torch.nn.Linear(D, 1000))
     head.chunk_size = 4
-    saved = []
+    saved = []  # (shape, weak reference) of every tensor autograd saved
     h = hidden().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
-        head(h, labels=labels_with_ignored(1000))["loss"].backward()
-    assert all(1000 not in shape for shape in saved), saved
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((t.shape, weakref.ref(t))) or t,
+                                                  lambda t: t):
+        loss = head(h, labels=labels_with_ignored(1000))["loss"]
+    alive = [shape for shape, ref in saved if ref() is not None]
+    assert alive and not any(shape[1:] == (1000,) for shape in alive), alive  # [rows, V] logits
+    loss.backward()
     with torch.no_grad():
         torch.testing.assert_close(head(hidden())["logits"], head.proj(hidden()), rtol=0, atol=0)
 

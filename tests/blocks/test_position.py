@@ -6,6 +6,7 @@ Llama 3) against transformers' ``ROPE_INIT_FUNCTIONS`` as its rotary embeddings 
 for rotated halves, GLM's for interleaved pairs)."""
 
 import math
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
 from transformers.models.seed_oss import modeling_seed_oss as seed_oss
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from archcomposer.blocks import position
 from archcomposer.blocks.position import (ALiBi, BucketBias, DynamicNTKScaling, LinearScaling, Llama3Scaling,
                                           LongRopeScaling, NoPosition, Rotary, YarnScaling, alibi_slopes,
                                           longrope_attention_factor, relative_position_bucket, yarn_attention_factor)
@@ -380,3 +382,24 @@ def test_no_position_is_the_identity_without_bias():
     x = randn(1, 2, 3, 4)
     encoding = NoPosition()(torch.arange(3)[None], torch.arange(3)[None])
     assert encoding.bias is None and encoding.rotate(x) is x
+
+
+@given(settings=rotary_settings(), interleaved=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       offset=st.integers(0, 1), length=st.integers(1, 9))
+def test_rotation_as_complex_numbers_equals_the_real_form(settings, interleaved, dtype, offset, length):
+    """fp32 and fp64 rotate each channel pair as one complex product; the real form (bfloat16,
+    torch.compile, pairs that do not sit as complex numbers in memory) gives the same numbers but
+    for the rounding of a fused multiply-add. Keys sliced at an odd offset of a fused projection
+    take the real form."""
+    head_dim, fraction, theta = settings
+    fused = randn(2, length, offset + 3 * head_dim, seed=3, dtype=dtype)  # [B, S, offset + H*Dh]
+    x = fused[..., offset:].unflatten(-1, (3, head_dim)).transpose(1, 2)  # [B, H, S, Dh], a view
+    pos = torch.arange(length)[None].expand(2, length) * 37
+    width = int(head_dim * fraction)
+    rotate = Rotary(head_dim=head_dim, rotary_dim=width, theta=theta, interleaved=interleaved)(pos, pos).rotate
+    assert position._turns_as_complex(x[..., :width], interleaved) == (not interleaved or offset % 2 == 0)
+    with patch.object(position, "_turns_as_complex", lambda *_: False):
+        real = rotate(x)
+    tolerance = {"rtol": 0, "atol": 1e-6 if dtype == torch.float32 else 1e-14}
+    torch.testing.assert_close(rotate(x), real, **tolerance)
+    torch.testing.assert_close(rotate(x.contiguous()), real, **tolerance)
