@@ -82,7 +82,7 @@ SHAPE = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 4,
 BLOOM_176B = {"vocab_size": 250880, "hidden_size": 14336, "n_layer": 70, "n_head": 112}
 FULL = {"lengths": [256, 512, 1024, 2048, 4096], "batches": [1, 8], "prompt": 128, "new": 32, "repeats": 3,
         "train_batch": 2, "train_length": 512, "train_steps": 3}
-QUICK = {"lengths": [128, 256], "batches": [1, 2], "prompt": 16, "new": 6, "repeats": 1,
+QUICK = {"lengths": [128, 256], "batches": [1], "prompt": 16, "new": 6, "repeats": 1,
          "train_batch": 1, "train_length": 128, "train_steps": 1, "layers": 2}
 SECTIONS = ("prefill", "decode", "compiled", "curve", "training", "meta", "load")
 
