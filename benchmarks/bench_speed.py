@@ -134,6 +134,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.new < 3:
         parser.error(f"--new must be at least 3 (two decode steps to time), got {args.new}")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        parser.error(f"--peak-tflops must be a positive number of TFLOP/s, got {args.peak_tflops}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be a torch device such as cpu or cuda:0, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
     args.sections = [s for s in args.only if s not in args.skip]
     return args
 
