@@ -4,6 +4,7 @@ of output fields: ``loss`` (None without labels) and the head's own fields."""
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from archcomposer.blocks.attention import SoftCap
 
@@ -14,27 +15,48 @@ class CausalLMHead(nn.Module):
     """Next-token logits. ``shift_labels=True`` scores position t against label t+1 (the usual
     causal-LM loss); CPM-Ant scores each position against its own label. The logits are multiplied
     by ``logit_scale`` (Cohere; Granite divides by its logits_scaling), then, with ``softcap``,
-    capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results."""
+    capped at ``tanh(logits / softcap) * softcap`` (Gemma 2); the loss is taken on what results.
+
+    With ``chunk_size`` set and labels given, the loss is taken ``chunk_size`` positions at a time,
+    each chunk's logits recomputed in backward, so the [B, S, V] logits never exist at once and
+    ``logits`` is returned as None (Liger's fused linear cross-entropy, torchtune's chunked loss)."""
 
     def __init__(self, *, proj: nn.Linear, shift_labels: bool = True, logit_scale: float = 1.0,
                  softcap: float | None = None):
         super().__init__()
         self.proj, self.shift_labels, self.logit_scale = proj, shift_labels, logit_scale
         self.cap = SoftCap(cap=softcap) if softcap is not None else nn.Identity()
+        self.chunk_size: int | None = None  # set by ComposedModel.chunked_loss_enable
 
     def forward(self, hidden: torch.Tensor, *, labels=None, logits_to_keep: int | torch.Tensor = 0, **_) -> dict:
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep else hidden  # [B, S', D]
         else:
             hidden = hidden[:, logits_to_keep]
-        logits = self.cap(self.proj(hidden) * self.logit_scale)  # [B, S', V]
-        loss = None
-        if labels is not None:
-            if self.shift_labels:
-                labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # [B, S]
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().to(logits.device),
-                                   ignore_index=IGNORE_INDEX)
+        if labels is None:
+            return {"loss": None, "logits": self.logits(hidden)}
+        if self.shift_labels:
+            labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]  # [B, S]
+        labels = labels.to(hidden.device)
+        if self.chunk_size is not None:
+            return {"loss": self.chunked_loss(hidden, labels, self.chunk_size), "logits": None}
+        logits = self.logits(hidden)  # [B, S, V]
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return {"loss": loss, "logits": logits}
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.cap(self.proj(hidden) * self.logit_scale)  # [..., V]
+
+    def chunked_loss(self, hidden: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+        """The mean cross-entropy over the labels that are not ignored, from ``hidden`` [B, S, D]
+        and ``labels`` [B, S] (already aligned), ``chunk_size`` positions at a time."""
+        total = sum(checkpoint(self._loss_sum, h, y, use_reentrant=False)
+                    for h, y in zip(hidden.flatten(0, 1).split(chunk_size), labels.flatten().split(chunk_size)))
+        return total / (labels != IGNORE_INDEX).sum()
+
+    def _loss_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(hidden).float()  # [C, V], freed after the chunk: backward recomputes it
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 class SequenceClassificationHead(nn.Module):

@@ -2,15 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from archcomposer import inputs, outputs
+from archcomposer.blocks.heads import CausalLMHead
+from archcomposer.blocks.mlp import MoE
 from archcomposer.cache import DynamicCache, _Cache
 from archcomposer.errors import CacheError, InputError
 from archcomposer.spec import BuildContext, ModelSpecBase
+
+
+def _run_layer(layer: nn.Module, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return layer(x, **kwargs)
+
+
+def _checkpointed_layer(layer: nn.Module, x: torch.Tensor, *, cache,
+                        **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A layer whose activations backward recomputes, in training mode (transformers'
+    ``GradientCheckpointingLayer``, torchtitan's per-layer checkpointing)."""
+    if not layer.training:
+        return layer(x, cache=cache, **kwargs)
+    if cache is not None:
+        raise CacheError("activation checkpointing recomputes each layer in backward, which would write the cache "
+                         "twice: in training mode pass no past_key_values and use_cache=False (the default), or "
+                         "call model.gradient_checkpointing_disable()")
+    return checkpoint(layer, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _kept_router_logits(layer)),
+                      cache=None, **kwargs)
+
+
+@contextlib.contextmanager
+def _kept_router_logits(layer: nn.Module):
+    """Backward's recompute of ``layer`` leaves its MoE blocks' ``router_logits`` as the forward
+    set them: a recomputed tensor left there would keep the layer's recomputed activations alive."""
+    routers = [module for module in layer.modules() if isinstance(module, MoE)]
+    kept = [router.router_logits for router in routers]
+    try:
+        yield
+    finally:
+        for router, logits in zip(routers, kept):
+            router.router_logits = logits
 
 
 class ComposedModel(nn.Module):
@@ -125,8 +161,8 @@ class ComposedModel(nn.Module):
         hidden_states, attentions = [], []
         for layer, j, w in zip(self.layers, self.position_of, self.window_of):
             hidden_states.append(x)
-            x, weights = layer(x, rotate=encodings[j].rotate, scores_bias=biases[j, w], cache=cache, start=past,
-                               need_weights=output_attentions)
+            x, weights = self._run_layer(layer, x, rotate=encodings[j].rotate, scores_bias=biases[j, w], cache=cache,
+                                         start=past, need_weights=output_attentions)
             attentions.append(weights)
         x = self.final_norm(x)
         hidden_states.append(x)
@@ -235,6 +271,51 @@ class ComposedModel(nn.Module):
         if window is not None:
             visible = visible & (k_idx > q_idx - window)[None]
         return visible
+
+    # -- training memory ---------------------------------------------------------------------
+
+    _run_layer = staticmethod(_run_layer)  # how forward calls each layer: gradient_checkpointing_enable swaps it
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Activation checkpointing (transformers' name): in training mode each layer keeps only its
+        input, and backward recomputes the layer's forward (``torch.utils.checkpoint``, non-reentrant,
+        the RNG state kept so dropout draws the same). Gradients are unchanged; the step costs one
+        more forward of the layers. Eval mode runs as before. A cache cannot be written meanwhile."""
+        self._run_layer = _checkpointed_layer
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Layers keep their activations for backward again (the default)."""
+        self._run_layer = _run_layer
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self._run_layer is _checkpointed_layer
+
+    # transformers 5 names them so too (its gradient_checkpointing_* are deprecated aliases)
+    activation_checkpointing_enable = gradient_checkpointing_enable
+    activation_checkpointing_disable = gradient_checkpointing_disable
+    is_activation_checkpointing = is_gradient_checkpointing
+
+    def chunked_loss_enable(self, chunk_size: int = 1024) -> None:
+        """The causal-LM loss over ``chunk_size`` positions at a time: with labels, no [B, S, V]
+        logits are kept (each chunk's are recomputed in backward) and the output's ``logits`` is None."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0:
+            raise InputError(f"chunked_loss_enable(chunk_size=...) takes a number of positions, an int > 0 "
+                             f"(e.g. chunk_size=1024), got {inputs.describe(chunk_size)}")
+        for head in self._causal_lm_heads():
+            head.chunk_size = int(chunk_size)
+
+    def chunked_loss_disable(self) -> None:
+        """The causal-LM loss from the full logits again (the default); ``logits`` is returned."""
+        for head in self._causal_lm_heads():
+            head.chunk_size = None
+
+    def _causal_lm_heads(self) -> list[CausalLMHead]:
+        heads = [head for head in self.heads.values() if isinstance(head, CausalLMHead)]
+        if not heads:
+            raise InputError(f"the chunked loss is the causal-LM head's; this model's heads are "
+                             f"{list(self.head_specs) or 'none'}")
+        return heads
 
     # -- conveniences -------------------------------------------------------------------------
 

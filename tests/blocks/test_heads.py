@@ -102,6 +102,56 @@ def test_scaled_and_capped_logits_and_loss_equal_the_models_that_use_them(make):
         assert ours["logits"].abs().max() < options["softcap"]
 
 
+def loss_and_grads(head, h, labels):
+    h = h.clone().requires_grad_()
+    head.zero_grad(set_to_none=True)
+    out = head(h, labels=labels)
+    out["loss"].backward()
+    return out, [h.grad, *(p.grad for p in head.parameters())]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 7, S * B, 1000])
+@pytest.mark.parametrize("shift_labels", [True, False], ids=["shifted", "unshifted (CPM-Ant)"])
+@pytest.mark.parametrize("options", [{}, {"logit_scale": 0.3, "softcap": 1.5}], ids=["plain", "scaled+capped"])
+def test_chunked_loss_equals_the_full_loss_and_its_gradients(chunk_size, shift_labels, options):
+    """Chunks of one position, of a size that does not divide B*S, of all positions and larger;
+    labels with ignored positions (and, shifted, each row's last position ignored too)."""
+    torch.manual_seed(0)
+    head = CausalLMHead(proj=torch.nn.Linear(D, 11), shift_labels=shift_labels, **options)
+    head.proj.weight.data.mul_(20)  # logits beyond the cap
+    labels = labels_with_ignored(11)
+    full, full_grads = loss_and_grads(head, hidden(), labels)
+    head.chunk_size = chunk_size
+    chunked, chunked_grads = loss_and_grads(head, hidden(), labels)
+    assert chunked["logits"] is None and full["logits"].shape == (B, S, 11)
+    torch.testing.assert_close(chunked["loss"], full["loss"], rtol=1e-6, atol=1e-6)
+    for got, expected in zip(chunked_grads, full_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_loss_keeps_no_chunk_logits_and_returns_logits_without_labels():
+    """Autograd keeps the chunks' inputs only, no [chunk, V] logits; without labels the head
+    returns the logits as before."""
+    head = CausalLMHead(proj=torch.nn.Linear(D, 1000))
+    head.chunk_size = 4
+    saved = []
+    h = hidden().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        head(h, labels=labels_with_ignored(1000))["loss"].backward()
+    assert all(1000 not in shape for shape in saved), saved
+    with torch.no_grad():
+        torch.testing.assert_close(head(hidden())["logits"], head.proj(hidden()), rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_chunked_loss_of_labels_all_ignored_is_nan_as_the_full_loss():
+    head = CausalLMHead(proj=torch.nn.Linear(D, 11))
+    labels = torch.full((B, S), -100)
+    assert head(hidden(), labels=labels)["loss"].isnan()
+    head.chunk_size = 2
+    assert head(hidden(), labels=labels)["loss"].isnan()
+
+
 @pytest.mark.parametrize(("num_labels", "problem_type", "labels"), [
     (1, None, torch.randn(B)),
     (3, None, torch.tensor([0, 2, 1])),
