@@ -27,9 +27,11 @@ What is measured (medians; ours and theirs timed alternately, after a warm-up; C
   ``of floor`` = floor time / step time (1.0: nothing but the matrix products).
 - curves (the PNG): prefill tokens/s at each --lengths, and decode tokens/s at batch 1 (one
   step, dynamic cache, eager) after a prompt of each --lengths tokens.
-- training: ``measure_training_step`` (benchmarks/training_step.py): tokens/s and peak memory of
-  a forward + backward + AdamW step; ours with ``gradient_checkpointing_enable()`` and
-  ``chunked_loss_enable()``, theirs as transformers builds it. MFU = training FLOPs per token
+- training: ``measure_training_step`` (benchmarks/training_step.py; on a CPU each library in a
+  fresh process, memory its resident set) or, on a GPU, the same step here with torch's allocator
+  counters: tokens/s and memory of a forward + backward + AdamW step, the peak above the step's
+  start ("step memory") and in all ("peak memory"); ours with ``gradient_checkpointing_enable()``
+  and ``chunked_loss_enable()``, theirs as transformers builds it. MFU = training FLOPs per token
   (3 x forward, ``archcomposer.summary``) x tokens/s / --peak-tflops (omitted without it).
 - meta build: ``archcomposer.build_model("bloom-176b", device="meta")`` against
   transformers' ``BloomForCausalLM`` of the same shape built under ``torch.device("meta")``.
@@ -64,6 +66,7 @@ JSON schema (version 1)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -83,7 +86,7 @@ SHAPE = {"hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 4,
          "intermediate_size": 2048, "vocab_size": 32000, "num_hidden_layers": 4}
 BLOOM_176B = {"vocab_size": 250880, "hidden_size": 14336, "n_layer": 70, "n_head": 112}
 FULL = {"lengths": [256, 512, 1024, 2048, 4096], "batches": [1, 8], "prompt": 128, "new": 32, "repeats": 3,
-        "train_batch": 2, "train_length": 512, "train_steps": 3}
+        "train_batch": 4, "train_length": 512, "train_steps": 3}
 QUICK = {"lengths": [128, 256], "batches": [1], "prompt": 16, "new": 6, "repeats": 1,
          "train_batch": 1, "train_length": 128, "train_steps": 1, "layers": 2}
 SECTIONS = ("prefill", "decode", "compiled", "curve", "training", "meta", "load")
@@ -107,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="timed runs per measurement, after one warm-up "
                                                     "(e.g. --repeats 5; default 3)")
     parser.add_argument("--layers", type=int, help="decoder layers of the GLM-shaped model (e.g. --layers 2; default 4)")
-    parser.add_argument("--train-batch", type=int, help="training step batch size (e.g. --train-batch 4; default 2)")
+    parser.add_argument("--train-batch", type=int, help="training step batch size (e.g. --train-batch 2; default 4)")
     parser.add_argument("--train-length", type=int,
                         help="training step sequence length (e.g. --train-length 1024; default 512)")
     parser.add_argument("--train-steps", type=int, help="timed training steps (e.g. --train-steps 5; default 3)")
@@ -498,35 +501,33 @@ class Bench:
     # training ----------------------------------------------------------------------------------------
 
     def training(self) -> None:
-        from transformers import GlmForCausalLM
-
-        import archcomposer
         from archcomposer.summary import summarize
         from training_step import measure_training_step
 
         args = self.args
-        # Fresh copies: the step updates weights, and the inference models stay as they are.
-        ours = archcomposer.from_pretrained(self.hf_dir, dtype=self.dtype, device=self.device)
-        ours.gradient_checkpointing_enable()
-        ours.chunked_loss_enable()
-        theirs = GlmForCausalLM.from_pretrained(self.hf_dir, dtype=self.dtype).to(self.device)
-        ids = self.ids(args.train_batch, args.train_length)
-        measured = {}
-        for library, model in (("archcomposer", ours), ("transformers", theirs)):
-            measured[library] = measure_training_step(model, ids, steps=args.train_steps)
-        del ours, theirs
-        tokens = args.train_batch * args.train_length
+        where = {"path": str(self.hf_dir), "dtype": self.dtype, "device": self.device, "threads": args.threads}
+        factories = {"transformers": functools.partial(transformers_for_training, **where),
+                     "archcomposer": functools.partial(archcomposer_for_training, **where)}
+        # On a CPU, each in a fresh process, its peak resident set; on a GPU, torch's allocator counters.
+        measure = measure_training_step if self.device.type == "cpu" else measure_training_step_on_gpu
+        measured = {library: measure(factory, batch=args.train_batch, seq=args.train_length, steps=args.train_steps,
+                                     vocab_size=self.config.vocab_size) for library, factory in factories.items()}
         flops_per_token = summarize(self.ours.spec, batch=args.train_batch, length=args.train_length,
                                     dtype=self.dtype, activations=False).training_flops_per_token
-        speed = {k: tokens / m["seconds"] for k, m in measured.items()}
+        speed = {k: m["tokens_per_s"] for k, m in measured.items()}
         mfu = None if args.peak_tflops is None else \
             {k: flops_per_token * v / (args.peak_tflops * 1e12) for k, v in speed.items()}
         case = f"batch {args.train_batch} x {args.train_length}"
         self.add(row("training", case, "tokens/s", speed["transformers"], speed["archcomposer"], higher_is_better=True,
-                     seconds={k: m["seconds"] for k, m in measured.items()}, flops_per_token=flops_per_token,
-                     tflops={k: flops_per_token * v / 1e12 for k, v in speed.items()}, mfu=mfu))
+                     flops_per_token=flops_per_token, tflops={k: flops_per_token * v / 1e12 for k, v in speed.items()},
+                     mfu=mfu, measured=measured))
+        if all(m["step_bytes"] is not None for m in measured.values()):
+            self.add(row("training", f"{case}, step memory", "bytes", measured["transformers"]["step_bytes"],
+                         measured["archcomposer"]["step_bytes"], higher_is_better=False,
+                         method=measured["archcomposer"]["method"]))
         self.add(row("training", f"{case}, peak memory", "bytes", measured["transformers"]["peak_bytes"],
-                     measured["archcomposer"]["peak_bytes"], higher_is_better=False))
+                     measured["archcomposer"]["peak_bytes"], higher_is_better=False,
+                     method=measured["archcomposer"]["method"]))
 
     # meta build --------------------------------------------------------------------------------------
 
@@ -589,6 +590,62 @@ def touched(model: nn.Module, touch: bool) -> None:
     if touch:
         for tensor in model.state_dict().values():
             tensor.sum()
+
+
+def transformers_for_training(path: str, *, dtype: torch.dtype, device: torch.device, threads: int) -> nn.Module:
+    """transformers' model as it comes (a factory for ``measure_training_step``, run in its process)."""
+    from transformers import GlmForCausalLM
+
+    torch.set_num_threads(threads)
+    return GlmForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+
+
+def archcomposer_for_training(path: str, *, dtype: torch.dtype, device: torch.device, threads: int) -> nn.Module:
+    """Ours with activation checkpointing and the chunked causal-LM loss."""
+    import archcomposer
+
+    torch.set_num_threads(threads)
+    model = archcomposer.from_pretrained(path, dtype=dtype, device=device)
+    model.gradient_checkpointing_enable()
+    model.chunked_loss_enable()
+    return model
+
+
+def measure_training_step_on_gpu(model_factory, *, batch: int, seq: int, steps: int, vocab_size: int,
+                                 seed: int = 0) -> dict:
+    """``measure_training_step``'s step (AdamW, labels = inputs, one warm-up then ``steps`` timed) on
+    the model's GPU, in this process, its memory from torch's allocator: ``step_bytes`` above the
+    timed steps' start, ``peak_bytes`` in all (weights, AdamW's moments, gradients, activations)."""
+    torch.manual_seed(seed)
+    model = model_factory().train()
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(device)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    torch.cuda.reset_peak_memory_stats(device)
+    losses = [step()]
+    first_peak = torch.cuda.max_memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start_bytes = torch.cuda.memory_allocated(device)
+    times = []
+    for _ in range(steps):
+        begin = time.perf_counter()
+        losses.append(step())  # .item() waits for the step
+        times.append(time.perf_counter() - begin)
+    step_peak = torch.cuda.max_memory_allocated(device)
+    del model, optimizer
+    torch.cuda.empty_cache()
+    step_s = statistics.median(times)
+    return {"method": "torch.cuda.max_memory_allocated", "step_bytes": step_peak - start_bytes,
+            "peak_bytes": max(first_peak, step_peak), "tokens_per_s": batch * seq / step_s, "step_s": step_s,
+            "losses": losses}
 
 
 def read_bytes(directory: Path) -> int:
