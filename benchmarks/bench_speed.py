@@ -109,7 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--new", type=int, help="tokens generated per decode run (e.g. --new 32; default 32)")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement, after one warm-up "
                                                     "(e.g. --repeats 5; default 3)")
-    parser.add_argument("--layers", type=int, help="decoder layers of the GLM-shaped model (e.g. --layers 2; default 4)")
+    parser.add_argument("--layers", type=int,
+                        help="decoder layers of the GLM-shaped model (e.g. --layers 2; default 4)")
     parser.add_argument("--train-batch", type=int, help="training step batch size (e.g. --train-batch 2; default 4)")
     parser.add_argument("--train-length", type=int,
                         help="training step sequence length (e.g. --train-length 1024; default 512)")
@@ -640,8 +641,6 @@ def measure_training_step_on_gpu(model_factory, *, batch: int, seq: int, steps: 
         losses.append(step())  # .item() waits for the step
         times.append(time.perf_counter() - begin)
     step_peak = torch.cuda.max_memory_allocated(device)
-    del model, optimizer
-    torch.cuda.empty_cache()
     step_s = statistics.median(times)
     return {"method": "torch.cuda.max_memory_allocated", "step_bytes": step_peak - start_bytes,
             "peak_bytes": max(first_peak, step_peak), "tokens_per_s": batch * seq / step_s, "step_s": step_s,
