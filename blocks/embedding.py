@@ -50,7 +50,8 @@ class TokenEmbedding(nn.Module):
             x = x * torch.tensor(scale, dtype=x.dtype)  # the scale rounded to the model dtype, as Gemma does
         if self.positions is not None:
             index = positions + self.position_offset  # [B, S]
-            if index.numel() and index.max() >= self.positions.num_embeddings:
+            # A value check (a host sync): eager calls only, not while torch.compile/export traces.
+            if not torch.compiler.is_compiling() and index.numel() and index.max() >= self.positions.num_embeddings:
                 raise InputError(f"position {int(index.max()) - self.position_offset} is beyond the "
                                  f"{self.positions.num_embeddings - self.position_offset} learned positions "
                                  f"(max_positions)")

@@ -109,6 +109,8 @@ class Experts(nn.Module):
         self.down_proj.normal_(0.0, std, generator=generator)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._every_expert(x, weights, experts)
         k = experts.shape[-1]
         flat = experts.flatten()  # [N*k]
         order = flat.argsort(stable=True)  # [N*k]: assignments grouped by expert
@@ -123,6 +125,22 @@ class Experts(nn.Module):
         y = torch.cat(out) if out else routed  # [N*k, D]
         y = y * weights.flatten()[order, None]  # [N*k, D], in fp32 where the weights are
         return torch.zeros_like(x).index_add_(0, token, y.to(x.dtype))  # [N, D]
+
+    def _every_expert(self, x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        """The path ``torch.compile`` and ``torch.export`` trace: fixed shapes, no host sync. Every
+        expert runs on every token and a token keeps the outputs of its own experts, weighted and
+        added in the order the sorted path adds them (expert by expert), so the result is the
+        same. It costs num_experts / top_k times the routed work; torch 2.13's grouped_mm, the
+        routed alternative, has no CPU backward and no float64."""
+        E = self.gate_up_proj.shape[0]
+        routing = torch.zeros(x.shape[0], E, dtype=weights.dtype, device=x.device).scatter(1, experts, weights)  # [N, E]
+        chosen = torch.zeros(x.shape[0], E, dtype=torch.bool, device=x.device).scatter(1, experts, True)  # [N, E]
+        y = torch.zeros_like(x)  # [N, D]
+        for e in range(E):
+            gate, up = F.linear(x, self.gate_up_proj[e]).chunk(2, dim=-1)  # 2 x [N, I]
+            out = F.linear(self.act(gate) * up, self.down_proj[e]) * routing[:, e, None]  # [N, D], fp32 where weights are
+            y = y + torch.where(chosen[:, e, None], out.to(x.dtype), 0)  # tokens that did not choose e add nothing
+        return y
 
 
 class MoE(nn.Module):

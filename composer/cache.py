@@ -9,11 +9,17 @@ keeps only those for it.
 The model also keeps, per cached token, what position schemes need of the keys (their position
 and segment) through ``update_tokens``: a bias computed at a later step must see the positions the
 keys had when they were written (``position_ids`` given then), not ones rebuilt from the mask.
-These records cover every token seen, windowed layers or not."""
+These records cover every token seen, windowed layers or not.
+
+``seen(device)`` is where this step's tokens go: a Python int for the dynamic cache (whose shapes
+change every step anyway) and a 0-d tensor for the static cache, which writes with ``index_copy_``
+at tensor positions (transformers' ``cache_position``, gpt-fast's ``input_pos``), so a compiled
+decoding step does not specialise on the length and never recompiles."""
 
 from abc import ABC, abstractmethod
 
 import torch
+import torch.utils._pytree as pytree
 
 from archcomposer.errors import CacheError
 
@@ -25,6 +31,15 @@ class _Cache(ABC):
         self.keys: list[torch.Tensor] = []  # per layer, k: [B, Hkv, S, Dh]
         self.values: list[torch.Tensor] = []
         self.tokens: dict[str, torch.Tensor] = {}  # name -> [B, S] (position, segment)
+
+    @property
+    @abstractmethod
+    def empty(self) -> bool:
+        """Whether no token was written yet (a Python bool: the first forward differs)."""
+
+    @abstractmethod
+    def seen(self, device: torch.device) -> int | torch.Tensor:
+        """Tokens seen so far, where this step's go: an int, or a 0-d int64 tensor on ``device``."""
 
     @abstractmethod
     def key_slots(self, total: int, new: int, window: int | None = None) -> range:
@@ -53,10 +68,11 @@ class _Cache(ABC):
                              f"gives batch {k.shape[0]}, {k.shape[1]} heads of size {k.shape[-1]}, {k.dtype} on "
                              f"{k.device}: a cache belongs to the model (and dtype) that filled it")
 
-    def _check_new_record(self, name: str, start: int) -> None:
-        """Refuse to start a record of ``name`` after ``start`` tokens were seen without it."""
-        if start:
-            raise CacheError(f"past_key_values holds {start} tokens but no {name} for them: it was filled by a model "
+    def _check_new_record(self, name: str) -> None:
+        """Refuse to start a record of ``name`` after tokens were seen without it."""
+        if not self.empty:
+            raise CacheError(f"past_key_values holds {self.get_seq_length()} tokens but no {name} for them: it was "
+                             f"filled by a model "
                              f"whose position scheme does not use {name}s; a cache belongs to the model that filled it")
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -81,6 +97,13 @@ class DynamicCache(_Cache):
     def get_seq_length(self) -> int:
         return self.length
 
+    @property
+    def empty(self) -> bool:
+        return self.length == 0
+
+    def seen(self, device: torch.device) -> int:
+        return self.length
+
     def key_slots(self, total: int, new: int, window: int | None = None) -> range:
         past = total - new
         kept = past if window is None else min(past, window - 1)
@@ -90,9 +113,9 @@ class DynamicCache(_Cache):
         """Add this step's ``k``, ``v`` [B, Hkv, s, Dh] to layer ``layer_idx``; returns the kept
         keys and values followed by these, [B, Hkv, K, Dh] with K = ``len(key_slots(...))``."""
         if layer_idx == len(self.keys):
-            keys, values = k, v
-            self.keys.append(k)
-            self.values.append(v)
+            keys, values = _standalone(k), _standalone(v)
+            self.keys.append(keys)
+            self.values.append(values)
         else:
             self._check_layer(layer_idx, k)
             keys = torch.cat([self.keys[layer_idx], k], dim=-2)  # [B, Hkv, K, Dh]
@@ -112,7 +135,7 @@ class DynamicCache(_Cache):
         """Record ``values`` [B, s] for the tokens at ``start...``; returns the record of every token seen."""
         past = self.tokens.get(name)
         if past is None:
-            self._check_new_record(name, start)
+            self._check_new_record(name)
         self.tokens[name] = values if past is None else torch.cat([past[:, :start], values], dim=1)  # [B, S+s]
         return self.tokens[name]
 
@@ -131,41 +154,58 @@ class StaticCache(_Cache):
             raise CacheError(f"StaticCache max_length must be at least 1, got {max_length}")
         super().__init__()  # per layer, k: [B, Hkv, max_length, Dh]
         self.max_length = max_length
-        self.length = 0
+        self.position = torch.zeros((), dtype=torch.long)  # tokens written, where the next step's go
+        self.written = False
 
     def get_seq_length(self) -> int:
-        return self.length
+        return int(self.position)  # a host sync
 
-    def key_slots(self, total: int, new: int, window: int | None = None) -> range:
-        if total > self.max_length:
-            raise CacheError(f"StaticCache holds {self.max_length} tokens but this step needs {total}; "
+    @property
+    def empty(self) -> bool:
+        return not self.written
+
+    def seen(self, device: torch.device) -> torch.Tensor:
+        if self.position.device != device:
+            self.position = self.position.to(device)
+        return self.position
+
+    def key_slots(self, total: int | torch.Tensor, new: int, window: int | None = None) -> range:
+        # Reads the position (a host sync) in eager calls only; a compiled step past the end fails in index_copy_.
+        if not torch.compiler.is_compiling() and int(total) > self.max_length:
+            raise CacheError(f"StaticCache holds {self.max_length} tokens but this step needs {int(total)}; "
                              f"create it with a larger max_length")
         return range(self.max_length)
 
-    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int, window: int | None = None):
-        """Write this step's ``k``, ``v`` [B, Hkv, s, Dh] at slots ``start...``; returns all
-        ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor, start: int | torch.Tensor,
+               window: int | None = None):
+        """Write this step's ``k``, ``v`` [B, Hkv, s, Dh] at slots ``start...`` (an int or a 0-d
+        tensor); returns all ``max_length`` slots, [B, Hkv, max_length, Dh], whatever the ``window``."""
         if layer_idx == len(self.keys):
             self.keys.append(self._zeros(k, (*k.shape[:2], self.max_length, k.shape[-1]), f"layer {layer_idx}'s keys"))
             self.values.append(self._zeros(v, (*v.shape[:2], self.max_length, v.shape[-1]),  # widths may differ (MLA)
                                            f"layer {layer_idx}'s values"))
         else:
             self._check_layer(layer_idx, k)
-        end = start + k.shape[-2]
-        self.keys[layer_idx][:, :, start:end] = k
-        self.values[layer_idx][:, :, start:end] = v
-        if layer_idx == 0:
-            self.length = end
+        slots = self._slots(start, k.shape[-2], k.device)  # [s]
+        self.keys[layer_idx].index_copy_(2, slots, k)
+        self.values[layer_idx].index_copy_(2, slots, v)
+        if layer_idx == 0:  # a new tensor: the step's own ``start`` keeps its value for the other layers
+            self.position = torch.as_tensor(start, device=k.device) + k.shape[-2]
+            self.written = True
         return self.keys[layer_idx], self.values[layer_idx]
 
     def update_tokens(self, name: str, values: torch.Tensor, start: int) -> torch.Tensor:
         """Record ``values`` [B, s] for the tokens at ``start...``; returns all ``max_length`` slots
         (zeros where nothing was written)."""
         if name not in self.tokens:
-            self._check_new_record(name, start)
+            self._check_new_record(name)
             self.tokens[name] = self._zeros(values, (values.shape[0], self.max_length), f"its {name} record")  # [B, L]
-        self.tokens[name][:, start:start + values.shape[1]] = values
+        self.tokens[name].index_copy_(1, self._slots(start, values.shape[1], values.device), values)
         return self.tokens[name]
+
+    @staticmethod
+    def _slots(start: int | torch.Tensor, count: int, device: torch.device) -> torch.Tensor:
+        return start + torch.arange(count, device=device)  # [count]
 
     def _zeros(self, like: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
         try:
@@ -176,4 +216,44 @@ class StaticCache(_Cache):
                              f"{like.dtype} ({gib:.3g} GiB); create it with a smaller max_length") from exc
 
     def __repr__(self) -> str:
-        return f"StaticCache(layers={len(self)}, seq_length={self.length}, max_length={self.max_length})"
+        return f"StaticCache(layers={len(self)}, seq_length={self.get_seq_length()}, max_length={self.max_length})"
+
+
+# Caches are pytree nodes (their tensors the leaves), so torch.export can return one and
+# torch.utils._pytree.tree_map reaches its tensors.
+def _flatten_dynamic(cache: DynamicCache):
+    return [cache.keys, cache.values, cache.tokens], cache.length
+
+
+def _unflatten_dynamic(children, length: int) -> DynamicCache:
+    cache = DynamicCache()
+    cache.keys, cache.values, cache.tokens = (type(child)(child) for child in children)
+    cache.length = length
+    return cache
+
+
+def _flatten_static(cache: StaticCache):
+    return [cache.keys, cache.values, cache.tokens, cache.position], (cache.max_length, cache.written)
+
+
+def _unflatten_static(children, context: tuple[int, bool]) -> StaticCache:
+    cache = StaticCache(max_length=context[0])
+    keys, values, tokens, cache.position = children
+    cache.keys, cache.values, cache.tokens, cache.written = list(keys), list(values), dict(tokens), context[1]
+    return cache
+
+
+pytree.register_pytree_node(DynamicCache, _flatten_dynamic, _unflatten_dynamic,
+                            serialized_type_name=f"{__name__}.DynamicCache")
+pytree.register_pytree_node(StaticCache, _flatten_static, _unflatten_static,
+                            serialized_type_name=f"{__name__}.StaticCache")
+
+
+def _standalone(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it where it is a view of a larger tensor (a fused QKV projection's k and
+    v are views of the whole q, k, v output, which the cache would otherwise keep alive)."""
+    if torch.compiler.is_compiling():  # storages are not traced; a compiled graph's outputs are its own
+        return t.contiguous()
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        return t.contiguous() if not t.is_contiguous() else t.clone()
+    return t

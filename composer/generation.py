@@ -17,7 +17,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
              max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | list[int] | None = None,
              pad_token_id: int | None = None, seed: int | None = None, cache: str = "dynamic",
-             streamer=None) -> torch.Tensor:
+             compile: bool = False, streamer=None) -> torch.Tensor:
     """Continue each row of ``input_ids`` by up to ``max_new_tokens`` tokens and return
     ``[B, S + new]`` (prompt then continuation), as transformers' ``generate`` does.
 
@@ -25,7 +25,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     A row stops at an EOS token (``eos_token_id``, else the spec's); rows that stopped are filled
     with ``pad_token_id`` (else the spec's, else the first EOS id). Sampling applies temperature,
     then top-k, then top-p, drawing from a generator seeded by ``seed``. ``cache="static"``
-    preallocates the cache for the whole run.
+    preallocates the cache for the whole run; with it, ``compile=True`` runs each decoding step
+    (after the prompt's) through ``torch.compile(fullgraph=True)``: one compiled step, reused by every
+    step and every later call (the cache writes at a tensor position, so nothing recompiles).
 
     ``streamer`` receives the tokens as they are produced: an object with transformers' streamer
     protocol gets ``put(input_ids)`` with the prompt, ``put(token)`` with each step's ``[B]``
@@ -68,6 +70,10 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if streamer is not None and not protocol and not callable(streamer):
         raise InputError(f"streamer must have put() and end() or be callable, got {type(streamer).__name__}")
     put = streamer.put if protocol else streamer
+    if not isinstance(compile, bool):
+        raise InputError(f"compile must be True or False, got {inputs.describe(compile)}")
+    if compile and cache != "static":
+        raise InputError(f"compile=True needs cache='static' (fixed shapes from step to step), got cache={cache!r}")
     if cache == "dynamic":
         kv = DynamicCache()
     elif cache == "static":
@@ -78,6 +84,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
                              f"positions this model supports (max_positions); lower max_new_tokens or use "
                              f"cache='dynamic'")
         kv = StaticCache(max_length=slots)
+        # One column per slot, the same width at every step (a compiled step keeps its shapes);
+        # the columns after each step's token are not read.
+        mask = torch.cat([mask, torch.ones(B, max_new_tokens, dtype=mask.dtype, device=device)], dim=1)
     else:
         raise InputError(f"cache must be 'dynamic' or 'static', got {inputs.describe(cache)}")
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
@@ -87,9 +96,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     step_ids = input_ids
     if protocol:
         streamer.put(input_ids.cpu())
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, past_key_values=kv, use_cache=True,
-                       logits_to_keep=1, head="causal_lm", _ids_in_range=True).logits[:, -1].float()  # [B, V]
+    for i in range(max_new_tokens):
+        step = _compiled_step() if compile and i else _step
+        logits = step(model, step_ids, mask, kv).float()  # [B, V]
         token = _sample(logits, temperature, top_k, top_p, generator) if do_sample else logits.argmax(-1)  # [B]
         token = torch.where(finished, pad, token)
         new_tokens.append(token)
@@ -99,12 +108,32 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         if finished.all():
             break
         step_ids = token[:, None]
-        mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
+        if cache == "dynamic":
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=device)], dim=1)
     if protocol:
         streamer.end()
     if not new_tokens:
         return input_ids
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+
+def _step(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache) -> torch.Tensor:
+    """One decoding step: the last position's logits [B, V]. The ids were checked (the prompt) or
+    sampled from the vocabulary, so forward does not read them again (no host sync per step)."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                 logits_to_keep=1, head="causal_lm", _ids_in_range=True).logits[:, -1]
+
+
+_COMPILED_STEP = None
+
+
+def _compiled_step():
+    """``_step`` through ``torch.compile(fullgraph=True)``, made once per process: its compiled
+    code is kept (per model, guarded by dynamo) and reused by every later step and call."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_step, fullgraph=True)
+    return _COMPILED_STEP
 
 
 def _token_ids(name: str, given, vocab_size: int, one: bool = False) -> list[int]:

@@ -89,6 +89,7 @@ class ComposedModel(nn.Module):
         self.tokenizer = None  # an archcomposer.Tokenizer: from_pretrained sets the checkpoint's
         # Mixture-of-experts layers: their router logits are returned and feed the load-balancing loss.
         self.routed = [i for i, s in enumerate(spec.layer_specs) if s.mlp.kind == "moe"]
+        self.moe = spec.layer_specs[self.routed[0]].mlp if self.routed else None  # read once: not while tracing
 
     @property
     def num_prepended(self) -> int:
@@ -133,24 +134,27 @@ class ComposedModel(nn.Module):
         if use_cache is None:
             use_cache = not self.training and (head_spec is None or head_spec.returns_cache)
         cache = past_key_values if past_key_values is not None else (DynamicCache() if use_cache else None)
-        past = cache.get_seq_length() if cache is not None else 0
-        P = self.num_prepended if past == 0 else 0  # tokens the embedding kind prepends on this step
+        first = cache is None or cache.empty
+        # Tokens seen before this step: an int, or (a static cache after its first step) a 0-d tensor,
+        # so that a compiled decoding step does not specialise on it.
+        past = 0 if first else cache.seen(device)
+        P = self.num_prepended if first else 0  # tokens the embedding kind prepends on this step
         T = past + P + S  # tokens seen, this step included
         windows = dict.fromkeys(self.window_of)
         slots = {w: cache.key_slots(T, P + S, w) if cache is not None else range(T) for w in windows}  # key slots
         K = max(r.stop for r in slots.values())  # key slots any layer sees (past T: unwritten static slots)
 
-        key_mask = self._key_mask(attention_mask, B, S, T, device)  # [B, T]
-        query_mask = key_mask[:, past:]  # [B, P+S]
-        query_pos = self._positions(key_mask, position_ids, past, B, S, device)  # [B, P+S]
+        key_mask = self._key_mask(attention_mask, B, S, T, K, device)  # [B, K]
+        this_step = past + torch.arange(P + S, device=device)  # [P+S]: the slots of this step's tokens
+        query_mask = key_mask[:, this_step]  # [B, P+S]
+        query_pos = self._positions(key_mask, position_ids, this_step, B, S)  # [B, P+S]
         embedded = self.embedding(input_ids=input_ids, inputs_embeds=inputs_embeds, positions=query_pos,
-                                  token_mask=query_mask, first=past == 0, prefix_mask=prefix_mask)
+                                  token_mask=query_mask, first=first, prefix_mask=prefix_mask)
         x, query_seg = embedded.x, embedded.segments  # [B, P+S, D], [B, P+S] or None
         key_pos, key_seg = query_pos, query_seg
         if cache is not None:  # the cached keys keep the positions (and segments) they were written with
             key_pos = cache.update_tokens("position", query_pos, past)  # [B, K]
             key_seg = cache.update_tokens("segment", query_seg, past) if query_seg is not None else None
-        key_mask = nn.functional.pad(key_mask, (0, K - T), value=False)  # [B, K]: unwritten static slots
         visible = {w: self._visibility(embedded.context, past, P + S, r, w, device)
                    & key_mask[:, None, r.start:r.stop] for w, r in slots.items()}  # each [B, P+S, len(r)]
         encodings = [position(query_pos, key_pos, query_seg, key_seg) for position in self.positions]
@@ -197,7 +201,7 @@ class ComposedModel(nn.Module):
         (transformers' MoE models; none where that is None, as in DeepSeek's)."""
         router_logits = tuple(self.layers[i].mlp.router_logits.unflatten(0, (batch, -1))[:, prepended:].flatten(0, 1)
                               for i in self.routed)  # each [B*S, E]
-        moe = self.spec.layer_specs[self.routed[0]].mlp
+        moe = self.moe
         if not aux or moe.aux_loss_coef is None:
             return {"router_logits": router_logits}
         aux_loss = load_balancing_loss(router_logits, num_experts=moe.num_experts, top_k=moe.top_k,
@@ -236,23 +240,37 @@ class ComposedModel(nn.Module):
             raise InputError(f"{' and '.join(given)} score a head's output; this model has no head")
         return head_spec.check_labels(self.spec, given, batch=B, seq=S)
 
-    def _key_mask(self, attention_mask, B, S, T, device) -> torch.Tensor:
-        """[B, T] bool: which tokens seen so far are real (not padding); prepended tokens are."""
+    def _key_mask(self, attention_mask, B, S, T, K, device) -> torch.Tensor:
+        """[B, K] bool: which key slots hold real tokens (not padding). Prepended tokens are real;
+        so are the slots after this step's (a static cache's unwritten ones), which causality hides.
+
+        ``attention_mask`` has a column per input token seen, this step's included; a static cache
+        also takes one column per slot after its prompt (a width that stays the same from step to
+        step, which a compiled decoding step needs; columns after this step's tokens are not read)."""
         if attention_mask is None:
-            return torch.ones(B, T, dtype=torch.bool, device=device)
-        columns = T - self.num_prepended  # the input tokens of this step and the earlier ones
+            return torch.ones(B, K, dtype=torch.bool, device=device)
+        columns = T - self.num_prepended  # the input tokens so far
+        every_slot = K - self.num_prepended  # more than that only where a static cache has slots after this step
+        width = attention_mask.shape[-1] if isinstance(attention_mask, torch.Tensor) else None
+        traced = isinstance(T, torch.Tensor) and torch.compiler.is_compiling()  # T: a static cache's position
+        if width == every_slot or (traced and width is not None and width <= every_slot):
+            columns = width
+        elif isinstance(T, torch.Tensor):
+            columns = int(columns)  # a host sync, in eager calls only
         inputs.mask_tensor("attention_mask", attention_mask, (B, columns),
                            f": one entry per token, the {columns - S} in past_key_values and the {S} of this "
                            f"step (1: a token, 0: padding)")
         prepended = torch.ones(B, self.num_prepended, dtype=torch.bool, device=device)
-        return torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T]
+        key_mask = torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T or K]
+        return nn.functional.pad(key_mask, (0, K - key_mask.shape[1]), value=True)  # [B, K]
 
-    def _positions(self, key_mask, position_ids, past, B, S, device) -> torch.Tensor:
-        """[B, P+S]: this step's positions. They count real tokens, so padding does not shift
-        them; ``position_ids`` (for the input tokens, after any prepended ones) overrides that."""
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]  # [B, P+S]
+    def _positions(self, key_mask, position_ids, this_step, B, S) -> torch.Tensor:
+        """[B, P+S]: the positions of this step's tokens (at key slots ``this_step``). They count
+        real tokens, so padding does not shift them; ``position_ids`` (for the input tokens, after
+        any prepended ones) overrides that."""
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, this_step]  # [B, P+S]
         if position_ids is not None:
-            given = position_ids.to(device).long().expand(B, S) + self.num_prepended  # [B, S]
+            given = position_ids.to(key_mask.device).long().expand(B, S) + self.num_prepended  # [B, S]
             positions = torch.cat([positions[:, : positions.shape[1] - S], given], dim=1)
         return positions
 

@@ -4,16 +4,28 @@ A ``ModelOutput`` is an ordered dict of its non-None fields that is also a datac
 reachable as attributes (``out.logits``), by key (``out["logits"]``) and by position or slice
 (``out[0]``, ``out[:2]``), and the key and position forms skip fields that are None.
 ``to_tuple()`` gives the non-None fields in order; ``return_dict=False`` returns exactly that.
-The mutating dict methods (``del``, ``pop``, ``update``, ``setdefault``) are refused."""
+The mutating dict methods (``del``, ``pop``, ``update``, ``setdefault``) are refused.
+
+Every output class is a pytree node (as transformers registers its own), flattened to its non-None
+fields: ``torch.compile`` and ``torch.export`` return the class itself, and
+``torch.utils._pytree.tree_flatten`` (DDP's ``static_graph``, ``tree_map``) sees its tensors."""
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 
 class ModelOutput(OrderedDict):
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        pytree.register_pytree_node(cls, _flatten, partial(_unflatten, output_type=cls),
+                                    serialized_type_name=f"{cls.__module__}.{cls.__name__}",
+                                    flatten_with_keys_fn=pytree._dict_flatten_with_keys)
+
     def __post_init__(self):
         for field in fields(self):
             value = getattr(self, field.name)
@@ -53,6 +65,14 @@ class ModelOutput(OrderedDict):
     def to_tuple(self) -> tuple[Any, ...]:
         """The non-None fields, in field order."""
         return tuple(self[k] for k in self.keys())
+
+
+def _flatten(output: ModelOutput) -> tuple[list[Any], list[str]]:
+    return list(output.values()), list(output.keys())
+
+
+def _unflatten(values, context: list[str], output_type: type[ModelOutput]) -> ModelOutput:
+    return output_type(**dict(zip(context, values)))
 
 
 Tensor = torch.Tensor
