@@ -307,7 +307,8 @@ def notes(rows: list[dict]) -> list[str]:
         d = r["details"]
         if "compiled" in r["case"]:
             lines.append(f"{r['case']}: first run, compilation included, {d['first_run_s']['transformers']:.1f} s "
-                         f"transformers, {d['first_run_s']['archcomposer']:.1f} s archcomposer")
+                         f"transformers, {d['first_run_s']['archcomposer']:.1f} s archcomposer (inductor's on-disk "
+                         f"caches shorten a compilation seen before)")
         if "tflops" in d:
             mfu = "" if d["mfu"] is None else \
                 f"; MFU {d['mfu']['transformers']:.1%} transformers, {d['mfu']['archcomposer']:.1%} archcomposer"
