@@ -1,5 +1,5 @@
-"""Peak memory and tokens/s of a training step (forward, backward, AdamW step), each configuration
-measured alone in a fresh process.
+"""Peak memory and tokens/s of a training step (forward, backward, AdamW step): the memory of each
+configuration measured alone in a fresh process, the speeds timed in turns in one process.
 
     python benchmarks/training_step.py [--batch 4] [--seq 512] [--steps 3] [--json out.json]
 
@@ -17,7 +17,8 @@ peak of the whole process, which is why every configuration runs in a process of
 process sets glibc's ``MALLOC_MMAP_THRESHOLD_`` (128 KiB) so that freed tensors leave the resident
 set at once and the peak is the live tensors' (with glibc's adaptive default, freed heap stays
 resident and the peaks read 10-50% higher, noisily).
-``measure_training_step`` is importable (the benchmark script of ``benchmarks/`` uses it).
+``measure_training_step`` (memory and speed of one model) and ``alternate_training_steps`` (speeds
+of several, in turns) are importable: the benchmark script of ``benchmarks/`` uses them.
 """
 
 from __future__ import annotations
@@ -114,6 +115,31 @@ def measure_training_step(model_factory: Callable[[], torch.nn.Module], *, batch
         "peak_bytes": max(first_peak, step_peak or 0),
         "tokens_per_s": batch * seq / step_s, "step_s": step_s, "losses": losses,
     }
+
+
+def alternate_training_steps(model_factories: dict[str, Callable[[], torch.nn.Module]], *, batch: int, seq: int,
+                             rounds: int = 3, vocab_size: int, lr: float = 1e-4, seed: int = 0) -> dict[str, dict]:
+    """Tokens/s of each model's training step, timed in this process in turns (one step of each
+    model per round, after a warm-up round), so a machine whose load drifts slows every model
+    alike: ``{name: {"tokens_per_s", "step_s" (the median step), "losses"}}``."""
+    ids = torch.randint(0, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    runs = {}
+    for name, factory in model_factories.items():
+        torch.manual_seed(seed)
+        model = factory().train()
+        runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=lr), [], [])
+    for round in range(rounds + 1):
+        for model, optimizer, times, losses in runs.values():
+            begin = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            if round:  # the first round warms up
+                times.append(time.perf_counter() - begin)
+    return {name: {"tokens_per_s": batch * seq / statistics.median(times), "step_s": statistics.median(times),
+                   "losses": losses} for name, (_, _, times, losses) in runs.items()}
 
 
 @contextlib.contextmanager
@@ -223,18 +249,24 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=4, help="sequences per step (e.g. --batch 4)")
     parser.add_argument("--seq", type=int, default=512, help="tokens per sequence (e.g. --seq 512)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up (e.g. --steps 3)")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="timed steps of each configuration after one warm-up, taken in turns (e.g. --steps 3)")
     parser.add_argument("--chunk-size", type=int, default=1024,
                         help="positions per chunk of our chunked loss (e.g. --chunk-size 1024)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON (e.g. --json training.json)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(save_glm(Path(tmp)))
+        factories = configurations(path, args.chunk_size)
         results = {}
-        for name, factory in configurations(path, args.chunk_size).items():
-            results[name] = measure_training_step(factory, batch=args.batch, seq=args.seq, steps=args.steps,
+        for name, factory in factories.items():
+            results[name] = measure_training_step(factory, batch=args.batch, seq=args.seq, steps=1,
                                                   vocab_size=GLM_SHAPE["vocab_size"])
-            print(f"measured {name}", file=sys.stderr)
+            print(f"memory of {name} measured", file=sys.stderr)
+        speeds = alternate_training_steps(factories, batch=args.batch, seq=args.seq, rounds=args.steps,
+                                          vocab_size=GLM_SHAPE["vocab_size"])
+        for name, speed in speeds.items():
+            results[name].update(speed)
     first = next(iter(results.values()))
     print(f"GLM-shaped, fp32, batch {args.batch} x {args.seq} tokens, AdamW, {first['threads']} threads; memory: "
           f"{first['method']}, MALLOC_MMAP_THRESHOLD_={first['malloc_mmap_threshold']}; ratios to the first row; "

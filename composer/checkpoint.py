@@ -460,7 +460,7 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
     if format not in FORMATS:
         raise CheckpointError(f"format={format!r}: expected one of {FORMATS}")
     limit = parse_size(max_shard_size)
-    own = {name: t.detach() for name, t in own_tensors(model).items()}
+    own, sharded = _gathered({name: t.detach() for name, t in own_tensors(model).items()})
     tokenizer = model.tokenizer.writer(format) if model.tokenizer is not None else None
     if format == "archcomposer":
         if head is not None:
@@ -484,10 +484,27 @@ def save_pretrained(model: ComposedModel, path: str | os.PathLike, *, format: st
         if remote_code:
             hf_remote.write_sources(directory)
 
+    if sharded and torch.distributed.get_rank() != 0:  # rank 0 writes; the others wait until it has
+        torch.distributed.barrier()
+        return Path(path)
     try:
         return write_atomically(Path(path), write)
     finally:
         bar.close()
+        if sharded:
+            torch.distributed.barrier()
+
+
+def _gathered(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """The full tensors of a model sharded with ``archcomposer.distributed`` (FSDP or tensor
+    parallel: DTensors), gathered on every rank (so every rank must save), and whether it was sharded."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return tensors, False
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(t, DTensor) for t in tensors.values()):
+        return tensors, False
+    return {name: t.full_tensor() if isinstance(t, DTensor) else t for name, t in tensors.items()}, True
 
 
 def _to_hf(spec: ModelSpecBase, own: dict[str, torch.Tensor], head: str | None):

@@ -1032,9 +1032,9 @@ class TokenEmbeddingSpec(EmbeddingSpec):
         D = spec.hidden_size
         positions = None
         if self.learned_positions is not None:
-            positions = nn.Embedding(spec.max_positions + self.learned_positions.offset, D)
+            positions = _embedding(spec.max_positions + self.learned_positions.offset, D)
         return embedding.TokenEmbedding(
-            tokens=nn.Embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
+            tokens=_embedding(spec.vocab_size, D), scale=D**0.5 if self.scale == "sqrt_hidden_size" else self.scale,
             positions=positions, position_offset=self.learned_positions.offset if self.learned_positions else 0,
             norm=spec.norm.build(ctx, dim=D) if self.norm else None, dropout=self.dropout,
             scale_inputs_embeds=self.scale_inputs_embeds)
@@ -1097,7 +1097,7 @@ class PromptSegmentsSpec(EmbeddingSpec):
     def build(self, ctx):
         V, D, p = ctx.spec.vocab_size, ctx.spec.hidden_size, self.prompt
         return embedding.PromptSegmentsEmbedding(
-            tokens=nn.Embedding(V + self.prompt_rows, D), segments=nn.Embedding(self.segments.num_types, D),
+            tokens=_embedding(V + self.prompt_rows, D), segments=_embedding(self.segments.num_types, D),
             prompt_start=V + p.type * p.length, prompt_length=p.length, token_segment=self.segments.token_segment)
 
 
@@ -1549,3 +1549,10 @@ class ModelSpecBase(Strict):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _embedding(rows: int, dim: int) -> nn.Embedding:
+    """An ``nn.Embedding`` left uninitialised: models are built on the meta device, where
+    ``normal_`` runs a Python decomposition that imports torch._dynamo (seconds on the first
+    build), and ``build_model`` initialises every weight afterwards anyway."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
