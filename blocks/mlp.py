@@ -96,7 +96,8 @@ class Experts(nn.Module):
     ``gate_up_proj`` [E, 2I, D] (gate rows, then up rows) and ``down_proj`` [E, D, I].
 
     Tokens are sorted by expert and each expert runs once, on its own tokens, so the cost is that
-    of the routed tokens, not of every token times every expert."""
+    of the routed tokens, not of every token times every expert. That needs the tokens per expert
+    on the host; while ``torch.compile`` or ``torch.export`` traces, ``_every_expert`` runs instead."""
 
     def __init__(self, *, num_experts: int, dim: int, intermediate_size: int, activation: str):
         super().__init__()

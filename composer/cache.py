@@ -72,8 +72,8 @@ class _Cache(ABC):
         """Refuse to start a record of ``name`` after tokens were seen without it."""
         if not self.empty:
             raise CacheError(f"past_key_values holds {self.get_seq_length()} tokens but no {name} for them: it was "
-                             f"filled by a model "
-                             f"whose position scheme does not use {name}s; a cache belongs to the model that filled it")
+                             f"filled by a model whose position scheme does not use {name}s; a cache belongs to the "
+                             f"model that filled it")
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep the batch rows in ``index`` (beam search, dropping finished rows)."""

@@ -252,14 +252,16 @@ class ComposedModel(nn.Module):
         columns = T - self.num_prepended  # the input tokens so far
         every_slot = K - self.num_prepended  # more than that only where a static cache has slots after this step
         width = attention_mask.shape[-1] if isinstance(attention_mask, torch.Tensor) else None
-        traced = isinstance(T, torch.Tensor) and torch.compiler.is_compiling()  # T: a static cache's position
-        if width == every_slot or (traced and width is not None and width <= every_slot):
+        if width == every_slot:
             columns = width
-        elif isinstance(T, torch.Tensor):
+        elif isinstance(T, torch.Tensor) and not torch.compiler.is_compiling():  # a static cache's position
             columns = int(columns)  # a host sync, in eager calls only
+        elif isinstance(T, torch.Tensor):  # traced: the widths a step may have, not the one it needs
+            columns = width if width is not None and width < every_slot else every_slot
+        per_slot = f" (or {every_slot}: one per slot of the static cache)" if every_slot != columns else ""
         inputs.mask_tensor("attention_mask", attention_mask, (B, columns),
-                           f": one entry per token, the {columns - S} in past_key_values and the {S} of this "
-                           f"step (1: a token, 0: padding)")
+                           f"{per_slot}: one entry per token, the {columns - S} in past_key_values and the {S} "
+                           f"of this step (1: a token, 0: padding)")
         prepended = torch.ones(B, self.num_prepended, dtype=torch.bool, device=device)
         key_mask = torch.cat([prepended, attention_mask.to(device).bool()], dim=1)  # [B, T or K]
         return nn.functional.pad(key_mask, (0, K - key_mask.shape[1]), value=True)  # [B, K]

@@ -189,6 +189,24 @@ def test_each_expert_runs_once_on_its_own_tokens():
     assert rows_seen == [int(c) for c in counts if c] and sum(rows_seen) == 2 * tokens.shape[0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("router", [{"kind": "softmax"}, {"kind": "grouped_sigmoid", "num_groups": 2, "scale": 2.5}])
+@torch.no_grad()
+def test_every_expert_path_equals_the_sorted_path(router, dtype):
+    """While compiling, every expert runs on every token (fixed shapes, no host sync); each token
+    keeps its own experts' weighted outputs, added in the sorted path's order. Only the matmuls'
+    row counts differ, which can move fp32 results by an ulp."""
+    ours = moe_block({"kind": "moe", "intermediate_size": I, "num_experts": 4, "top_k": 2, "router": router})
+    ours.to(dtype)
+    tokens = x().flatten(0, 1).to(dtype)  # [N, D]
+    _, weights, experts = ours.router(tokens)
+    sorted_path = ours.experts(tokens, weights, experts)  # eager: the sorted path
+    every_expert = ours.experts._every_expert(tokens, weights, experts)
+    assert every_expert.dtype == sorted_path.dtype == dtype
+    tolerance = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float64: 1e-12}[dtype]
+    torch.testing.assert_close(every_expert, sorted_path, rtol=tolerance, atol=tolerance)
+
+
 def test_moe_spec_rules_name_the_values():
     from archcomposer import SpecError, load_spec
 
