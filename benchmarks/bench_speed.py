@@ -27,11 +27,12 @@ What is measured (medians; ours and theirs timed alternately, after a warm-up; C
   ``of floor`` = floor time / step time (1.0: nothing but the matrix products).
 - curves (the PNG): prefill tokens/s at each --lengths, and decode tokens/s at batch 1 (one
   step, dynamic cache, eager) after a prompt of each --lengths tokens.
-- training: ``measure_training_step`` (benchmarks/training_step.py; on a CPU each library in a
-  fresh process, memory its resident set) or, on a GPU, the same step here with torch's allocator
-  counters: tokens/s and memory of a forward + backward + AdamW step, the peak above the step's
-  start ("step memory") and in all ("peak memory"); ours with ``gradient_checkpointing_enable()``
-  and ``chunked_loss_enable()``, theirs as transformers builds it. MFU = training FLOPs per token
+- training: a forward + backward + AdamW step (benchmarks/training_step.py): tokens/s, both
+  libraries timed in turns (``alternate_training_steps``), and memory, each library alone in a
+  fresh process (``measure_training_step``, its resident set; on a GPU, the same step here with
+  torch's allocator counters): the peak above the step's start ("step memory") and in all ("peak
+  memory"); ours with ``gradient_checkpointing_enable()`` and ``chunked_loss_enable()``, theirs as
+  transformers builds it. MFU = training FLOPs per token
   (3 x forward, ``archcomposer.summary``) x tokens/s / --peak-tflops (omitted without it).
 - meta build: ``archcomposer.build_model("bloom-176b", device="meta")`` against
   transformers' ``BloomForCausalLM`` of the same shape built under ``torch.device("meta")``.
@@ -504,16 +505,24 @@ class Bench:
 
     def training(self) -> None:
         from archcomposer.summary import summarize
-        from training_step import measure_training_step
+        from training_step import alternate_training_steps, measure_training_step
 
         args = self.args
         where = {"path": str(self.hf_dir), "dtype": self.dtype, "device": self.device, "threads": args.threads}
         factories = {"transformers": functools.partial(transformers_for_training, **where),
                      "archcomposer": functools.partial(archcomposer_for_training, **where)}
-        # On a CPU, each in a fresh process, its peak resident set; on a GPU, torch's allocator counters.
-        measure = measure_training_step if self.device.type == "cpu" else measure_training_step_on_gpu
-        measured = {library: measure(factory, batch=args.train_batch, seq=args.train_length, steps=args.train_steps,
-                                     vocab_size=self.config.vocab_size) for library, factory in factories.items()}
+        shape = {"batch": args.train_batch, "seq": args.train_length, "vocab_size": self.config.vocab_size}
+        if self.device.type == "cpu":
+            # Memory: each library alone in a fresh process, its peak resident set (one timed step
+            # shows the steady state); speed: both here, one step of each in turns.
+            measured = {library: measure_training_step(factory, steps=1, **shape)
+                        for library, factory in factories.items()}
+            speeds = alternate_training_steps(factories, rounds=args.train_steps, **shape)
+            for library, speed in speeds.items():
+                measured[library].update(speed)
+        else:  # torch's allocator counters, each library in turn in this process
+            measured = {library: measure_training_step_on_gpu(factory, steps=args.train_steps, **shape)
+                        for library, factory in factories.items()}
         flops_per_token = summarize(self.ours.spec, batch=args.train_batch, length=args.train_length,
                                     dtype=self.dtype, activations=False).training_flops_per_token
         speed = {k: m["tokens_per_s"] for k, m in measured.items()}
