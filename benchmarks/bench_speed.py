@@ -577,7 +577,7 @@ class Bench:
 
         def theirs(touch=True):
             return lambda: touched(GlmForCausalLM.from_pretrained(
-                hf_dir, dtype=self.dtype, device_map=device if device.type != "cpu" else None), touch)
+                hf_dir, dtype=self.dtype, device_map=str(device) if device.type != "cpu" else None), touch)
 
         read_s = {d: statistics.median(self.clock(lambda: read_bytes(d)) for _ in range(self.args.repeats + 1))
                   for d in (ours_dir, hf_dir)}
