@@ -627,19 +627,15 @@ def measure_training_step_on_gpu(model_factory, *, batch: int, seq: int, steps: 
     """``measure_training_step``'s step (AdamW, labels = inputs, one warm-up then ``steps`` timed) on
     the model's GPU, in this process, its memory from torch's allocator: ``step_bytes`` above the
     timed steps' start, ``peak_bytes`` in all (weights, AdamW's moments, gradients, activations)."""
+    from training_step import train_step
+
     torch.manual_seed(seed)
     model = model_factory().train()
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = torch.randint(0, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed)).to(device)
 
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        return loss.item()
-
+    step = functools.partial(train_step, model, optimizer, ids)
     torch.cuda.reset_peak_memory_stats(device)
     losses = [step()]
     first_peak = torch.cuda.max_memory_allocated(device)

@@ -45,6 +45,16 @@ _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+def train_step(model, optimizer, ids: torch.Tensor) -> float:
+    """One training step, the one every measurement here takes: the causal-LM loss with the inputs
+    as labels, backward, the optimizer's step. Returns the loss (``.item()`` waits for the step)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def measure_training_step(model_factory: Callable[[], torch.nn.Module], *, batch: int, seq: int, steps: int = 3,
                           vocab_size: int, lr: float = 1e-4, seed: int = 0, fresh_process: bool = True,
                           mmap_threshold: int | None = 128 * 1024) -> dict:
@@ -81,12 +91,7 @@ def measure_training_step(model_factory: Callable[[], torch.nn.Module], *, batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     ids = torch.randint(0, vocab_size, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+    step = functools.partial(train_step, model, optimizer, ids)
 
     resettable = _reset_peak()
     model_bytes = _rss()
@@ -131,11 +136,7 @@ def alternate_training_steps(model_factories: dict[str, Callable[[], torch.nn.Mo
     for round in range(rounds + 1):
         for model, optimizer, times, losses in runs.values():
             begin = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(train_step(model, optimizer, ids))
             if round:  # the first round warms up
                 times.append(time.perf_counter() - begin)
     return {name: {"tokens_per_s": batch * seq / statistics.median(times), "step_s": statistics.median(times),
